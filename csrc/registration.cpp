@@ -1,0 +1,23 @@
+// Every soap_kernels operator schema, and the Python module soap_kernels._C that reports how it was built.
+// Kernels register their implementations beside their code (TORCH_LIBRARY_IMPL in csrc/cpu, csrc/cuda).
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(soap_kernels, m) {
+  // Rotated-Adam moments, in place: m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2 (only where `enabled`);
+  // returns the preconditioned direction m / (sqrt(v) + eps).
+  m.def(
+      "adam_moments_(Tensor(a!) exp_avg, Tensor(b!) exp_avg_sq, Tensor grad, Tensor enabled, float beta1, "
+      "float beta2, float eps) -> Tensor");
+}
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "soap_kernels native kernels (operators live under torch.ops.soap_kernels)";
+  pybind11::dict info;
+  info["cuda"] = static_cast<bool>(SOAP_KERNELS_WITH_CUDA);
+  info["cuda_archs"] = std::string(SOAP_KERNELS_CUDA_ARCHS);
+  info["torch_version"] = std::string(SOAP_KERNELS_TORCH_VERSION);
+  info["torch_cuda_version"] = std::string(SOAP_KERNELS_CUDA_VERSION);
+  info["compiler"] = std::string(__VERSION__);
+  module.attr("build_info") = info;
+}
