@@ -1,0 +1,1 @@
+"""One module per op: its torch reference, its kernels, its registration and fake."""

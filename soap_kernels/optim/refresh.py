@@ -1,0 +1,40 @@
+"""Eigenbasis refresh of a stack of Kronecker factors L[b] given the current bases Q[b].
+
+Both methods first order the current basis by its Rayleigh quotients, descending:
+    est = diag(Q^T L Q),  order = argsort(est, descending)
+(the caller permutes Adam's second moment along the factor's axis with `order`), then
+- "qr"   (the reference): one power iteration, Q <- orthonormal factor of L Q[:, order] (Householder QR);
+- "eigh" (exact):          Q <- eigenvectors of L, descending eigenvalues.
+The first basis comes from initial_basis: eigenvectors of (L + 1e-30 I), descending.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REFRESH_METHODS = ("qr", "eigh")
+
+
+def _descending_eigenvectors(factor: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
+    _, vectors = torch.linalg.eigh(factor + 1e-30 * eye)
+    return vectors.flip(-1)
+
+
+def initial_basis(factor: torch.Tensor) -> torch.Tensor:
+    """Q[b] = eigenvectors of L[b] + 1e-30 I with eigenvalues in descending order, [B, n, n]."""
+    return _descending_eigenvectors(factor)
+
+
+def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring)."""
+    factor_times_basis = factor @ basis
+    rayleigh = (basis * factor_times_basis).sum(dim=-2)  # diag(Q^T L Q) without forming Q^T L Q
+    order = torch.argsort(rayleigh, dim=-1, descending=True, stable=True)
+    if method == "qr":
+        columns = order.unsqueeze(-2).expand_as(factor_times_basis)
+        power_iterate = factor_times_basis.gather(-1, columns)  # L Q[:, order]
+        return torch.linalg.qr(power_iterate).Q, order
+    if method == "eigh":
+        return _descending_eigenvectors(factor), order
+    raise ValueError(f"unknown refresh method {method!r}; expected one of {REFRESH_METHODS}")

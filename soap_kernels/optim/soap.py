@@ -1,0 +1,222 @@
+"""soap_kernels.SOAP: a drop-in for the reference SOAP (nikhilvyas/SOAP a1e5535) with batched state.
+
+Per parameter (DESIGN.md section 4): the first step sets the Kronecker factors L_d = (1 - beta_s) G_(d) G_(d)^T
+and Q_d = eigenvectors of L_d (descending); later steps rotate g~ = project(g), update Adam moments
+m~, v in the eigenbasis, move p by -lr sqrt(1 - b2^t)/(1 - b1^t) project_back(m~ / (sqrt(v) + eps)), decay
+p <- p - lr wd p, then move the factors toward G G^T and, every precondition_frequency-th step, refresh
+the bases (m~ carried across, v permuted with the columns).
+
+Extensions: parameters of one shape, dtype and device in a group are stacked (one batched call per phase
+and shape, see stack.py); refresh="qr" (the reference) or "eigh" (exact); a step whose gradients hold NaN
+or Inf leaves parameters and state unchanged, decided on the device, and counts in `skipped_steps`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable
+
+import torch
+
+from soap_kernels._backend import native_kernels_for, requested_backend
+from soap_kernels.optim.layout import precondition_plan
+from soap_kernels.optim.refresh import REFRESH_METHODS
+from soap_kernels.optim.stack import ParamStack
+
+_BACKENDS = ("auto", "torch", "cuda", "triton")
+
+
+def _check_number(name: str, value, low: float, high: float | None = None, high_open: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"SOAP: {name} must be a real number, got {value!r}")
+    if value < low or (high is not None and (value >= high if high_open else value > high)):
+        bound = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"SOAP: {name} must be in {bound}, got {value!r}")
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"SOAP: {name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"SOAP: {name} must be >= {low}, got {value!r}")
+
+
+def _validate_group(group: dict) -> None:
+    """Raise ValueError/TypeError naming the first bad hyper-parameter of a param group."""
+    _check_number("lr", group["lr"], 0.0)
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"SOAP: betas must be a pair (beta1, beta2), got {betas!r}")
+    _check_number("betas[0]", betas[0], 0.0, 1.0)
+    _check_number("betas[1]", betas[1], 0.0, 1.0)
+    _check_number("shampoo_beta", group["shampoo_beta"], -float("inf"), 1.0)
+    _check_number("eps", group["eps"], 0.0)
+    _check_number("weight_decay", group["weight_decay"], 0.0)
+    _check_int("precondition_frequency", group["precondition_frequency"], 1)
+    _check_int("max_precond_dim", group["max_precond_dim"], 1)
+    if group["refresh"] not in REFRESH_METHODS:
+        raise ValueError(f"SOAP: refresh must be one of {REFRESH_METHODS}, got {group['refresh']!r}")
+    for param in group["params"]:
+        if param.is_complex():
+            raise TypeError(f"SOAP: complex parameters are not supported (got dtype {param.dtype})")
+
+
+class SOAP(torch.optim.Optimizer):
+    """SOAP: Adam in the eigenbasis of Shampoo's Kronecker factors (Vyas et al. 2024, arXiv 2409.11321).
+
+    Same constructor and trajectory as the reference implementation, plus:
+        refresh: "qr" (reference: one power iteration + QR) or "eigh" (exact eigenbasis);
+        backend: "auto" (native C++/CUDA kernels where built), "torch" (pure torch), "cuda" (native,
+            required); env SOAP_KERNELS_BACKEND overrides. "triton" is not implemented yet.
+        data_format: only "channels_first" (the reference default) is supported.
+    Attributes: skipped_steps (device tensor): steps skipped because a gradient was not finite.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: float = -1,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        merge_dims: bool = False,
+        precondition_1d: bool = False,
+        normalize_grads: bool = False,
+        data_format: str = "channels_first",
+        correct_bias: bool = True,
+        refresh: str = "qr",
+        backend: str = "auto",
+    ):
+        if data_format != "channels_first":
+            raise NotImplementedError(f"SOAP: data_format={data_format!r} is not supported; use 'channels_first'")
+        if backend not in _BACKENDS:
+            raise ValueError(f"SOAP: backend must be one of {_BACKENDS}, got {backend!r}")
+        defaults = dict(
+            lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, shampoo_beta=shampoo_beta,
+            eps=eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
+            max_precond_dim=max_precond_dim, merge_dims=merge_dims, precondition_1d=precondition_1d,
+            normalize_grads=normalize_grads, correct_bias=correct_bias, refresh=refresh,
+        )  # fmt: skip
+        self._backend = backend
+        self._stacks: dict[tuple, ParamStack] = {}  # (group index, parameter ids) -> stack
+        self._stack_of: dict[int, tuple] = {}  # parameter id -> its stack's key
+        self._skipped: torch.Tensor | None = None
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        _validate_group(self.param_groups[-1])
+        self._forget_stacks()
+
+    # ---- public state --------------------------------------------------------------------------------
+    @property
+    def skipped_steps(self) -> torch.Tensor:
+        """How many steps were skipped for non-finite gradients (a device tensor; reading it may sync)."""
+        return self._skipped if self._skipped is not None else torch.zeros((), dtype=torch.int64)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["soap_kernels"] = {"skipped_steps": self.skipped_steps.clone()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load per-parameter state keeping its dtypes (float32 state of bf16/fp16 parameters stays float32)."""
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            if saved_id in saved_state:
+                self.state[param] = _to_device(saved_state[saved_id], param.device)
+        extra = state_dict.get("soap_kernels", {})
+        self._skipped = extra["skipped_steps"].clone() if "skipped_steps" in extra else None
+        self._forget_stacks()
+
+    def _forget_stacks(self) -> None:
+        self._stacks.clear()
+        self._stack_of.clear()
+
+    # ---- the step ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """One optimisation step for every parameter with a gradient; returns closure's loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.is_sparse:
+                    raise TypeError(f"SOAP does not support sparse gradients (parameter of shape {tuple(p.shape)})")
+            for stack in self._stacks_for(index, group, params):
+                work.append((group, stack, stack.stacked_grads()))
+        if not work:
+            return loss
+        ok = self._all_finite([grads for _, _, grads in work])
+        for group, stack, grads in work:
+            stack.step_(grads, ok.to(stack.device, non_blocking=True), group, self._use_native(stack.device))
+        skipped = (~ok).to(torch.int64)
+        self._skipped = skipped if self._skipped is None else self._skipped + skipped.to(self._skipped.device)
+        return loss
+
+    def _use_native(self, device: torch.device) -> bool:
+        backend = requested_backend(self._backend)
+        if backend == "triton":
+            raise NotImplementedError("SOAP: the Triton backend is not implemented yet (issue 3); use auto/torch/cuda")
+        if backend == "cuda":
+            if device.type != "cuda" or not native_kernels_for(device):
+                raise RuntimeError(f"SOAP: backend 'cuda' needs CUDA tensors and soap_kernels._C with CUDA (got {device})")
+            return True
+        return backend == "auto" and native_kernels_for(device)
+
+    @staticmethod
+    def _all_finite(stacked_grads: list[torch.Tensor]) -> torch.Tensor:
+        """One 0-d bool on the first gradient's device: every gradient entry is finite (no host sync)."""
+        device = stacked_grads[0].device
+        flags = [torch.isfinite(g).all().to(device, non_blocking=True) for g in stacked_grads]
+        return torch.stack(flags).all()
+
+    def _stacks_for(self, group_index: int, group: dict, params: list[torch.Tensor]) -> list[ParamStack]:
+        """Stacks of the parameters with gradients: same shape, dtype, device and step count share one."""
+        buckets: dict[tuple, list[torch.Tensor]] = {}
+        for p in params:
+            key = (tuple(p.shape), p.dtype, p.device, self.state[p].get("step"))
+            buckets.setdefault(key, []).append(p)
+        stacks = []
+        for members in buckets.values():
+            key = (group_index, tuple(id(p) for p in members))
+            stack = self._stacks.get(key)
+            if stack is None:
+                stack = self._build_stack(key, group, members)
+            stacks.append(stack)
+        return stacks
+
+    def _build_stack(self, key: tuple, group: dict, members: list[torch.Tensor]) -> ParamStack:
+        for p in members:  # a parameter leaving a stack makes that stack stale
+            old_key = self._stack_of.pop(id(p), None)
+            if old_key is not None:
+                self._stacks.pop(old_key, None)
+        plan = precondition_plan(
+            tuple(members[0].shape), group["max_precond_dim"], group["merge_dims"], group["precondition_1d"]
+        )
+        stack = ParamStack(members, plan, [self.state[p] for p in members])
+        self._stacks[key] = stack
+        for p in members:
+            self._stack_of[id(p)] = key
+        return stack
+
+
+def _to_device(value, device: torch.device):
+    """Copy a saved state value onto `device`, keeping tensor dtypes."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

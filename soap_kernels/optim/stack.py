@@ -1,0 +1,176 @@
+"""The stacked state of same-shape parameters, and one SOAP step on it as batched tensor operations.
+
+A ParamStack holds, for B parameters of one param group with the same shape, dtype, device and step count,
+contiguous buffers [B, ...]: the moments m~ and v (in the eigenbasis), the Kronecker factors L_d and bases Q_d
+of every factored dim, and the device step counter t. Each parameter's optimizer state is a set of views
+into these buffers, so state_dict stays per parameter while every phase is one batched call per stack.
+All buffers are updated in place (the views stay valid), and every update is masked by the device flag
+`ok` (all gradients finite), so a skipped step changes nothing and needs no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from soap_kernels.ops.adam_moments import adam_moments_
+from soap_kernels.optim.layout import PreconditionPlan
+from soap_kernels.optim.projection import gram, project, project_back
+from soap_kernels.optim.refresh import initial_basis, refresh_basis
+
+STATE_TENSOR_KEYS = ("exp_avg", "exp_avg_sq", "t")
+
+
+def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """Optimizer state dtype: float64 for float64 parameters, float32 otherwise (bf16/fp16 included)."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+class ParamStack:
+    """Batched SOAP state and step for B same-shape parameters (see module docstring)."""
+
+    def __init__(self, params: list[torch.Tensor], plan: PreconditionPlan, states: list[dict]):
+        self.params = params
+        self.plan = plan
+        first = params[0]
+        self.dtype = state_dtype(first.dtype)
+        self.device = first.device
+        self.batch = len(params)
+        self.shape = tuple(first.shape)
+        self.states = states  # the per-parameter state dicts, kept pointing into the stacked buffers
+        if states[0]:
+            self._gather(states)
+        else:
+            self._allocate()
+        self._write_views()
+
+    # ---- layout ---------------------------------------------------------------------------------------
+    def _allocate(self) -> None:
+        zeros = dict(dtype=self.dtype, device=self.device)
+        self.step: int | None = None  # host step count; None until the first (initialising) step
+        self.exp_avg = torch.zeros((self.batch, *self.shape), **zeros)
+        self.exp_avg_sq = torch.zeros((self.batch, *self.shape), **zeros)
+        self.t = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
+        self.factors = [
+            torch.zeros(self.batch, n, n, **zeros) if has else None
+            for n, has in zip(self.plan.view_shape, self.plan.factored)
+        ]
+        self.bases: list[torch.Tensor | None] = [None] * len(self.factors)
+
+    def _gather(self, states: list[dict]) -> None:
+        """Stack existing per-parameter states (after load_state_dict or a change of stack membership)."""
+
+        def stacked(values: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+            return torch.stack([v.to(device=self.device, dtype=dtype) for v in values])
+
+        self.step = int(states[0]["step"])
+        self.exp_avg = stacked([s["exp_avg"] for s in states], self.dtype).reshape(self.batch, *self.shape)
+        self.exp_avg_sq = stacked([s["exp_avg_sq"] for s in states], self.dtype).reshape(self.batch, *self.shape)
+        self.t = stacked([torch.as_tensor(s["t"]) for s in states], torch.int64).reshape(self.batch)
+        self.factors, self.bases = [], []
+        for d, has in enumerate(self.plan.factored):
+            if not has:
+                self.factors.append(None)
+                self.bases.append(None)
+                continue
+            self.factors.append(stacked([s["GG"][d] for s in states], self.dtype))
+            self.bases.append(stacked([s["Q"][d] for s in states], self.dtype))
+
+    def _write_views(self) -> None:
+        """Point every parameter's state at its slice of the stacked buffers."""
+        for i, state in enumerate(self.states):
+            state.clear()
+            if self.step is not None:
+                state["step"] = self.step
+            state["t"] = self.t[i]
+            state["exp_avg"] = self.exp_avg[i]
+            state["exp_avg_sq"] = self.exp_avg_sq[i]
+            state["GG"] = [None if f is None else f[i] for f in self.factors]
+            if self.step is not None:
+                state["Q"] = [None if q is None else q[i] for q in self.bases]
+
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.batch, *self.plan.view_shape)
+
+    # ---- the step -------------------------------------------------------------------------------------
+    def stacked_grads(self) -> torch.Tensor:
+        """The gradients as one [B, *view_shape] tensor in the state dtype."""
+        grads = torch.stack([p.grad for p in self.params]).to(self.dtype)
+        return self._view(grads)
+
+    def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> None:
+        """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite)."""
+        if self.step is None:
+            self._update_factors(grads, ok, group)
+            for d, factor in enumerate(self.factors):
+                if factor is not None:
+                    self.bases[d] = initial_basis(factor)
+            self.step = 0  # the first step only initialises: the parameters do not move
+            self._write_views()
+            return
+        self.step += 1
+        self._update_params(grads, ok, group, use_native)
+        self._update_factors(grads, ok, group)
+        if self.step % group["precondition_frequency"] == 0 and any(self.plan.factored):
+            self._refresh(ok, group["refresh"])
+        for state in self.states:
+            state["step"] = self.step
+
+    def _update_params(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> None:
+        """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
+        rotated = project(grads, self.bases)
+        direction = adam_moments_(
+            self._view(self.exp_avg), self._view(self.exp_avg_sq), rotated.contiguous(), ok,
+            float(beta1), float(beta2), float(group["eps"]), use_native=use_native,
+        )  # fmt: skip
+        update = project_back(direction, self.bases).reshape(self.batch, *self.shape)
+        reduce_dims = tuple(range(1, update.dim()))
+        if group["normalize_grads"]:
+            rms = update.square().mean(dim=reduce_dims, keepdim=True).sqrt() if reduce_dims else update.abs()
+            update = update / (1e-30 + rms)
+        t_next = self.t + 1
+        if group["correct_bias"]:
+            t64 = t_next.to(torch.float64)
+            step_size = lr * torch.sqrt(1.0 - beta2**t64) / (1.0 - beta1**t64)
+        else:
+            step_size = torch.full((self.batch,), lr, dtype=torch.float64, device=self.device)
+        step_size = step_size.to(self.dtype).reshape(self.batch, *([1] * len(self.shape)))
+        old = torch.stack(self.params).to(self.dtype)
+        new = old - step_size * update
+        if weight_decay > 0.0:
+            new = new - (lr * weight_decay) * new  # decoupled decay of the updated parameter, as the reference
+        new = torch.where(ok, new, old)
+        torch._foreach_copy_(self.params, list(new.unbind(0)))
+        self.t.copy_(torch.where(ok, t_next, self.t))
+
+    def _update_factors(self, grads: torch.Tensor, ok: torch.Tensor, group: dict) -> None:
+        """L_d <- lerp(L_d, G_(d) G_(d)^T, 1 - beta_s) for every factored dim."""
+        shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
+        for d, factor in enumerate(self.factors):
+            if factor is not None:
+                moved = torch.lerp(factor, gram(grads, d + 1), 1.0 - float(shampoo_beta))
+                factor.copy_(torch.where(ok, moved, factor))
+
+    def _refresh(self, ok: torch.Tensor, method: str) -> None:
+        """New bases; v permuted with the bases' column order; m~ carried from the old basis to the new."""
+        exp_avg = self._view(self.exp_avg)
+        exp_avg_sq = self._view(self.exp_avg_sq)
+        exp_avg_plain = project_back(exp_avg, self.bases)
+        new_bases: list[torch.Tensor | None] = []
+        permuted_sq = exp_avg_sq
+        for d, (factor, basis) in enumerate(zip(self.factors, self.bases)):
+            if factor is None:
+                new_bases.append(None)
+                continue
+            new_basis, order = refresh_basis(factor, basis, method)
+            new_bases.append(new_basis)
+            index_shape = [self.batch] + [1] * len(self.plan.view_shape)
+            index_shape[d + 1] = order.shape[-1]
+            index = order.reshape(index_shape).expand_as(permuted_sq)
+            permuted_sq = permuted_sq.gather(d + 1, index)
+        exp_avg.copy_(torch.where(ok, project(exp_avg_plain, new_bases), exp_avg))
+        exp_avg_sq.copy_(torch.where(ok, permuted_sq, exp_avg_sq))
+        for basis, new_basis in zip(self.bases, new_bases):
+            if basis is not None:
+                basis.copy_(torch.where(ok, new_basis, basis))
