@@ -1,0 +1,89 @@
+"""`jet(model, x, derivatives)`: a network's values with its input derivatives, in forward mode."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from soap_kernels._backend import requested_backend, triton_available, triton_interpreted
+from soap_kernels.jets.autograd import jet_autograd
+from soap_kernels.jets.jet import Jet
+from soap_kernels.jets.module import JetModule
+from soap_kernels.jets.plan import JetPlan
+
+_WARNED_FALLBACK: set[str] = set()
+
+
+def _use_triton(x: torch.Tensor, backend: str) -> bool:
+    """Whether the fused layers run Triton kernels: "auto" uses them on CUDA tensors only."""
+    chosen = requested_backend(backend)
+    if chosen == "auto":
+        return x.is_cuda and triton_available()
+    if chosen == "torch":
+        return False
+    if chosen == "triton":
+        if not (triton_available() and (x.is_cuda or triton_interpreted())):
+            raise RuntimeError(
+                f"jet backend 'triton' cannot run on {x.device}: it needs Triton and a CUDA tensor, "
+                "or TRITON_INTERPRET=1 with CPU tensors"
+            )
+        return True
+    raise NotImplementedError("jets have no CUDA C++ kernels; use backend 'triton' or 'torch' for jet()")
+
+
+def _check_input(model: torch.nn.Module, x: object) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape [N, d], got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [N, d], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    in_features = getattr(model, "in_features", None)
+    if isinstance(in_features, int) and x.shape[1] != in_features:
+        raise ValueError(f"x has {x.shape[1]} features but the model expects in_features={in_features}")
+
+
+def jet(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    derivatives: Iterable[Sequence[int]] = (),
+    *,
+    laplacian_axes: Iterable[int] | None = None,
+    backend: str = "auto",
+) -> dict:
+    """u and its input derivatives at the points x [N, d], each [N, out_features].
+
+    Returns {(): u, request: D_request u for each request in derivatives}, plus "laplacian" ->
+    sum_{i in laplacian_axes} d^2u/dx_i^2 when laplacian_axes is given (propagated as one collapsed slot,
+    cheaper than separate second derivatives). A request is a tuple of input axes: (i,), (i, j), or a pure
+    higher order (i, i, i) / (i, i, i, i). soap_kernels.nn networks are propagated in forward mode; any
+    other model falls back to nested autograd with a one-time warning. Gradients with respect to
+    parameters (and x when it requires grad) need only a first-order backward.
+    """
+    _check_input(model, x)
+    if isinstance(derivatives, tuple) and derivatives and all(isinstance(a, int) for a in derivatives):
+        raise TypeError(
+            f"derivatives={derivatives!r} must be a list of index tuples, e.g. [{derivatives!r}]"
+        )
+    derivatives = list(derivatives)
+    plan = JetPlan.build(x.shape[1], derivatives, laplacian_axes)
+    if not isinstance(model, JetModule):
+        name = type(model).__qualname__
+        if name not in _WARNED_FALLBACK:
+            _WARNED_FALLBACK.add(name)
+            warnings.warn(
+                f"soap_kernels.jet: {name} is not a soap_kernels.nn network; falling back to nested autograd "
+                "(slower, and its backward is a double backward)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return jet_autograd(model, x, derivatives, laplacian_axes)
+    output = model.forward_jet(Jet.seed(x, plan, _use_triton(x, backend))).stack
+    result: dict = {(): output[0]}
+    for request in derivatives:
+        result[tuple(request)] = output[plan.slot(tuple(request))]
+    if plan.laplacian_slot is not None:
+        result["laplacian"] = output[plan.laplacian_slot]
+    return result

@@ -1,0 +1,79 @@
+"""`Jet`: a field's values and input derivatives at N points, with the operations networks are built of.
+
+A Jet wraps a stack [K, N, F] laid out by a JetPlan. Linear combinations act slot by slot; the product of
+two jets follows Leibniz's rule; `dense` applies a layer W, b (and an activation) through the custom op
+soap_kernels::jet_dense_activation, whose backward is first order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from soap_kernels.jets.plan import JetPlan
+from soap_kernels.jets.reference import activation_jet_ref, linear_jet_ref, product_jet_ref, seed_jet_ref
+
+
+@dataclass(frozen=True)
+class Jet:
+    """stack[k] = D_k f for the slots of `plan`; `use_triton` picks the kernels for the fused layers."""
+
+    stack: torch.Tensor
+    plan: JetPlan
+    use_triton: bool = False
+
+    @staticmethod
+    def seed(x: torch.Tensor, plan: JetPlan, use_triton: bool = False) -> Jet:
+        """The jet of the input coordinates x [N, d] themselves."""
+        return Jet(seed_jet_ref(x, plan), plan, use_triton)
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.stack[0]
+
+    @property
+    def features(self) -> int:
+        return self.stack.shape[-1]
+
+    def _like(self, stack: torch.Tensor) -> Jet:
+        return Jet(stack, self.plan, self.use_triton)
+
+    def dense(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None) -> Jet:
+        """s(x W^T + b) as a jet; with activation None, just the affine map."""
+        if activation is None:
+            return self._like(linear_jet_ref(self.stack, weight, bias))
+        from soap_kernels.ops.jet_dense import jet_dense_activation
+
+        h, _ = jet_dense_activation(
+            self.stack.contiguous(), weight, bias, activation, self.plan.key, self.use_triton
+        )
+        return self._like(h)
+
+    def activation(self, name: str) -> Jet:
+        """s(x) elementwise as a jet (torch reference; the fused path is `dense`)."""
+        return self._like(activation_jet_ref(self.stack, name, self.plan))
+
+    def select(self, columns: Sequence[int] | slice) -> Jet:
+        """The jet of some feature columns."""
+        return self._like(self.stack[..., columns])
+
+    @staticmethod
+    def cat(jets: Sequence[Jet]) -> Jet:
+        """Feature-wise concatenation."""
+        return jets[0]._like(torch.cat([j.stack for j in jets], dim=-1))
+
+    def __add__(self, other: Jet) -> Jet:
+        return self._like(self.stack + other.stack)
+
+    def __sub__(self, other: Jet) -> Jet:
+        return self._like(self.stack - other.stack)
+
+    def __mul__(self, other: Jet | torch.Tensor | float) -> Jet:
+        """Jet * jet is the Leibniz product; jet * constant (a parameter, not a field) scales every slot."""
+        if isinstance(other, Jet):
+            return self._like(product_jet_ref(self.stack, other.stack, self.plan))
+        return self._like(self.stack * other)
+
+    __rmul__ = __mul__

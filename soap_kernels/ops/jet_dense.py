@@ -1,0 +1,139 @@
+"""soap_kernels::jet_dense_activation: one network layer applied to a jet, with a first-order backward.
+
+Forward, for a jet stack x [K, N, F_in] laid out by a JetPlan (slot 0 the value):
+
+    z_k = x_k W^T (+ b on k = 0),        h = s(z) as a jet (Faa di Bruno, see jets/plan.py),
+
+returning (h, z); z is kept for the backward and marked non-differentiable. Backward, given g = dL/dh:
+
+    g_z = (dh/dz)^T g       (activation-adjoint rule, plan.activation_adjoint_terms)
+    dL/dx = g_z W,  dL/dW = sum_k g_z,k^T x_k  (one GEMM over all K*N rows),  dL/db = sum_n g_z,0.
+
+Both are torch.library.triton_op ops: on CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 when
+`use_triton` is set, they launch the Triton kernels of ops/jet_dense_triton.py; otherwise the torch
+reference of jets/reference.py. Neither needs double backward, so the jet is torch.compile friendly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.library import triton_op
+
+from soap_kernels.jets.plan import JetPlan
+from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref, linear_jet_ref
+
+
+def jet_dense_activation_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch reference of the forward: (h, z)."""
+    z = linear_jet_ref(x, weight, bias)
+    return activation_jet_ref(z, activation, JetPlan.from_key(layout)), z
+
+
+def jet_dense_activation_backward_ref(
+    grad_h: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    activation: str,
+    layout: str,
+    compute_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch reference of the backward: (dL/dx, dL/dW, dL/db); dL/dx is empty when not asked for."""
+    grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout))
+    f_out, f_in = weight.shape
+    grad_weight = grad_z.reshape(-1, f_out).t().mm(x.reshape(-1, f_in))
+    grad_bias = grad_z[0].sum(0)
+    grad_x = torch.matmul(grad_z, weight) if compute_grad_x else x.new_empty(0)
+    return grad_x, grad_weight, grad_bias
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: str) -> None:
+    plan = JetPlan.from_key(layout)
+    if x.dim() != 3 or x.shape[0] != plan.num_slots:
+        raise ValueError(f"jet_dense_activation: x has shape {tuple(x.shape)}, expected [{plan.num_slots}, N, F]")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"jet_dense_activation: weight shape {tuple(weight.shape)} does not match x features {x.shape[2]}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"jet_dense_activation: bias shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+
+
+@triton_op("soap_kernels::jet_dense_activation", mutates_args=())
+def jet_dense_activation(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str,
+    layout: str,
+    use_triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, z): z = x W^T + b (bias on the value slot), h = activation jet of z. See the module docstring."""
+    _check(x, weight, bias, layout)
+    if use_triton:
+        from soap_kernels.ops.jet_dense_triton import jet_dense_activation_triton
+
+        return jet_dense_activation_triton(x, weight, bias, activation, layout)
+    return jet_dense_activation_ref(x, weight, bias, activation, layout)
+
+
+@jet_dense_activation.register_fake
+def _(x, weight, bias, activation, layout, use_triton):
+    shape = (x.shape[0], x.shape[1], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+@triton_op("soap_kernels::jet_dense_activation_backward", mutates_args=())
+def jet_dense_activation_backward(
+    grad_h: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    activation: str,
+    layout: str,
+    use_triton: bool,
+    compute_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dW, dL/db) of jet_dense_activation given dL/dh (dL/dx empty unless compute_grad_x)."""
+    if use_triton:
+        from soap_kernels.ops.jet_dense_triton import jet_dense_activation_backward_triton
+
+        return jet_dense_activation_backward_triton(grad_h, z, x, weight, activation, layout, compute_grad_x)
+    return jet_dense_activation_backward_ref(grad_h, z, x, weight, activation, layout, compute_grad_x)
+
+
+@jet_dense_activation_backward.register_fake
+def _(grad_h, z, x, weight, activation, layout, use_triton, compute_grad_x):
+    grad_x = x.new_empty(x.shape) if compute_grad_x else x.new_empty(0)
+    return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation, layout, use_triton = inputs
+    _, z = output
+    ctx.mark_non_differentiable(z)
+    ctx.save_for_backward(x, weight, z)
+    ctx.options = (activation, layout, use_triton, bias is not None)
+
+
+def _backward(ctx, grad_h, grad_z_unused):
+    x, weight, z = ctx.saved_tensors
+    activation, layout, use_triton, has_bias = ctx.options
+    if grad_h is None:
+        return None, None, None, None, None, None
+    grad_x, grad_weight, grad_bias = jet_dense_activation_backward(
+        grad_h.contiguous(), z, x, weight, activation, layout, use_triton, ctx.needs_input_grad[0]
+    )
+    return (
+        grad_x if ctx.needs_input_grad[0] else None,
+        grad_weight if ctx.needs_input_grad[1] else None,
+        grad_bias if has_bias and ctx.needs_input_grad[2] else None,
+        None,
+        None,
+        None,
+    )
+
+
+jet_dense_activation.register_autograd(_backward, setup_context=_setup_context)
