@@ -1,0 +1,114 @@
+"""What every PDE brings: its residual, initial/boundary losses, domain, reference and the paper's recipe.
+
+Model inputs are (t, x) or (t, x, y), with t measured from the start of the current time window (as
+in jaxpi's time-marching). A PDE's `residual` uses only arithmetic on the derivative dict, so the same
+code runs on torch tensors from soap_kernels.jet and on numpy arrays from finite differences (tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..cache import load_reference
+from ..references import Reference
+
+__all__ = ["Recipe", "Window", "PDE", "grid_points"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The paper's per-PDE settings (jaxpi, branch pirate, examples/<pde>/configs/pirate.py)."""
+
+    fourier_scale: float
+    periodic_axes: dict[int, float] = field(default_factory=dict)  # model input axis -> angular frequency
+    activation: str = "tanh"
+    initial_weights: dict[str, float] = field(default_factory=dict)
+    causal_tol: float = 1.0
+    causal_chunks: int = 32
+    batch_size: int = 8192
+    decay_steps: int = 2000
+    max_steps: int = 200_000  # per time window in the paper
+    time_windows: int = 1
+
+
+@dataclass
+class Window:
+    """One time-marching window: global times [t_start, t_end] and the reference restricted to it.
+
+    initial_state [*space, out] is the initial condition the window is trained to match: the reference
+    at t = 0 for the first window, the previous window's prediction at its end time afterwards.
+    """
+
+    index: int
+    reference: Reference
+    initial_state: np.ndarray
+
+    @property
+    def t_start(self) -> float:
+        return float(self.reference.t[0])
+
+    @property
+    def duration(self) -> float:
+        return float(self.reference.t[-1] - self.reference.t[0])
+
+
+def grid_points(t: np.ndarray, coordinates: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Inputs [nt * n_space, 1 + d] in the order of a Reference's solution (t, then y, then x fastest)."""
+    axes = [t] + list(reversed(coordinates))  # solution layout: [t, (y,) x]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    columns = [mesh[0]] + list(reversed(mesh[1:]))  # input layout: (t, x, y)
+    return np.stack([c.reshape(-1) for c in columns], axis=1)
+
+
+class PDE:
+    """Base class: subclasses set the class attributes and implement residual (and maybe conditions)."""
+
+    name: str = ""
+    summary: str = ""
+    output_dim: int = 1
+    derivatives: tuple[tuple[int, ...], ...] = ()
+    residual_terms: tuple[str, ...] = ("res",)
+    ic_terms: tuple[str, ...] = ("ics",)
+    spatial_bounds: tuple[tuple[float, float], ...] = ((-1.0, 1.0),)
+    periodic: tuple[bool, ...] = (True,)  # per spatial axis, for finite-difference checks
+    recipe: Recipe = Recipe(fourier_scale=1.0)
+    reference_settings: dict = {}  # generator settings of the training reference (the published grids)
+
+    @property
+    def input_dim(self) -> int:
+        return 1 + len(self.spatial_bounds)
+
+    @property
+    def loss_terms(self) -> tuple[str, ...]:
+        return self.ic_terms + self.boundary_terms() + self.residual_terms
+
+    def boundary_terms(self) -> tuple[str, ...]:
+        return ()
+
+    def reference(self, use_cache: bool = True, **overrides) -> Reference:
+        """The reference solution (generated once, then cached; overrides change the generator settings)."""
+        settings = {**self.reference_settings, **overrides}
+        return load_reference(self.name, use_cache=use_cache, **settings)
+
+    def residual(self, d: dict) -> tuple:
+        """The residual terms, one per name in residual_terms, from a jet dict (torch or numpy)."""
+        raise NotImplementedError
+
+    def condition_losses(self, model, window: Window, ic_stride: int = 1) -> dict[str, torch.Tensor]:
+        """Mean squared initial-condition misfit on the window's spatial grid (every ic_stride-th point).
+
+        Subclasses add boundary or velocity conditions.
+        """
+        parameter = next(model.parameters())
+        coordinates = tuple(c[::ic_stride] for c in window.reference.coordinates)
+        target = window.initial_state
+        for axis in range(len(coordinates)):
+            target = np.take(target, np.arange(0, target.shape[axis], ic_stride), axis=axis)
+        inputs = grid_points(np.zeros(1), coordinates)
+        x = torch.as_tensor(inputs, dtype=parameter.dtype, device=parameter.device)
+        u = model(x)
+        expected = torch.as_tensor(target.reshape(-1, self.output_dim), dtype=u.dtype, device=u.device)
+        return {name: ((u[:, k] - expected[:, k]) ** 2).mean() for k, name in enumerate(self.ic_terms)}
