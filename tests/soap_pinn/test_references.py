@@ -11,7 +11,6 @@ platform rounding, tight enough that any change of coefficient, domain or initia
 import numpy as np
 import pytest
 from scipy.io import loadmat
-
 from soap_pinn.cache import load_mat_reference, load_reference
 from soap_pinn.pdes import get_pde
 

@@ -9,7 +9,6 @@ settings: AC 9.8e-4, Burgers 9.8e-3, KdV 2.3e-3, KS 2.8e-3, wave ~1e-6 (closed f
 
 import numpy as np
 import pytest
-
 from soap_pinn.finite_differences import grid_jet
 from soap_pinn.pdes import get_pde
 from soap_pinn.references import generate_reference

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from soap_pinn.spectral import etdrk4_coefficients, fourier_interpolate, integrate_etdrk4, wavenumbers
 
 
