@@ -1,0 +1,379 @@
+"""soap_kernels.SOAP against the independent float64 specification (tests/soap_spec.py) and its contracts."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from soap_kernels import SOAP
+from soap_kernels.optim.layout import merged_shape, precondition_plan
+from tests.soap_spec import SpecSOAP, spec_merge
+
+STEPS = 27  # crosses several refreshes at the frequencies used below
+
+
+def _run_pair(shapes, steps=STEPS, seed=0, dtype=torch.float64, **settings):
+    """Step soap_kernels.SOAP and SpecSOAP on identical gradients; return both parameter lists and both."""
+    generator = torch.Generator().manual_seed(seed)
+    init = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    ours = [torch.nn.Parameter(x.clone()) for x in init]
+    theirs = [x.clone() for x in init]
+    optimizer = SOAP(ours, **settings)
+    spec = SpecSOAP(theirs, **{k: v for k, v in settings.items() if k not in ("backend", "refresh")})
+    for _ in range(steps):
+        grads = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+        for p, g in zip(ours, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        spec.step(grads)
+    return ours, theirs, optimizer, spec
+
+
+def _assert_close(ours, theirs, rtol=1e-9, atol=1e-11):
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.detach(), b, rtol=rtol, atol=atol)
+
+
+# Full-rank shapes: every Kronecker factor is full rank from the first step (square matrices, tensors with
+# each dim <= the product of the others), so the trajectory is unique up to rounding.
+FULL_RANK_CASES = [
+    pytest.param([(7, 7), (12, 12), (1, 1)], dict(precondition_frequency=3), id="square-matrices"),
+    pytest.param([(3, 4, 5), (2, 3, 2, 3)], dict(precondition_frequency=4), id="3d-4d"),
+    pytest.param([(6, 40), (40, 6)], dict(max_precond_dim=10, precondition_frequency=2), id="dim-above-max"),
+    pytest.param([(2, 3, 4, 5), (5, 5)], dict(merge_dims=True, max_precond_dim=12, precondition_frequency=3),
+                 id="merge-dims"),  # fmt: skip
+    pytest.param([(33,), (), (5, 5)], dict(precondition_frequency=2), id="1d-unpreconditioned-and-scalar"),
+    pytest.param([(9, 9)], dict(shampoo_beta=0.8, betas=(0.9, 0.99), precondition_frequency=5), id="shampoo-beta"),
+    pytest.param([(8, 8), (2, 4, 4)], dict(correct_bias=False, weight_decay=0.1, lr=1e-2), id="no-bias-correction"),
+    pytest.param([(6, 6), (7,)], dict(normalize_grads=True, precondition_frequency=2), id="normalize-grads"),
+    pytest.param([(10, 10)], dict(lr=0.05, weight_decay=0.0, precondition_frequency=1), id="freq-1"),
+]
+
+
+@pytest.mark.parametrize("shapes, settings", FULL_RANK_CASES)
+def test_trajectory_matches_specification_float64(shapes, settings):
+    ours, theirs, _, _ = _run_pair(shapes, **settings)
+    _assert_close(ours, theirs)
+
+
+def test_backends_torch_and_native_agree_float64():
+    shapes = [(7, 7), (3, 4, 5), (11,)]
+    native, _, _, _ = _run_pair(shapes, precondition_frequency=3)
+    reference, _, _, _ = _run_pair(shapes, precondition_frequency=3, backend="torch")
+    _assert_close(native, [p.detach() for p in reference], rtol=1e-12, atol=1e-14)
+
+
+def test_float32_trajectory_close_to_float64_specification():
+    shapes = [(16, 16), (4, 6, 5)]
+    ours, theirs, _, _ = _run_pair(shapes, dtype=torch.float32, precondition_frequency=3)
+    spec_params = []
+    generator = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=generator).double() for s in shapes]
+    spec = SpecSOAP(init, precondition_frequency=3)
+    for _ in range(STEPS):
+        spec.step([torch.randn(s, generator=generator).double() for s in shapes])
+    spec_params = spec.params
+    for a, b in zip(ours, spec_params):
+        torch.testing.assert_close(a.detach().double(), b, rtol=1e-4, atol=1e-5)
+    assert all(p.dtype == torch.float32 for p in ours)
+
+
+@pytest.mark.parametrize(
+    "shapes, settings",
+    [
+        pytest.param([(12,), (5,)], dict(precondition_1d=True, precondition_frequency=2), id="1d-preconditioned"),
+        pytest.param([(3, 20), (20, 3)], dict(precondition_frequency=3), id="non-square"),
+    ],
+)
+def test_rank_deficient_factors_keep_basis_independent_invariants(shapes, settings):
+    """Where a factor is rank deficient the basis inside its null space is arbitrary, so compare what is not:
+    the factors L (EMA of G G^T), the momentum in parameter coordinates, orthonormal bases, finite parameters."""
+    ours, _, optimizer, spec = _run_pair(shapes, **settings)
+    for k, p in enumerate(ours):
+        state = optimizer.state[p]
+        for ours_factor, spec_factor in zip(state["GG"], spec.state[k]["L"]):
+            if spec_factor is None:
+                assert ours_factor is None
+                continue
+            torch.testing.assert_close(ours_factor, spec_factor, rtol=1e-10, atol=1e-12)
+        for basis in state["Q"]:
+            if basis is not None:
+                eye = torch.eye(basis.shape[0], dtype=basis.dtype)
+                torch.testing.assert_close(basis.T @ basis, eye, rtol=0, atol=1e-12)
+        m = state["exp_avg"].reshape(spec.state[k]["m"].shape)
+        for d, basis in enumerate(state["Q"]):  # back to parameter coordinates
+            if basis is not None:
+                m = torch.movedim(torch.tensordot(m, basis, dims=([d], [1])), -1, d)
+        torch.testing.assert_close(m, spec.plain_momentum(k), rtol=1e-9, atol=1e-11)
+        assert torch.isfinite(p).all()
+        assert (state["exp_avg_sq"] >= 0).all()
+
+
+def test_first_step_only_initialises():
+    p = torch.nn.Parameter(torch.randn(5, 5, dtype=torch.float64))
+    before = p.detach().clone()
+    optimizer = SOAP([p])
+    p.grad = torch.randn(5, 5, dtype=torch.float64)
+    optimizer.step()
+    assert torch.equal(p.detach(), before)
+    state = optimizer.state[p]
+    assert state["step"] == 0
+    expected = (1 - 0.95) * p.grad @ p.grad.T
+    torch.testing.assert_close(state["GG"][0], expected)
+
+
+def test_merged_shape_matches_specification():
+    for shape, limit in [((128, 64, 3, 3), 10000), ((2, 3, 4, 5), 12), ((20000, 3), 10000), ((5,), 2), ((4, 5), 10)]:
+        assert list(merged_shape(shape, limit)) == spec_merge(shape, limit)
+    assert precondition_plan((4, 5), 10000, True, False).view_shape == (20,)
+    assert precondition_plan((7,), 10000, False, False).factored == (False,)
+    assert precondition_plan((), 10, True, True).view_shape == ()
+
+
+def test_param_groups_have_their_own_hyperparameters():
+    a = torch.nn.Parameter(torch.randn(6, 6, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(6, 6, dtype=torch.float64))
+    a_ref, b_ref = a.detach().clone(), b.detach().clone()
+    optimizer = SOAP([{"params": [a], "lr": 1e-2}, {"params": [b], "lr": 1e-3, "precondition_frequency": 2}])
+    spec_a = SpecSOAP([a_ref], lr=1e-2)
+    spec_b = SpecSOAP([b_ref], lr=1e-3, precondition_frequency=2)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(12):
+        ga, gb = torch.randn(6, 6, generator=generator, dtype=torch.float64), torch.randn(
+            6, 6, generator=generator, dtype=torch.float64
+        )
+        a.grad, b.grad = ga.clone(), gb.clone()
+        optimizer.step()
+        spec_a.step([ga])
+        spec_b.step([gb])
+    _assert_close([a, b], [a_ref, b_ref])
+
+
+def test_parameters_without_gradients_are_skipped_and_join_later():
+    shapes = [(5, 5), (5, 5)]
+    a, b = (torch.nn.Parameter(torch.randn(s, dtype=torch.float64)) for s in shapes)
+    b_before = b.detach().clone()
+    optimizer = SOAP([a, b], precondition_frequency=2)
+    spec_a, spec_b = SpecSOAP([a.detach().clone()], precondition_frequency=2), None
+    generator = torch.Generator().manual_seed(1)
+    for step in range(10):
+        ga = torch.randn(5, 5, generator=generator, dtype=torch.float64)
+        a.grad = ga.clone()
+        spec_a.step([ga])
+        if step >= 4:  # b gets gradients only from step 4 on: its own step count, its own stack
+            if spec_b is None:
+                spec_b = SpecSOAP([b.detach().clone()], precondition_frequency=2)
+            gb = torch.randn(5, 5, generator=generator, dtype=torch.float64)
+            b.grad = gb.clone()
+            spec_b.step([gb])
+        else:
+            b.grad = None
+        optimizer.step()
+        if step < 4:
+            assert torch.equal(b.detach(), b_before) and len(optimizer.state[b]) == 0
+    _assert_close([a, b], [spec_a.params[0], spec_b.params[0]])
+
+
+def test_closure_is_called_with_grad_enabled():
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = SOAP([p])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    loss = optimizer.step(closure)
+    assert loss.requires_grad and p.grad is not None
+
+
+def _snapshot(optimizer, params):
+    return [p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()["state"])
+
+
+def _assert_same_state(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        for x, y in zip(a, b):
+            _assert_same_state(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_skips_the_step_without_changing_state(bad):
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(6, 6), (3, 4, 5), (7,)]]
+    optimizer = SOAP(params, precondition_frequency=2, precondition_1d=True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+    before_params, before_state = _snapshot(optimizer, params)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+    params[2].grad[3] = bad  # one bad entry in one tensor skips the whole step (a refresh step: t = 4)
+    optimizer.step()
+    after_params, after_state = _snapshot(optimizer, params)
+    for x, y in zip(before_params, after_params):
+        assert torch.equal(x, y)
+    for key in before_state:
+        state_before = {k: v for k, v in before_state[key].items() if k != "step"}
+        state_after = {k: v for k, v in after_state[key].items() if k != "step"}
+        _assert_same_state(state_before, state_after)
+    assert int(optimizer.skipped_steps) == 1
+    for p in params:  # and it goes on normally afterwards
+        p.grad = torch.randn(p.shape, generator=generator)
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in params)
+    assert not all(torch.equal(x, p.detach()) for x, p in zip(before_params, params))
+
+
+def _train(params, optimizer, generator, steps):
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        optimizer.step()
+
+
+def test_resumed_run_equals_uninterrupted_run():
+    shapes = [(6, 6), (3, 4, 5), (7,), ()]
+    settings = dict(precondition_frequency=3, precondition_1d=True)
+    init = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    straight = [torch.nn.Parameter(x.clone()) for x in init]
+    _train(straight, SOAP(straight, **settings), torch.Generator().manual_seed(5), 20)
+
+    first = [torch.nn.Parameter(x.clone()) for x in init]
+    generator = torch.Generator().manual_seed(5)
+    optimizer = SOAP(first, **settings)
+    _train(first, optimizer, generator, 11)
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in first], "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = [torch.nn.Parameter(x.clone()) for x in saved["params"]]
+    optimizer = SOAP(resumed, **settings)
+    optimizer.load_state_dict(saved["optimizer"])
+    _train(resumed, optimizer, generator, 9)
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+
+
+def test_bf16_parameters_keep_float32_state_across_load():
+    params = [torch.nn.Parameter(torch.randn(8, 8).to(torch.bfloat16)), torch.nn.Parameter(torch.randn(8).bfloat16())]
+    optimizer = SOAP(params, precondition_1d=True, precondition_frequency=2)
+    _train(params, optimizer, torch.Generator().manual_seed(0), 5)
+    state = optimizer.state_dict()
+    assert state["state"][0]["exp_avg"].dtype == torch.float32
+    fresh = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = SOAP(fresh, precondition_1d=True, precondition_frequency=2)
+    restored.load_state_dict(state)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert restored.state[fresh[0]][key].dtype == torch.float32
+        assert torch.equal(restored.state[fresh[0]][key], optimizer.state[params[0]][key])
+    assert restored.state[fresh[0]]["Q"][0].dtype == torch.float32
+    _train(fresh, restored, torch.Generator().manual_seed(1), 3)
+    _train(params, optimizer, torch.Generator().manual_seed(1), 3)
+    for a, b in zip(params, fresh):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+def test_float64_state_is_float64():
+    p = torch.nn.Parameter(torch.randn(5, 5, dtype=torch.float64))
+    optimizer = SOAP([p])
+    _train([p], optimizer, torch.Generator().manual_seed(0), 3)
+    state = optimizer.state[p]
+    assert state["exp_avg"].dtype == state["GG"][0].dtype == state["Q"][0].dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        (dict(lr=-1e-3), ValueError, "-0.001"),
+        (dict(betas=(1.0, 0.9)), ValueError, "1.0"),
+        (dict(betas=(0.9, -0.1)), ValueError, "-0.1"),
+        (dict(betas=0.9), TypeError, "0.9"),
+        (dict(eps=-1.0), ValueError, "-1.0"),
+        (dict(weight_decay=-0.5), ValueError, "-0.5"),
+        (dict(precondition_frequency=0), ValueError, "0"),
+        (dict(precondition_frequency=2.5), TypeError, "2.5"),
+        (dict(max_precond_dim=0), ValueError, "0"),
+        (dict(shampoo_beta=1.5), ValueError, "1.5"),
+        (dict(refresh="svd"), ValueError, "svd"),
+        (dict(backend="metal"), ValueError, "metal"),
+        (dict(lr="fast"), TypeError, "fast"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_value(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        SOAP([torch.nn.Parameter(torch.randn(3, 3))], **kwargs)
+
+
+def test_bad_group_hyperparameter_raises():
+    with pytest.raises(ValueError, match="-2"):
+        SOAP([{"params": [torch.nn.Parameter(torch.randn(2))], "lr": -2}])
+
+
+def test_complex_parameters_are_rejected():
+    with pytest.raises(TypeError, match="complex"):
+        SOAP([torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))])
+
+
+def test_sparse_gradient_is_rejected_without_touching_state():
+    dense = torch.nn.Parameter(torch.randn(4, 4))
+    sparse = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = SOAP([dense, sparse])
+    dense.grad = torch.randn(4, 4)
+    sparse.grad = torch.randn(4, 4).to_sparse()
+    before = dense.detach().clone()
+    with pytest.raises(TypeError, match="sparse"):
+        optimizer.step()
+    assert torch.equal(dense.detach(), before) and len(optimizer.state[dense]) == 0
+
+
+def test_triton_backend_not_implemented_yet_says_so(monkeypatch):
+    with pytest.raises(NotImplementedError, match="Triton"):
+        SOAP([torch.nn.Parameter(torch.randn(3, 3))], backend="triton")
+    p = torch.nn.Parameter(torch.randn(3, 3))
+    optimizer = SOAP([p])
+    monkeypatch.setenv("SOAP_KERNELS_BACKEND", "triton")
+    p.grad = torch.randn(3, 3)
+    with pytest.raises(NotImplementedError, match="Triton"):
+        optimizer.step()
+    assert len(optimizer.state[p]) == 0
+
+
+@pytest.mark.parametrize("refresh", ["qr", "eigh"])
+def test_soap_reduces_a_least_squares_loss(refresh):
+    torch.manual_seed(0)
+    a = torch.randn(64, 16)
+    target = a @ torch.randn(16, 8)  # realisable: the optimum loss is 0
+    w = torch.nn.Parameter(torch.zeros(16, 8))
+    optimizer = SOAP([w], lr=0.1, weight_decay=0.0, precondition_frequency=2, refresh=refresh)
+    losses = []
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss = ((a @ w - target) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.02 * losses[0]
+
+
+def test_eigh_refresh_gives_the_exact_eigenbasis():
+    p = torch.nn.Parameter(torch.randn(6, 6, dtype=torch.float64))
+    optimizer = SOAP([p], refresh="eigh", precondition_frequency=2)
+    _train([p], optimizer, torch.Generator().manual_seed(2), 5)  # refreshes at t = 2 and 4
+    factor, basis = optimizer.state[p]["GG"][0], optimizer.state[p]["Q"][0]
+    rotated = basis.T @ factor @ basis
+    eigenvalues = torch.linalg.eigvalsh(factor).flip(0)
+    torch.testing.assert_close(rotated, torch.diag(eigenvalues), rtol=0, atol=1e-12)
