@@ -1,0 +1,213 @@
+"""Triton kernels of soap_kernels::jet_dense_activation: fused GEMM + activation-jet epilogue, and the
+backward's activation-adjoint prologue fused with the transposed GEMM.
+
+Forward (one launch): for a tile of points and output features, every slot k shares the weight tile:
+    z_k = x_k W^T (+ b on k = 0),  h_k = sum_terms coef * s^(m)(z_0) * prod z_factors   (jets/plan.py).
+Backward (one launch + one GEMM): g_z = (dh/dz)^T g computed in the prologue, dL/dx_k = g_z,k W in the
+same kernel (g_z is also written once), then dL/dW = sum_k g_z,k^T x_k as one GEMM over all K*N rows and
+dL/db = sum_n g_z,0.
+
+The slot count and the programs differ per layout, so the kernel source is generated per
+(layout, activation, dtype) by ops/jet_triton_codegen.py from the same term lists as the torch reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+
+import torch
+from torch.library import wrap_triton
+
+from soap_kernels.jets.plan import JetPlan
+from soap_kernels.ops.jet_triton_codegen import (
+    adjoint_program_lines,
+    forward_program_lines,
+    load_generated,
+    tower_lines,
+)
+
+_SUPPORTED_DTYPES = {torch.float32: "tl.float32", torch.float64: "tl.float64"}
+
+_HEADER = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(x):
+    """tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow for large |x|."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _sigmoid(x):
+    """1 / (1 + exp(-x)), via exp(-|x|) so it never overflows."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+'''
+
+
+def _indent(lines: list[str], depth: int) -> str:
+    return textwrap.indent("\n".join(lines), "    " * depth)
+
+
+@functools.cache
+def _forward_kernel(layout: str, activation: str, dtype: str):
+    """The generated `_jet_dense_activation_kernel` for a layout, activation and accumulator dtype."""
+    plan = JetPlan.from_key(layout)
+    slots = range(plan.num_slots)
+    body = f'''
+@triton.jit
+def _jet_dense_activation_kernel(
+    x_ptr, w_ptr, b_ptr, h_ptr, z_ptr, N, F_IN, F_OUT,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """z_k = x_k W^T (+ b on slot 0); h = activation jet of z (layout {layout}, {activation})."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    inner = tl.arange(0, BLOCK_K)
+    x_slot = N * F_IN
+    out_slot = N * F_OUT
+{_indent([f"acc{k} = tl.zeros((BLOCK_M, BLOCK_N), dtype={dtype})" for k in slots], 1)}
+    for k0 in range(0, F_IN, BLOCK_K):
+        ks = k0 + inner
+        # W^T tile [BLOCK_K, BLOCK_N], loaded once and shared by every slot
+        w = tl.load(w_ptr + cols[None, :] * F_IN + ks[:, None],
+                    mask=(ks[:, None] < F_IN) & (cols[None, :] < F_OUT), other=0.0)
+        x_offsets = rows[:, None] * F_IN + ks[None, :]
+        x_mask = (rows[:, None] < N) & (ks[None, :] < F_IN)
+{_indent([f"acc{k} += tl.dot(tl.load(x_ptr + {k} * x_slot + x_offsets, mask=x_mask, other=0.0), w, "
+          "input_precision=PRECISION)" for k in slots], 2)}
+    if HAS_BIAS:
+        acc0 += tl.load(b_ptr + cols, mask=cols < F_OUT, other=0.0)[None, :]
+{_indent(tower_lines(activation, "acc0", plan.max_activation_order, dtype), 1)}
+{_indent(forward_program_lines(plan, "acc", "h"), 1)}
+    out_offsets = rows[:, None] * F_OUT + cols[None, :]
+    out_mask = (rows[:, None] < N) & (cols[None, :] < F_OUT)
+{_indent([f"tl.store(z_ptr + {k} * out_slot + out_offsets, acc{k}, mask=out_mask)" for k in slots], 1)}
+{_indent([f"tl.store(h_ptr + {k} * out_slot + out_offsets, h{k}, mask=out_mask)" for k in slots], 1)}
+'''
+    return load_generated(_HEADER + body, "jet-forward")["_jet_dense_activation_kernel"]
+
+
+@functools.cache
+def _backward_kernel(layout: str, activation: str, dtype: str):
+    """The generated `_jet_dense_activation_backward_kernel` (adjoint prologue + g_z W GEMM)."""
+    plan = JetPlan.from_key(layout)
+    slots = range(plan.num_slots)
+    body = f'''
+@triton.jit
+def _jet_dense_activation_backward_kernel(
+    g_ptr, z_ptr, w_ptr, gz_ptr, gx_ptr, N, F_IN, F_OUT,
+    COMPUTE_GRAD_X: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """g_z = (dh/dz)^T g (written by the first column of programs); dL/dx_k = g_z,k W (layout {layout})."""
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    outer = tl.arange(0, BLOCK_N)
+    in_slot = N * F_IN
+    out_slot = N * F_OUT
+{_indent([f"acc{k} = tl.zeros((BLOCK_M, BLOCK_K), dtype={dtype})" for k in slots], 1)}
+    for n0 in range(0, F_OUT, BLOCK_N):
+        cols = n0 + outer
+        offsets = rows[:, None] * F_OUT + cols[None, :]
+        mask = (rows[:, None] < N) & (cols[None, :] < F_OUT)
+{_indent([f"z{k} = tl.load(z_ptr + {k} * out_slot + offsets, mask=mask, other=0.0)" for k in slots], 2)}
+{_indent([f"g{k} = tl.load(g_ptr + {k} * out_slot + offsets, mask=mask, other=0.0)" for k in slots], 2)}
+{_indent(tower_lines(activation, "z0", plan.max_activation_order + 1, dtype), 2)}
+{_indent(adjoint_program_lines(plan, "z", "g", "gz"), 2)}
+        # g_z is the same for every column of programs: the first one writes it for the weight GEMM
+        store_mask = mask & (pid_k == 0)
+{_indent([f"tl.store(gz_ptr + {k} * out_slot + offsets, gz{k}, mask=store_mask)" for k in slots], 2)}
+        if COMPUTE_GRAD_X:
+            w = tl.load(w_ptr + cols[:, None] * F_IN + ks[None, :],
+                        mask=(cols[:, None] < F_OUT) & (ks[None, :] < F_IN), other=0.0)
+{_indent([f"acc{k} += tl.dot(gz{k}, w, input_precision=PRECISION)" for k in slots], 3)}
+    if COMPUTE_GRAD_X:
+        x_offsets = rows[:, None] * F_IN + ks[None, :]
+        x_mask = (rows[:, None] < N) & (ks[None, :] < F_IN)
+{_indent([f"tl.store(gx_ptr + {k} * in_slot + x_offsets, acc{k}, mask=x_mask)" for k in slots], 2)}
+'''
+    return load_generated(_HEADER + body, "jet-backward")["_jet_dense_activation_backward_kernel"]
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    if tensor.dtype not in _SUPPORTED_DTYPES:
+        raise NotImplementedError(
+            f"the jet Triton kernels support float32 and float64, not {tensor.dtype}; use backend='torch'"
+        )
+    return _SUPPORTED_DTYPES[tensor.dtype]
+
+
+def _precision(tensor: torch.Tensor) -> str:
+    """tf32 only where torch itself allows it for float32 matmuls; exact fp32/fp64 otherwise."""
+    allow_tf32 = tensor.is_cuda and torch.backends.cuda.matmul.allow_tf32 and tensor.dtype == torch.float32
+    return "tf32" if allow_tf32 else "ieee"
+
+
+def _blocks(num_slots: int, device: torch.device) -> tuple[int, int, int]:
+    if device.type != "cuda":
+        return 16, 32, 32  # interpreter: small tiles keep the CPU emulation quick
+    return (32, 64, 32) if num_slots > 6 else (64, 64, 32)
+
+
+def jet_dense_activation_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward launcher: (h, z), each [K, N, F_out]."""
+    dtype = _dtype_name(x)
+    x, weight = x.contiguous(), weight.contiguous().to(x.dtype)
+    num_slots, n, f_in = x.shape
+    f_out = weight.shape[0]
+    h = x.new_empty((num_slots, n, f_out))
+    z = torch.empty_like(h)
+    block_m, block_n, block_k = _blocks(num_slots, x.device)
+    grid = (triton_cdiv(n, block_m), triton_cdiv(f_out, block_n))
+    kernel = _forward_kernel(layout, activation, dtype)
+    wrap_triton(kernel)[grid](
+        x, weight, bias.contiguous() if bias is not None else weight, h, z, n, f_in, f_out,
+        HAS_BIAS=bias is not None, PRECISION=_precision(x),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    return h, z
+
+
+def jet_dense_activation_backward_triton(
+    grad_h: torch.Tensor,
+    z: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    activation: str,
+    layout: str,
+    compute_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward launcher: (dL/dx or empty, dL/dW, dL/db)."""
+    dtype = _dtype_name(z)
+    grad_h, z, x, weight = grad_h.contiguous(), z.contiguous(), x.contiguous(), weight.contiguous()
+    num_slots, n, f_out = z.shape
+    f_in = weight.shape[1]
+    grad_z = torch.empty_like(z)
+    grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
+    block_m, block_n, block_k = _blocks(num_slots, z.device)
+    grid = (triton_cdiv(n, block_m), triton_cdiv(f_in, block_k) if compute_grad_x else 1)
+    kernel = _backward_kernel(layout, activation, dtype)
+    wrap_triton(kernel)[grid](
+        grad_h, z, weight, grad_z, grad_x if compute_grad_x else grad_z, n, f_in, f_out,
+        COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    )
+    grad_weight = grad_z.reshape(-1, f_out).t().mm(x.reshape(-1, f_in))
+    return grad_x, grad_weight, grad_z[0].sum(0)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

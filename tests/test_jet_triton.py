@@ -1,0 +1,142 @@
+"""The jet Triton kernels against the torch reference: TRITON_INTERPRET=1 on CPU, or a CUDA GPU."""
+
+import os
+
+import pytest
+import torch
+
+import soap_kernels
+from soap_kernels import nn as snn
+from soap_kernels.jets import JetPlan
+from soap_kernels.ops.jet_dense import (
+    jet_dense_activation,
+    jet_dense_activation_backward,
+    jet_dense_activation_backward_ref,
+    jet_dense_activation_ref,
+)
+
+
+@pytest.fixture
+def device():
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+
+
+LAYOUTS = {
+    "value_only": JetPlan.build(1, []),
+    "allen_cahn": JetPlan.build(2, [(0,), (1, 1)]),
+    "mixed_fourth_laplacian": JetPlan.build(2, [(0, 1), (1, 1, 1, 1)], laplacian_axes=[0, 1]),
+}
+OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+# float32 tolerance: gelu's higher derivatives cancel heavily in float32, in both implementations
+FLOAT32_RTOL = {"gelu": 1e-4}
+
+
+def _close(actual, expected, dtype, activation, what):
+    if dtype == torch.float64:
+        rtol, atol = 1e-12, 1e-12
+    else:
+        rtol = FLOAT32_RTOL.get(activation, 1e-5)
+        atol = rtol * max(expected.abs().max().item() if expected.numel() else 0.0, 1.0)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=what)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+@pytest.mark.parametrize("activation", ["tanh", "sin", "silu", "gelu", "sigmoid"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype):
+    plan = LAYOUTS[layout]
+    torch.manual_seed(0)
+    for n, f_in, f_out, bias in [(7, 33, 17, True), (1, 1, 1, False), (33, 7, 1, True)]:
+        x = torch.randn(plan.num_slots, n, f_in, dtype=dtype, device=device)
+        w = torch.randn(f_out, f_in, dtype=dtype, device=device) / f_in**0.5
+        b = torch.randn(f_out, dtype=dtype, device=device) if bias else None
+        h, z = jet_dense_activation(x, w, b, activation, plan.key, True)
+        h_ref, z_ref = jet_dense_activation_ref(x, w, b, activation, plan.key)
+        shape = f"N={n} F_in={f_in} F_out={f_out}"
+        _close(z, z_ref, dtype, activation, f"z {shape}")
+        _close(h, h_ref, dtype, activation, f"h {shape}")
+        g = torch.randn_like(h)
+        for compute_grad_x in (True, False):
+            ours = jet_dense_activation_backward(g, z_ref, x, w, activation, plan.key, True, compute_grad_x)
+            ref = jet_dense_activation_backward_ref(g, z_ref, x, w, activation, plan.key, compute_grad_x)
+            for a, e, name in zip(ours, ref, ("grad_x", "grad_w", "grad_b")):
+                _close(a, e, dtype, activation, f"{name} {shape} compute_grad_x={compute_grad_x}")
+
+
+def test_wide_layer_257(device):
+    plan = LAYOUTS["allen_cahn"]
+    torch.manual_seed(1)
+    x = torch.randn(plan.num_slots, 5, 257, dtype=torch.float64, device=device)
+    w = torch.randn(257, 257, dtype=torch.float64, device=device) / 16
+    b = torch.randn(257, dtype=torch.float64, device=device)
+    h, _ = jet_dense_activation(x, w, b, "tanh", plan.key, True)
+    torch.testing.assert_close(h, jet_dense_activation_ref(x, w, b, "tanh", plan.key)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_opcheck_triton_path(device):
+    """Under the interpreter, AOT tracing would run the CPU-emulated kernel on fake tensors: skip that util."""
+    utils = OPCHECK_ALL if device.type == "cuda" else ("test_schema", "test_autograd_registration", "test_faketensor")
+    plan = LAYOUTS["allen_cahn"]
+    torch.manual_seed(2)
+    x = torch.randn(plan.num_slots, 5, 7, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(3, 7, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    torch.library.opcheck(jet_dense_activation, (x, w, b, "tanh", plan.key, True), test_utils=utils)
+    z = torch.randn(plan.num_slots, 5, 3, dtype=torch.float64, device=device)
+    torch.library.opcheck(
+        jet_dense_activation_backward, (torch.randn_like(z), z, x.detach(), w.detach(), "tanh", plan.key, True, True),
+        test_utils=utils,
+    )
+
+
+def test_jet_with_triton_backend_matches_torch_backend(device):
+    torch.manual_seed(3)
+    model = snn.PirateNet(2, 1, 8, 1, "tanh", alpha_init=0.3, rwf=(1.0, 0.1)).double().to(device)
+    x = torch.rand(9, 2, dtype=torch.float64, device=device)
+    derivatives = [(0,), (1, 1), (0, 1)]
+    results = {}
+    for backend in ("triton", "torch"):
+        out = soap_kernels.jet(model, x, derivatives, laplacian_axes=[0, 1], backend=backend)
+        loss = sum((v**2).sum() for v in out.values())
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        results[backend] = (out, grads)
+    for key in results["torch"][0]:
+        torch.testing.assert_close(results["triton"][0][key], results["torch"][0][key], rtol=1e-11, atol=1e-11)
+    for a, e in zip(results["triton"][1], results["torch"][1]):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-11)
+
+
+def test_unsupported_dtype_is_not_implemented(device):
+    plan = LAYOUTS["value_only"]
+    x = torch.randn(1, 3, 4, dtype=torch.float16, device=device)
+    with pytest.raises(NotImplementedError, match="float16"):
+        jet_dense_activation(x, torch.randn(2, 4, dtype=torch.float16, device=device), None, "tanh", plan.key, True)
+
+
+def test_triton_backend_refused_without_gpu_or_interpreter(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run"):
+        soap_kernels.jet(snn.MLP(2, 1, 3, 1), torch.zeros(3, 2), [(0,)], backend="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_path_under_torch_compile_matches_eager():
+    torch.manual_seed(4)
+    model = snn.MLP(2, 1, 64, 3).cuda()
+    x = torch.rand(1000, 2, device="cuda")
+
+    def loss():
+        r = soap_kernels.jet(model, x, [(0,), (1, 1)], backend="triton")
+        return ((r[(0,)] - 1e-4 * r[(1, 1)] + 5 * r[()] ** 3 - 5 * r[()]) ** 2).mean()
+
+    eager = torch.autograd.grad(loss(), list(model.parameters()))
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(), list(model.parameters()))
+    for a, e in zip(compiled, eager):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
