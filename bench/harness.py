@@ -1,18 +1,22 @@
-"""Shared measuring helpers for the bench/ scripts: timing, machine naming, JSON results.
+"""Shared measuring helpers for the bench/ scripts: timing, machine naming, JSON results, the suite contract.
 
-Timing on CUDA synchronises around each repetition; on CPU it is wall time. Results are medians with
-10th/90th percentiles, never a single run.
+time_fn: wall time, synchronising CUDA around each repetition. benchmark: the suites' default, which on CUDA
+uses triton.testing.do_bench (CUDA events, L2 flushed between runs) and on CPU time_fn. Results are medians
+with 10th/90th percentiles, never a single run. SuiteConfig and record() are the contract between
+bench/run.py and the suite modules (bench/README.md).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,11 +86,136 @@ def time_fn(
     }
 
 
-def save_results(suite: str, payload: dict, device: torch.device | str = "cpu") -> Path:
-    """Write payload (plus the machine report) to bench/results/<suite>-<device>-<date>.json."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def results_path(
+    suite: str, device: torch.device | str, suffix: str, results_dir: Path | None = None
+) -> Path:
+    """results_dir/<suite>-<device>-<date><suffix> (results_dir defaults to bench/results)."""
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-    path = RESULTS_DIR / f"{suite}-{device_name(device)}-{date}.json"
+    return Path(results_dir or RESULTS_DIR) / f"{suite}-{device_name(device)}-{date}{suffix}"
+
+
+def save_results(
+    suite: str, payload: dict, device: torch.device | str = "cpu", results_dir: Path | None = None
+) -> Path:
+    """Write payload (plus the machine report) to bench/results/<suite>-<device>-<date>.json."""
+    path = results_path(suite, device, ".json", results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"suite": suite, "machine": machine_report(device), **payload}
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def _percentiles(samples: list[float], method: str) -> dict:
+    samples = sorted(samples)
+    return {
+        "median_ms": statistics.median(samples),
+        "p10_ms": samples[int(0.1 * (len(samples) - 1))],
+        "p90_ms": samples[int(0.9 * (len(samples) - 1))],
+        "mean_ms": statistics.fmean(samples),
+        "repeats": len(samples),
+        "method": method,
+    }
+
+
+@functools.cache
+def _do_bench_returns_all() -> bool:
+    """Whether this Triton's do_bench accepts return_mode="all" (the raw per-run times)."""
+    import inspect
+
+    import triton.testing
+
+    try:
+        return '"all"' in inspect.getsource(triton.testing.do_bench)
+    except (OSError, TypeError):
+        return False
+
+
+def benchmark(
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    warmup_ms: float = 25.0,
+    rep_ms: float = 100.0,
+    repeats: int = 20,
+    min_seconds: float = 0.0,
+) -> dict:
+    """Median, p10, p90 and mean time of fn() in ms, and how it was timed ("method").
+
+    On CUDA: triton.testing.do_bench for about rep_ms of runs after warmup_ms (CUDA events, L2 flushed
+    before each run, so small kernels are timed cold); without Triton, time_fn. On CPU: time_fn with
+    `repeats` runs (and at least min_seconds).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            import triton.testing
+        except ImportError:
+            return {**time_fn(fn, device, repeats=repeats, min_seconds=min_seconds), "method": "wall+sync"}
+        if not _do_bench_returns_all():
+            p10, p50, p90 = triton.testing.do_bench(fn, warmup_ms, rep_ms, quantiles=[0.1, 0.5, 0.9])
+            return {"median_ms": p50, "p10_ms": p10, "p90_ms": p90, "method": "do_bench-quantiles"}
+        samples = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
+        return _percentiles(list(samples), "do_bench")
+    return {**time_fn(fn, device, repeats=repeats, min_seconds=min_seconds), "method": "wall"}
+
+
+def record(
+    case: str,
+    provider: str,
+    timing: dict | None,
+    flops: float | None = None,
+    bytes_moved: float | None = None,
+    peak_dtype: str | None = None,
+    error: str | None = None,
+    **extra,
+) -> dict:
+    """One result row of a suite: a case (e.g. "piratenet-3x256 f=2") timed for one provider.
+
+    flops / bytes_moved (the fewest the work needs) let bench/run.py report TFLOP/s and GB/s as a percentage
+    of the measured ceilings; peak_dtype names the matmul ceiling to compare with ("fp32", "tf32", "bf16",
+    "fp64"). A provider that could not run gives timing=None and error="why" instead of being left out.
+    """
+    row: dict = {"case": case, "provider": provider}
+    if timing is not None:
+        row.update(timing)
+    if flops is not None:
+        row["flops"] = float(flops)
+    if bytes_moved is not None:
+        row["bytes"] = float(bytes_moved)
+    if peak_dtype is not None:
+        row["peak_dtype"] = peak_dtype
+    if error is not None:
+        row["error"] = error
+    row.update(extra)
+    return row
+
+
+SIZES = ("paper", "small", "smoke")
+
+
+@dataclass
+class SuiteConfig:
+    """What bench/run.py passes to a suite's run(config).
+
+    sizes: "paper" (the paper's problem sizes; the GPU default), "small" (minutes on a 2-core CPU; the CPU
+    default) or "smoke" (seconds; CI checks that the suite runs, numbers mean nothing). providers: names to
+    run, or None for all the suite offers. time_budget_s: a hint for how long the whole suite should take.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sizes: str = "small"
+    providers: tuple[str, ...] | None = None
+    time_budget_s: float | None = None
+    results_dir: Path = field(default_factory=lambda: RESULTS_DIR)
+    extra: dict = field(default_factory=dict)
+
+    def wants(self, provider: str) -> bool:
+        """True when `provider` was asked for (all are, when no list was given)."""
+        return self.providers is None or provider in self.providers
+
+    def time(self, fn: Callable[[], object], **kwargs) -> dict:
+        """benchmark(fn) on this config's device, fewer repeats at "smoke" size."""
+        if self.sizes == "smoke":
+            kwargs.setdefault("repeats", 3)
+            kwargs.setdefault("warmup_ms", 5.0)
+            kwargs.setdefault("rep_ms", 20.0)
+        return benchmark(fn, self.device, **kwargs)

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# One-invocation GPU check (bench/README.md): build soap_kernels offline against the preinstalled torch, print
+# the build report, run the GPU tests, run the benchmark suites at the paper's sizes, and leave at most 8 files
+# in $OUT (default bench/results/gpu): gpu_check.log (everything printed), summary.txt (step table + results
+# table), info.json, one JSON per suite that ran, and one PNG of all suites.
+#
+#   bash bench/gpu_check.sh              # on the GPU machine, from the repository root or anywhere
+#   bash bench/gpu_check.sh --dry-run    # anywhere: checks the script starts and each step resolves (CI)
+#
+# Environment: OUT (results folder), PYTHON (default python3; .venv/bin/python in a dry run when present),
+# SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 450: the
+# whole check stays inside 8 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
+# train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-m cuda"), SOAP_KERNELS_CUDA_ARCHS (default:
+# this GPU's, e.g. 90a on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
+# which the GPU machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+DRY_RUN="${SOAP_KERNELS_GPU_CHECK_DRY_RUN:-0}"
+[[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
+OUT="${OUT:-bench/results/gpu}"
+mkdir -p "$OUT" || exit 1
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/gpu_check.log"
+SUMMARY="$OUT/summary.txt"
+BUDGET_S="${SOAP_KERNELS_GPU_CHECK_BUDGET_S:-450}"
+SUITES="${SOAP_KERNELS_GPU_CHECK_SUITES:-soap_step refresh residual train_step}"
+PYTEST_ARGS="${SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS:--m cuda}"
+MAX_FILES=8
+if [[ -z "${PYTHON:-}" ]]; then
+  PYTHON=python3
+  [[ "$DRY_RUN" == 1 && -x "$ROOT/.venv/bin/python" ]] && PYTHON="$ROOT/.venv/bin/python"
+fi
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+START_EPOCH=$(date +%s)
+TABLE="$(mktemp /tmp/soap_kernels_results_table.XXXXXX)"
+export PYTHONUNBUFFERED=1 SOAP_KERNELS_RESULTS_DIR="$OUT" MPLBACKEND=Agg
+export ROOT DRY_RUN OUT BUDGET_S PYTEST_ARGS MAX_FILES PYTHON START_EPOCH TABLE
+STEP_LINES=()
+FAILURES=0
+
+remaining_s() { echo $((BUDGET_S - ($(date +%s) - START_EPOCH))); }
+
+record() {  # record NAME STATUS SECONDS [NOTE]
+  STEP_LINES+=("$(printf '%-10s %-8s %5ss  %s' "$1" "$2" "$3" "${4:-}")")
+  [[ "$2" == FAIL ]] && FAILURES=$((FAILURES + 1))
+  echo "=== [$1] $2 after $3 s ${4:-}"
+}
+
+# step NAME LIMIT_S COMMAND...: run COMMAND (a program or one of the functions below, exported) in its own
+# bash with a time limit cut to what is left of the budget.
+step() {
+  local name="$1" limit="$2" left began rc reserve=45
+  shift 2
+  [[ "$name" == results || "$name" == files ]] && reserve=0  # the summary always gets its time
+  left=$(($(remaining_s) - reserve))
+  if ((left < 15)); then
+    record "$name" FAIL 0 "not run: the ${BUDGET_S} s budget is spent"
+    return 1
+  fi
+  ((limit > left)) && limit=$left
+  echo
+  echo "=== [$name] $(date -u +%H:%M:%S) limit ${limit}s: $*"
+  began=$SECONDS
+  timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@"
+  rc=$?
+  if ((rc == 124 || rc == 137)); then
+    record "$name" FAIL $((SECONDS - began)) "timed out after ${limit} s"
+  elif ((rc != 0)); then
+    record "$name" FAIL $((SECONDS - began)) "exit status $rc"
+  else
+    record "$name" ok $((SECONDS - began))
+  fi
+  return $rc
+}
+
+skip() { record "$1" skipped 0 "$2"; }
+
+check_environment() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  cores: $(nproc)  dry run: $DRY_RUN"
+  echo "repository: $ROOT at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  git -C "$ROOT" status --short 2>/dev/null | head -20
+  echo "python: $PYTHON ($(command -v "$PYTHON" || echo 'NOT FOUND'))"
+  "$PYTHON" - <<'EOF' || return 1
+import sys
+
+import torch
+
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| torch CUDA", torch.version.cuda,
+      "| CUDA available", torch.cuda.is_available())
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as error:
+    print("triton: not importable:", error)
+from soap_kernels import profile
+print("NVML:", profile.nvml_status())
+EOF
+  for tool in nvcc cmake ninja nvidia-smi; do echo "$tool: $(command -v $tool || echo 'not on PATH')"; done
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.sm,power.limit,temperature.gpu \
+      --format=csv
+  fi
+  if [[ "$DRY_RUN" != 1 ]]; then
+    "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this is not a GPU machine')" || return 1
+    command -v nvcc >/dev/null || { echo "nvcc is not on PATH: the CUDA kernels cannot be built"; return 1; }
+  fi
+}
+
+install_wheels() {
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/soap_kernels_wheels "$ROOT"/.whl/*.whl
+}
+
+build() {
+  local archs="${SOAP_KERNELS_CUDA_ARCHS:-}"
+  if [[ -z "$archs" ]]; then
+    archs=$("$PYTHON" -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}{n}a' if m == 9 else f'{m}{n}')") || return 1
+  fi
+  echo "building with SOAP_KERNELS_CUDA=1 SOAP_KERNELS_CUDA_ARCHS=$archs"
+  SOAP_KERNELS_CUDA=1 SOAP_KERNELS_CUDA_ARCHS="$archs" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -e "$ROOT"
+}
+
+build_resolves() {  # dry run: the build's tools are there (the compilers only warn: CI may lack nvcc)
+  "$PYTHON" -m pip --version || return 1
+  "$PYTHON" -c "import scikit_build_core; print('scikit-build-core', scikit_build_core.__version__)" || return 1
+  for tool in cmake ninja nvcc; do command -v $tool >/dev/null || echo "WARNING: $tool is not on PATH here"; done
+  echo "would run: SOAP_KERNELS_CUDA=1 SOAP_KERNELS_CUDA_ARCHS=<this GPU's> $PYTHON -m pip install" \
+    "--no-build-isolation --no-deps --no-index -e $ROOT"
+}
+
+build_info() {
+  "$PYTHON" -m soap_kernels info >"$OUT/info.json" || return 1
+  cat "$OUT/info.json"
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  "$PYTHON" - "$OUT/info.json" <<'EOF'
+import json, sys
+info = json.load(open(sys.argv[1]))
+backends = info["backends_here"]
+if not backends["cuda"]:
+    sys.exit(f"the CUDA C++ kernels are not usable here: native_extension={info['native_extension']}")
+print("backends here:", ", ".join(name for name, on in backends.items() if on))
+EOF
+}
+
+gpu_tests() {
+  # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
+  "$PYTHON" -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS tests
+  local rc=$?
+  if ((rc == 5)); then
+    echo "WARNING: pytest collected no tests for '$PYTEST_ARGS'"
+    return 0
+  fi
+  return $rc
+}
+
+run_suite() {  # run_suite NAME: one suite in its own process, so one that hangs or crashes spares the rest
+  local device=cuda sizes=paper budget
+  [[ "$DRY_RUN" == 1 ]] && device=cpu sizes=smoke
+  budget=$(($(remaining_s) - 60))
+  ((budget < 30)) && budget=30
+  "$PYTHON" -m bench "$1" --device "$device" --sizes "$sizes" --out "$OUT" --plots none --time-budget-s "$budget"
+}
+
+summarize() {  # the results table of every suite JSON in $OUT (to $TABLE) and one PNG of them all
+  local results=() device f
+  for f in "$OUT"/*.json; do [[ -e "$f" && "$f" != "$OUT/info.json" ]] && results+=("$f"); done
+  if ((${#results[@]} == 0)); then
+    echo "no suite wrote results" | tee "$TABLE"
+    return 1
+  fi
+  device=$("$PYTHON" -c "import json, sys; print(json.load(open(sys.argv[1]))['machine']['device'])" "${results[0]}")
+  "$PYTHON" -m bench --summarize "${results[@]}" --plot "$OUT/bench-$device-$(date -u +%Y-%m-%d).png" >"$TABLE"
+  local rc=$?
+  cat "$TABLE"
+  return $rc
+}
+
+keep_file_budget() {  # the device tool brings back at most 8 files: pack surplus suite JSONs into one archive
+  local count
+  count=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+  echo "$count files in $OUT (+ summary.txt to come)"
+  if ((count + 1 > MAX_FILES)); then
+    (cd "$OUT" && tar czf suites-json.tar.gz --exclude=info.json ./*.json && find . -maxdepth 1 -name '*.json' \
+      ! -name info.json -delete) || return 1
+    echo "packed the suite JSON files into suites-json.tar.gz to stay within $MAX_FILES files"
+  fi
+}
+
+export -f remaining_s check_environment install_wheels build build_resolves build_info gpu_tests run_suite \
+  summarize keep_file_budget
+
+main() {
+  echo "soap-kernels GPU check: results in $OUT"
+  if ! step env 60 check_environment; then
+    skip build "environment check failed"
+    skip info "environment check failed"
+  else
+    if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+      step wheels 60 install_wheels && export PYTHONPATH="/tmp/soap_kernels_wheels${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    if [[ "$DRY_RUN" == 1 ]]; then
+      step build 60 build_resolves
+    else
+      step build 300 build
+    fi
+    step info 60 build_info
+    if [[ "$DRY_RUN" == 1 ]]; then
+      step tests 30 "$PYTHON" -m pytest --version
+      step suites 60 "$PYTHON" -m bench --dry-run $SUITES
+      step ceilings 60 run_suite ceilings
+    else
+      step tests 150 gpu_tests
+      for suite in $SUITES; do step "$suite" 150 run_suite "$suite"; done
+    fi
+  fi
+  step results 60 summarize
+  step files 30 keep_file_budget
+  {
+    echo "soap-kernels GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ), $(($(date +%s) - START_EPOCH)) s, dry run: $DRY_RUN"
+    printf '%s\n' "${STEP_LINES[@]}"
+    echo
+    cat "$TABLE" 2>/dev/null
+    rm -f "$TABLE"
+    echo
+    if ((FAILURES > 0)); then echo "GPU CHECK FAILED: $FAILURES step(s) failed (see gpu_check.log)"
+    else echo "GPU CHECK PASSED"; fi
+  } >"$SUMMARY"
+  echo
+  ls -la "$OUT"
+  echo
+  cat "$SUMMARY"  # the summary is printed last: the device tool's reply carries the end of the output
+  ((FAILURES == 0))
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then  # sourced (tests): define the steps, run nothing
+  main "$@" 2>&1 | tee "$LOG"
+  exit "${PIPESTATUS[0]}"
+fi

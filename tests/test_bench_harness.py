@@ -1,0 +1,296 @@
+"""bench/: timing helpers, ceilings and % of peak, the suite registry and runner, and gpu_check.sh's dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import harness
+from bench import run as bench_run
+from bench.ceilings import ceiling_records, measure_ceilings, percent_of_peak
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_CHECK = REPO / "bench" / "gpu_check.sh"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# harness
+
+
+def test_time_fn_reports_ordered_percentiles_and_honours_repeats():
+    calls = []
+    timing = harness.time_fn(lambda: calls.append(1), warmup=2, repeats=7)
+    assert timing["repeats"] == 7 and len(calls) == 9
+    assert timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
+
+
+def test_benchmark_on_cpu_says_how_it_timed():
+    timing = harness.benchmark(lambda: torch.ones(16).sum(), "cpu", repeats=5)
+    assert timing["method"] == "wall" and timing["repeats"] == 5
+    assert timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
+
+
+def test_record_keeps_timing_work_and_errors():
+    row = harness.record("case", "prov", {"median_ms": 2.0}, flops=4e9, bytes_moved=8e6, peak_dtype="tf32", n=3)
+    assert row == {
+        "case": "case",
+        "provider": "prov",
+        "median_ms": 2.0,
+        "flops": 4e9,
+        "bytes": 8e6,
+        "peak_dtype": "tf32",
+        "n": 3,
+    }
+    failed = harness.record("case", "heavyball", None, error="heavyball is not installed")
+    assert "median_ms" not in failed and failed["error"] == "heavyball is not installed"
+
+
+def test_suite_config_selects_providers():
+    assert harness.SuiteConfig().wants("anything")
+    config = harness.SuiteConfig(providers=("a", "b"))
+    assert config.wants("a") and not config.wants("c")
+
+
+def test_save_results_names_files_by_suite_device_and_date(tmp_path):
+    path = harness.save_results("demo", {"records": []}, "cpu", results_dir=tmp_path)
+    assert path.parent == tmp_path and path.name.startswith(f"demo-{harness.device_name('cpu')}-")
+    document = json.loads(path.read_text())
+    assert document["suite"] == "demo" and document["machine"]["device"] == harness.device_name("cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ceilings and % of peak
+
+
+def test_percent_of_peak_arithmetic():
+    ceilings = {"matmul_tflops": {"fp32": 4.0, "bf16": 8.0}, "copy_gbps": 4.0}
+    row = {"median_ms": 1000.0, "flops": 2e12, "bytes": 1e9}
+    assert percent_of_peak(row, ceilings) == {
+        "tflops": pytest.approx(2.0),
+        "pct_matmul_peak": pytest.approx(50.0),
+        "peak_dtype": "fp32",
+        "gbps": pytest.approx(1.0),
+        "pct_copy_peak": pytest.approx(25.0),
+    }
+    assert percent_of_peak({**row, "peak_dtype": "bf16"}, ceilings)["pct_matmul_peak"] == pytest.approx(25.0)
+    assert "pct_matmul_peak" not in percent_of_peak({**row, "peak_dtype": "fp64"}, ceilings)
+    assert percent_of_peak({"error": "x", "flops": 1.0}, ceilings) == {}
+    assert percent_of_peak({"median_ms": 1.0}, None) == {}
+
+
+def test_ceilings_are_measured_and_each_is_its_own_100_percent():
+    ceilings = measure_ceilings("cpu", "smoke")
+    assert set(ceilings["matmul_tflops"]) == {"fp32", "fp64"}
+    assert all(value > 0 for value in ceilings["matmul_tflops"].values()) and ceilings["copy_gbps"] > 0
+    rows = ceiling_records(ceilings)
+    assert len(rows) == 3
+    for row in rows:
+        derived = percent_of_peak(row, ceilings)
+        assert derived.get("pct_matmul_peak", derived.get("pct_copy_peak")) == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the registry and the runner
+
+
+@pytest.fixture
+def suites(tmp_path, monkeypatch):
+    """Register suites written on the fly: suites(name=source) -> the names, importable as test modules."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = {}
+    monkeypatch.setattr(bench_run, "SUITES", registry)
+
+    def make(**sources):
+        for name, source in sources.items():
+            module = f"bench_suite_{name}_{abs(hash(str(tmp_path))) % 10**8}"
+            if source is not None:
+                (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+            registry[name] = bench_run.SuiteSpec(module, f"test suite {name}")
+        return list(sources)
+
+    return make
+
+
+GOOD_SUITE = """
+    PROVIDERS = ("slow", "fast")
+
+    def run(config):
+        rows = [{"case": "n=8", "provider": "slow", "median_ms": 4.0, "p10_ms": 3.0, "p90_ms": 5.0,
+                 "flops": 4e6, "bytes": 8e6},
+                {"case": "n=8", "provider": "fast", "median_ms": 2.0, "p10_ms": 1.5, "p90_ms": 2.5,
+                 "flops": 4e6, "bytes": 8e6},
+                {"case": "n=8", "provider": "missing", "error": "not installed"}]
+        return {"records": [r for r in rows if config.wants(r["provider"])], "baseline_provider": "slow",
+                "sizes_seen": config.sizes}
+"""
+
+
+def _out_files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_runner_writes_json_and_png_and_prints_the_table_last(suites, tmp_path, capsys):
+    suites(good=GOOD_SUITE)
+    out = tmp_path / "results"
+    rc = bench_run.main(["good", "--device", "cpu", "--sizes", "smoke", "--out", str(out)])
+    assert rc == 0
+    names = _out_files(out)
+    assert [n.rsplit(".", 1)[1] for n in names] == ["json", "png"]
+    document = json.loads((out / names[0]).read_text())
+    assert document["status"] == "ok" and document["sizes_seen"] == "smoke"
+    assert document["nvml"]["available"] is False  # a CPU run says why it has no NVML samples
+    fast = next(r for r in document["records"] if r["provider"] == "fast")
+    assert fast["tflops"] == pytest.approx(4e6 / 2e-3 / 1e12)
+    assert fast["pct_matmul_peak"] > 0 and fast["pct_copy_peak"] > 0  # against ceilings measured in this run
+    assert document["ceilings"]["matmul_tflops"]["fp32"] > 0
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("machine:"))) :]
+    assert table[-3].split()[:3] == ["good", "n=8", "slow"]
+    assert "2.00x vs slow" in table[-2]
+    assert "error: not installed" in table[-1]
+
+
+def test_runner_passes_provider_selection(suites, tmp_path):
+    suites(good=GOOD_SUITE)
+    out = tmp_path / "results"
+    argv = ["good", "--device", "cpu", "--out", str(out), "--no-ceilings", "--providers", "fast", "--plots", "none"]
+    assert bench_run.main(argv) == 0
+    (path,) = out.glob("*.json")
+    assert [r["provider"] for r in json.loads(path.read_text())["records"]] == ["fast"]
+
+
+def test_missing_suite_is_skipped_with_a_message(suites, tmp_path, capsys):
+    suites(absent=None)
+    out = tmp_path / "results"
+    common = ["absent", "--device", "cpu", "--out", str(out), "--no-ceilings"]
+    assert bench_run.main(common) == 0
+    assert "SKIPPED" in capsys.readouterr().out and not out.exists()
+    assert bench_run.main([*common, "--strict"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "status", "message"),
+    [
+        ("def run(config):\n    raise RuntimeError('kernel exploded')\n", "failed", "kernel exploded"),
+        ("def run(config):\n    raise NotImplementedError('fused refresh')\n", "not implemented", "fused refresh"),
+        ("def run(config):\n    return {'records': [{'case': 'a', 'provider': 'b'}]}\n", "failed", "neither"),
+        ("def run(config):\n    return [1, 2]\n", "failed", "list under 'records'"),
+        ("import no_such_module_for_bench\n", "failed", "import of"),
+        ("VALUE = 1\n", "failed", "neither run(config) nor main(argv)"),
+    ],
+)
+def test_broken_suites_are_reported_not_hidden(suites, tmp_path, source, status, message):
+    (name,) = suites(broken=source)
+    document = bench_run.run_suite(name, harness.SuiteConfig(results_dir=tmp_path), None, nvml=False)
+    assert document["status"] == status and message in document["message"]
+    rc = bench_run.main([name, "--device", "cpu", "--out", str(tmp_path / "r"), "--no-ceilings"])
+    assert rc == (0 if status == "not implemented" else 1)
+
+
+def test_run_without_config_gets_device_and_nested_timings_become_records(suites, tmp_path):
+    (name,) = suites(
+        legacy="""
+        def run(device="cuda", blocks=10):
+            timing = {"median_ms": 3.0, "p10_ms": 2.0, "p90_ms": 4.0}
+            return {"device": device, "sets": {"pirate": {"step_ms": {"adam": timing, "soap": timing}}}}
+        """
+    )
+    document = bench_run.run_suite(name, harness.SuiteConfig(results_dir=tmp_path), None, nvml=False)
+    assert document["status"] == "ok" and document["device"] == "cpu" and document["records_derived"]
+    assert [(r["case"], r["provider"]) for r in document["records"]] == [
+        ("sets/pirate/step_ms", "adam"),
+        ("sets/pirate/step_ms", "soap"),
+    ]
+
+
+def test_main_only_suite_gets_the_arguments_after_double_dash(suites, tmp_path):
+    marker = tmp_path / "argv.json"
+    suites(mainonly=f"import json\n\ndef main(argv):\n    open({str(marker)!r}, 'w').write(json.dumps(argv))\n")
+    rc = bench_run.main(
+        ["mainonly", "--device", "cpu", "--out", str(tmp_path / "r"), "--no-ceilings", "--", "--blocks", "2"]
+    )
+    assert rc == 0 and json.loads(marker.read_text()) == ["--blocks", "2"]
+
+
+def test_summarize_reads_saved_results_and_plots_them(suites, tmp_path, capsys):
+    suites(good=GOOD_SUITE)
+    out = tmp_path / "results"
+    bench_run.main(["good", "--device", "cpu", "--out", str(out), "--no-ceilings", "--plots", "none"])
+    capsys.readouterr()
+    png = tmp_path / "all.png"
+    assert bench_run.main(["--summarize", *map(str, out.glob("*.json")), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "2.00x vs slow" in printed and png.stat().st_size > 1000
+
+
+def test_list_shows_each_suite_and_whether_it_is_present(suites, capsys):
+    suites(good=GOOD_SUITE, absent=None)
+    assert bench_run.main(["--list", "good", "absent"]) == 0
+    printed = capsys.readouterr().out
+    assert "providers: slow, fast" in printed and "not present" in printed
+
+
+def test_the_real_registry_names_the_issue_suites():
+    assert set(bench_run.DEFAULT_SUITES) == {"soap_step", "refresh", "residual", "train_step"}
+    assert all(name in bench_run.SUITES for name in bench_run.DEFAULT_SUITES)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gpu_check.sh
+
+
+def _gpu_check(tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, **env}
+    environment.pop("SOAP_KERNELS_RESULTS_DIR", None)
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), "--dry-run"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_starts_and_every_step_resolves(tmp_path):
+    result = _gpu_check(tmp_path)
+    out = tmp_path / "out"
+    summary = (out / "summary.txt").read_text()
+    assert result.returncode == 0, summary + result.stdout[-3000:]
+    assert "GPU CHECK PASSED" in summary and result.stdout.rstrip().endswith("GPU CHECK PASSED")
+    for step in ("env", "build", "info", "tests", "suites", "ceilings", "results", "files"):
+        assert any(line.split()[:2] == [step, "ok"] for line in summary.splitlines()), step
+    files = _out_files(out)
+    assert len(files) <= 8 and {"gpu_check.log", "summary.txt", "info.json"} <= set(files)
+    assert any(name.startswith("bench-") and name.endswith(".png") for name in files)
+    assert "torch" in json.loads((out / "info.json").read_text())
+
+
+def test_gpu_check_fails_loudly_when_python_is_missing(tmp_path):
+    result = _gpu_check(tmp_path, PYTHON=str(tmp_path / "no-python"))
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert result.returncode != 0
+    assert "GPU CHECK FAILED" in summary and "env        FAIL" in summary
+    assert "GPU CHECK FAILED" in (tmp_path / "out" / "gpu_check.log").read_text()
+
+
+def test_gpu_check_packs_surplus_files_to_stay_within_eight(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for index in range(9):
+        (out / f"suite{index}.json").write_text("{}")
+    (out / "info.json").write_text("{}")
+    script = f"source {GPU_CHECK} && keep_file_budget"
+    result = subprocess.run(
+        ["bash", "-c", script], env={**os.environ, "OUT": str(out)}, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _out_files(out) == ["info.json", "suites-json.tar.gz"]
