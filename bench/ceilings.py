@@ -23,13 +23,13 @@ _TORCH_DTYPE = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp32": torch.flo
 
 @contextlib.contextmanager
 def _tf32(enabled: bool):
-    """Matmul precision for float32: tf32 tensor cores on or off (restored after)."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
+    """float32 matmuls on tf32 tensor cores ("high") or in full float32 ("highest"), restored after."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        torch.set_float32_matmul_precision(previous)
 
 
 def matmul_ceiling(device: torch.device, dtype_name: str, n: int) -> dict:

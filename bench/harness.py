@@ -46,6 +46,16 @@ def machine_report(device: torch.device | str = "cpu") -> dict:
     }
     if device.type == "cuda":
         report["cuda"] = torch.version.cuda
+        properties = torch.cuda.get_device_properties(device)
+        report["capability"] = f"{properties.major}.{properties.minor}"
+        report["multiprocessors"] = properties.multi_processor_count
+        report["memory_gib"] = round(properties.total_memory / 2**30, 1)
+    try:
+        import triton
+
+        report["triton"] = triton.__version__
+    except ImportError:
+        report["triton"] = None
     return report
 
 
@@ -86,9 +96,7 @@ def time_fn(
     }
 
 
-def results_path(
-    suite: str, device: torch.device | str, suffix: str, results_dir: Path | None = None
-) -> Path:
+def results_path(suite: str, device: torch.device | str, suffix: str, results_dir: Path | None = None) -> Path:
     """results_dir/<suite>-<device>-<date><suffix> (results_dir defaults to bench/results)."""
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     return Path(results_dir or RESULTS_DIR) / f"{suite}-{device_name(device)}-{date}{suffix}"

@@ -118,7 +118,7 @@ def _nvml_region(device: torch.device, enabled: bool):
         return None
     if device.type != "cuda":
         return {"available": False, "reason": f"device is {device.type}: NVML samples GPUs only"}
-    return profile.NvmlSampler(device, interval_s=0.1).start()
+    return profile.NvmlSampler(device, interval_s=0.2).start()  # sparse: the GIL is shared
 
 
 def run_suite(name: str, config: harness.SuiteConfig, ceilings: dict | None, nvml: bool = True, main_argv=()) -> dict:
