@@ -10,7 +10,8 @@
 # Environment: OUT (results folder), PYTHON (default python3; .venv/bin/python in a dry run when present),
 # SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 450: the
 # whole check stays inside 8 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
-# train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-m cuda"), SOAP_KERNELS_CUDA_ARCHS (default:
+# train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-k cuda": the
+# cuda-marked tests and the device-parametrised ones on cuda), SOAP_KERNELS_CUDA_ARCHS (default:
 # this GPU's, e.g. 90a on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
 # which the GPU machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
 set -u -o pipefail
@@ -27,7 +28,7 @@ LOG="$OUT/gpu_check.log"
 SUMMARY="$OUT/summary.txt"
 BUDGET_S="${SOAP_KERNELS_GPU_CHECK_BUDGET_S:-450}"
 SUITES="${SOAP_KERNELS_GPU_CHECK_SUITES:-soap_step refresh residual train_step}"
-PYTEST_ARGS="${SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS:--m cuda}"
+PYTEST_ARGS="${SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS:--k cuda}"
 MAX_FILES=8
 if [[ -z "${PYTHON:-}" ]]; then
   PYTHON=python3
