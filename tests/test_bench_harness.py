@@ -37,6 +37,29 @@ def test_benchmark_on_cpu_says_how_it_timed():
     assert timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
 
 
+def test_benchmark_on_cuda_takes_do_bench_samples(monkeypatch):
+    import triton.testing
+
+    calls = []
+
+    def fake_do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="mean"):
+        calls.append((warmup, rep, quantiles, return_mode))
+        if quantiles is not None:
+            return [1.0, 2.0, 3.0]
+        return [5.0, 1.0, 4.0, 2.0, 3.0]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(harness, "_do_bench_returns_all", lambda: True)
+    timing = harness.benchmark(lambda: None, "cuda", warmup_ms=7, rep_ms=70)
+    assert calls == [(7, 70, None, "all")]
+    assert timing["method"] == "do_bench" and timing["repeats"] == 5
+    assert (timing["p10_ms"], timing["median_ms"], timing["p90_ms"]) == (1.0, 3.0, 4.0)
+    # a Triton whose do_bench cannot return every sample: ask for the quantiles instead
+    monkeypatch.setattr(harness, "_do_bench_returns_all", lambda: False)
+    timing = harness.benchmark(lambda: None, "cuda")
+    assert timing == {"median_ms": 2.0, "p10_ms": 1.0, "p90_ms": 3.0, "method": "do_bench-quantiles"}
+
+
 def test_record_keeps_timing_work_and_errors():
     row = harness.record("case", "prov", {"median_ms": 2.0}, flops=4e9, bytes_moved=8e6, peak_dtype="tf32", n=3)
     assert row == {
