@@ -1,4 +1,4 @@
-"""Network factory: the paper's PirateNet from soap_kernels.nn when it exists, else a local fallback.
+"""Network factory: the paper's PirateNet from soap_kernels.nn (issue 5), or a local fallback.
 
 The fallback (`EmbeddedMLP`) is a deliberately minimal stand-in, not the paper's architecture:
 periodic embedding (x -> cos(w x), sin(w x) on periodic axes) -> random Fourier features
@@ -30,6 +30,7 @@ class ModelSpec:
     periodic_axes: dict[int, float] = field(default_factory=dict)  # input axis -> angular frequency
     fourier_features: int = 256  # total embedding width (cos and sin halves)
     fourier_scale: float = 1.0
+    rwf: tuple[float, float] | None = (1.0, 0.1)  # random weight factorisation (mean, std); PirateNet only
 
 
 _ACTIVATIONS = {"tanh": torch.tanh, "sin": torch.sin, "swish": nn.functional.silu, "silu": nn.functional.silu}
@@ -110,6 +111,14 @@ class EmbeddedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    @torch.no_grad()
+    def physics_informed_init(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set the head to the least-squares fit of y [N, out] from features(x), bias 0 (as PirateNet)."""
+        features = self.features(x).double()
+        solution = torch.linalg.lstsq(features, y.double()).solution
+        self.head.weight.copy_(solution.t().to(self.head.weight.dtype))
+        self.head.bias.zero_()
+
 
 def _glorot_normal_(layer: nn.Linear, generator: torch.Generator) -> None:
     """Glorot-normal weights and zero bias (the jaxpi Dense default), from our own generator."""
@@ -129,7 +138,10 @@ def _soap_kernels_nn():
 
 def build_model(spec: ModelSpec, seed: int = 0, architecture: str = "auto") -> nn.Module:
     """The network for `spec`. architecture: 'auto' (PirateNet from soap_kernels.nn when available,
-    else the local EmbeddedMLP), 'pirate' (PirateNet or an error), or 'local' (EmbeddedMLP)."""
+    else the local EmbeddedMLP), 'pirate' (PirateNet or an error), or 'local' (EmbeddedMLP).
+
+    PirateNet needs spec.fourier_features == spec.hidden_features (its residual blocks add the embedding).
+    """
     if architecture not in ("auto", "pirate", "local"):
         raise ValueError(f"unknown architecture {architecture!r}; choose auto, pirate or local")
     library = _soap_kernels_nn() if architecture != "local" else None
@@ -143,16 +155,33 @@ def build_model(spec: ModelSpec, seed: int = 0, architecture: str = "auto") -> n
     return EmbeddedMLP(spec, seed)
 
 
-# set once _build_pirate maps ModelSpec onto soap_kernels.nn.PirateNet's constructor (issue 5)
-_PIRATE_CONSTRUCTOR_MAPPED = False
+# _build_pirate maps ModelSpec onto soap_kernels.nn.PirateNet's constructor (issue 5)
+_PIRATE_CONSTRUCTOR_MAPPED = True
 
 
 def _build_pirate(library, spec: ModelSpec, seed: int) -> nn.Module:
-    """PirateNet from soap_kernels.nn (issue 5); its constructor is not fixed yet, so fail loudly."""
-    raise NotImplementedError(
-        "soap_kernels.nn.PirateNet exists but soap_pinn does not map its constructor yet; "
-        "use architecture='local'"
-    )
+    """soap_kernels.nn.PirateNet: spec.hidden_layers gated residual blocks, alpha initialised to 0 (the
+    paper's "nonlinearity 0": each block starts as the identity), RWF, periodic + Fourier embeddings.
+
+    PirateNet draws its initial weights from torch's global generator; we fork it so that building a
+    model neither depends on nor disturbs the caller's random state.
+    """
+    periodic = sorted(spec.periodic_axes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return library.PirateNet(
+            spec.input_dim,
+            spec.output_dim,
+            spec.hidden_features,
+            spec.hidden_layers,
+            spec.activation,
+            rwf=spec.rwf,
+            alpha_init=0.0,
+            periodic_axes=periodic or None,
+            periodic_frequencies=[spec.periodic_axes[a] for a in periodic] or None,
+            fourier_features=spec.fourier_features,
+            fourier_scale=spec.fourier_scale,
+        )
 
 
 def describe_model(model: nn.Module) -> str:

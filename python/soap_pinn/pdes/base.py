@@ -32,6 +32,7 @@ class Recipe:
     decay_steps: int = 2000
     max_steps: int = 200_000  # per time window in the paper
     time_windows: int = 1
+    rwf_mean: float = 1.0  # random weight factorisation: log-scales ~ N(rwf_mean, 0.1^2)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .base import PDE, Recipe
 
 class GinzburgLandau(PDE):
     name = "ginzburg_landau"
-    summary = "complex Ginzburg-Landau w_t = eps lap w + k w - k(1+1.5i) w|w|^2, periodic [-1,1]^2, 5 windows"
+    summary = "complex Ginzburg-Landau w_t = eps lap w + k w - k(1+1.5i) w|w|^2, periodic [-1,1]^2"
     output_dim = 2
     derivatives = ((0,), (1, 1), (2, 2))
     residual_terms = ("ru", "rv")
@@ -27,7 +27,7 @@ class GinzburgLandau(PDE):
         fourier_scale=1.0, periodic_axes={1: math.pi, 2: math.pi}, activation="swish",
         initial_weights={"u_ic": 100.0, "v_ic": 100.0, "ru": 1.0, "rv": 1.0},
         causal_tol=5.0, causal_chunks=16, batch_size=8192, decay_steps=2000, max_steps=100_000,
-        time_windows=5,
+        time_windows=5, rwf_mean=0.5,
     )
     reference_settings = {"modes": 128, "steps_per_output": 20, "nt": 101, "n_out": 200}
 

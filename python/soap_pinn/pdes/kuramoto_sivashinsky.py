@@ -10,13 +10,13 @@ A, B, C = 100.0 / 16.0, 100.0 / 16.0**2, 100.0 / 16.0**4
 
 class KuramotoSivashinsky(PDE):
     name = "ks"
-    summary = "u_t + (100/16) u u_x + (100/16^2) u_xx + (100/16^4) u_xxxx = 0, periodic x in [0,2pi], 10 windows"
+    summary = "u_t + (100/16) u u_x + (100/16^2) u_xx + (100/16^4) u_xxxx = 0, periodic x in [0,2pi]"
     derivatives = ((0,), (1,), (1, 1), (1, 1, 1, 1))
     spatial_bounds = ((0.0, 6.283185307179586),)
     recipe = Recipe(
         fourier_scale=1.0, periodic_axes={1: 1.0}, initial_weights={"ics": 1000.0, "res": 1.0},
         causal_tol=0.1, causal_chunks=16, batch_size=4096, decay_steps=2000, max_steps=200_000,
-        time_windows=10,
+        time_windows=10, rwf_mean=0.5,
     )
     reference_settings = {"modes": 512, "steps_per_output": 40, "nt": 251, "nx": 512}
 

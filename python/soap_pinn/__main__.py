@@ -1,0 +1,7 @@
+"""`python -m soap_pinn ...` is `soap-pinn ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""Command line: `soap-pinn train|list|compare` (also `python -m soap_pinn`).
+
+    soap-pinn train allen_cahn --optimizer soap --steps 2000 --preset small --out runs/ac-soap
+    soap-pinn train --resume runs/ac-soap [--steps N]
+    soap-pinn list
+    soap-pinn compare runs/ac-soap runs/ac-adam
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+    from .optimizers import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="soap-pinn", description="Train the SOAP-PINN paper's benchmarks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a PINN on one PDE")
+    train.add_argument("pde", nargs="?", help="PDE name (see `soap-pinn list`); omit with --resume")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default: soap")
+    train.add_argument("--steps", type=_positive_int, default=None, help="total optimizer steps (all windows)")
+    train.add_argument("--preset", choices=PRESETS, default=None, help="default: small")
+    train.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cpu")
+    train.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--batch-size", type=_positive_int, default=None)
+    train.add_argument("--log-every", type=_positive_int, default=None)
+    train.add_argument("--save-every", type=_positive_int, default=None)
+    train.add_argument("--architecture", choices=("auto", "pirate", "local"), default=None)
+    train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    train.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
+    train.add_argument("--out", type=Path, default=None, help="run folder (default runs/<pde>-<optimizer>)")
+    train.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
+
+    commands.add_parser("list", help="list PDEs and presets")
+
+    compare = commands.add_parser("compare", help="tabulate runs")
+    compare.add_argument("runs", nargs="+", type=Path, help="run folders")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _train(args, parser) -> int:
+    import torch
+
+    from .config import TrainConfig, make_config, validate
+    from .trainer import NonFiniteLossError, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume is not None:
+        config_path = args.resume / "config.json"
+        if not config_path.exists():
+            parser.error(f"--resume {args.resume}: no config.json there (not a soap-pinn run folder)")
+        config = TrainConfig.from_file(config_path)
+        if args.pde is not None and args.pde != config.pde:
+            parser.error(f"--resume {args.resume} is a {config.pde!r} run, not {args.pde!r}")
+        if args.steps is not None:
+            config.steps = args.steps
+        validate(config)
+        out, resume = args.resume, True
+    else:
+        if args.pde is None:
+            parser.error("train needs a PDE name (or --resume DIR)")
+        overrides = dict(
+            optimizer=args.optimizer, steps=args.steps, device=args.device, dtype=args.dtype, seed=args.seed,
+            batch_size=args.batch_size, log_every=args.log_every, save_every=args.save_every,
+            architecture=args.architecture, plots=False if args.no_plots else None,
+        )  # fmt: skip
+        try:
+            config = make_config(args.pde, args.preset or "small", **overrides)
+        except (ValueError, NotImplementedError) as error:
+            parser.error(str(error))
+        out, resume = args.out or Path("runs") / f"{config.pde}-{config.optimizer}", False
+    trainer = Trainer(config, out, resume=resume)
+    try:
+        summary = trainer.run()
+    except NonFiniteLossError as error:
+        print(f"soap-pinn: {error}", file=sys.stderr)
+        return 3
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _list() -> int:
+    from .config import PRESETS
+    from .pdes import NOT_IMPLEMENTED, PDES
+
+    print("PDEs:")
+    for name, pde in PDES.items():
+        windows = f" [{pde.recipe.time_windows} time windows]" if pde.recipe.time_windows > 1 else ""
+        print(f"  {name:16s} {pde.summary}{windows}")
+    for name, reason in NOT_IMPLEMENTED.items():
+        print(f"  {name:16s} (not implemented: {reason})")
+    print("presets:")
+    print("  small            PirateNet 2x64, batch 1024, 2000 steps: minutes on a laptop CPU (default)")
+    print("  paper            PirateNet 3x256, the paper's batch, schedule and step counts (for a GPU)")
+    assert set(PRESETS) == {"small", "paper"}
+    return 0
+
+
+def _compare(args, parser) -> int:
+    from .compare import collect_run, format_table
+
+    try:
+        rows = [collect_run(path) for path in args.runs]
+    except ValueError as error:
+        parser.error(str(error))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return _train(args, parser)
+    if args.command == "list":
+        return _list()
+    return _compare(args, parser)

@@ -1,0 +1,32 @@
+"""Optimizers of the comparison: Adam, and SOAP from soap_kernels with the paper's settings.
+
+The paper (arXiv 2502.00604) runs SOAP with betas (0.9, 0.999), precondition_frequency 2, 1-D tensors
+preconditioned and no weight decay; Adam with betas (0.9, 0.999), eps 1e-8. The learning rate comes
+from the schedule (schedule.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+__all__ = ["OPTIMIZERS", "build_optimizer"]
+
+OPTIMIZERS = ("soap", "adam")
+
+
+def build_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    """The optimizer `name` ('soap' or 'adam') over parameters with base learning rate lr."""
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    if name == "soap":
+        try:
+            soap = importlib.import_module("soap_kernels.optim.soap").SOAP
+        except (ImportError, AttributeError) as error:
+            raise NotImplementedError(
+                "optimizer 'soap' needs soap_kernels.SOAP, which this build does not provide"
+            ) from error
+        return soap(parameters, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                    precondition_frequency=2, precondition_1d=True)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")

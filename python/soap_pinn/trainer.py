@@ -1,0 +1,373 @@
+"""The training loop: one PINN, one PDE, time-marching windows, metrics, checkpoints and resume.
+
+Per step s (window w, local time t in [0, T/windows]):
+    points ~ U(box), sorted by t            (sampling.BoxSampler)
+    jet = u and its input derivatives       (derivatives.evaluate -> soap_kernels.jet)
+    losses = {initial/boundary terms, causal residual terms}   (pdes/*, weighting.py)
+    loss = sum_k w_k loss_k;  optimizer step;  scheduler step
+    every weight_update_every steps: w <- grad-norm update from per-term gradients
+    every log_every steps: a metrics.jsonl record (losses, weights, rel L2 on the window, gradient
+    alignment between the terms' gradients (intra-step) and between consecutive updates (inter-step)).
+Time windows (KS, Ginzburg-Landau): the window's initial condition is the previous window's prediction at
+its end; the network continues from the previous window's parameters (a warm start) with a fresh
+optimizer, schedule and loss weights, as the paper's code restarts its train state per window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soap_kernels import alignment_score
+
+from . import derivatives
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, validate
+from .models import ModelSpec, build_model, describe_model
+from .optimizers import build_optimizer
+from .pdes import Window, get_pde, grid_points
+from .progress import ProgressBar
+from .references import Reference
+from .schedule import build_scheduler
+from .weighting import causal_residual_losses, grad_norm_weights, update_weights
+
+__all__ = ["Trainer", "NonFiniteLossError"]
+
+METRICS_NAME = "metrics.jsonl"
+_EVAL_CHUNK = 16384
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the last good state is in the checkpoint."""
+
+
+class Trainer:
+    """Train config.pde into out_dir; `resume=True` continues from out_dir/checkpoint.pt."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        validate(config)
+        self.config = config
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.pde = get_pde(config.pde)
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        self.dtype = getattr(torch, config.dtype)
+        self.show_progress = progress
+        self.reference = self.pde.reference(**config.reference_settings)
+        self.window_slices = _window_slices(len(self.reference.t), config.time_windows)
+        self.steps_per_window = config.steps // config.time_windows
+
+        recipe = self.pde.recipe
+        self.model_spec = ModelSpec(
+            input_dim=self.pde.input_dim, output_dim=self.pde.output_dim,
+            hidden_features=config.hidden_features, hidden_layers=config.hidden_layers,
+            activation=recipe.activation, periodic_axes=dict(recipe.periodic_axes),
+            fourier_features=config.fourier_features, fourier_scale=recipe.fourier_scale,
+            rwf=(recipe.rwf_mean, 0.1),
+        )  # fmt: skip
+        self.model = build_model(self.model_spec, seed=config.seed, architecture=config.architecture)
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        duration = float(self.reference.t[self.window_slices[0].stop - 1] - self.reference.t[0])
+        self.sampler = _box_sampler(self.pde, duration, config)
+
+        self.step = 0
+        self.elapsed = 0.0
+        self.finished_windows: list[dict] = []  # model state at the end of each finished window
+        self.previous_update: list[torch.Tensor] | None = None
+        self.last_record: dict | None = None
+        if resume:
+            self._restore(load_checkpoint(self.out, self.device))
+        else:
+            self._start_window(0, self.reference.solution[0])
+            if config.physics_informed_init:
+                self._physics_informed_init()
+            (self.out / "config.json").write_text(config.to_json())
+            (self.out / METRICS_NAME).write_text("")
+        self._write_run_info()
+
+    # ----- windows -------------------------------------------------------------------------------
+    def _window_of(self, step: int) -> int:
+        return min(step // self.steps_per_window, self.config.time_windows - 1)
+
+    def _start_window(self, index: int, initial_state: np.ndarray) -> None:
+        """Window `index` with its initial condition; fresh optimizer, schedule and loss weights."""
+        rows = self.window_slices[index]
+        window_reference = Reference(
+            self.reference.t[rows], self.reference.coordinates, self.reference.solution[rows]
+        )
+        self.window = Window(index, window_reference, np.asarray(initial_state))
+        config = self.config
+        self.optimizer = build_optimizer(config.optimizer, self.parameters, config.learning_rate)
+        self.scheduler = build_scheduler(self.optimizer, config.warmup_steps, config.decay_steps, config.decay_rate)
+        self.weights = {name: torch.tensor(float(config.initial_weights[name]), device=self.device, dtype=self.dtype)
+                        for name in self.pde.loss_terms}  # fmt: skip
+        self.previous_update = None
+
+    def _advance_window(self, index: int) -> None:
+        """Freeze the finished window and start the next from its prediction at the window's end."""
+        self.finished_windows.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        end_state = self._predict(self.model, self.window.duration, self.reference.coordinates)[0]
+        self._start_window(index, end_state)
+
+    def _physics_informed_init(self) -> None:
+        """Fit the output layer to the initial condition on a (t, x) grid (the paper's pi-init)."""
+        if not hasattr(self.model, "physics_informed_init"):
+            return
+        stride = self.config.ic_stride
+        coordinates = tuple(c[::stride] for c in self.reference.coordinates)
+        state = self.window.initial_state
+        for axis in range(len(coordinates)):
+            state = np.take(state, np.arange(0, state.shape[axis], stride), axis=axis)
+        times = self.window.reference.t[::10] - self.window.t_start
+        inputs = grid_points(times, coordinates)
+        targets = np.tile(state.reshape(-1, self.pde.output_dim), (len(times), 1))
+        self.model.physics_informed_init(
+            torch.as_tensor(inputs, dtype=self.dtype, device=self.device),
+            torch.as_tensor(targets, dtype=self.dtype, device=self.device),
+        )
+
+    # ----- one step ------------------------------------------------------------------------------
+    def _losses(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        config = self.config
+        points = self.sampler.sample(self.dtype, self.device)
+        jet = derivatives.evaluate(self.model, points, self.pde.derivatives)
+        residuals = self.pde.residual(jet)
+        tol = config.causal_tol if config.causal else None
+        residual_losses, causal = causal_residual_losses(residuals, config.causal_chunks, tol)
+        losses = self.pde.condition_losses(self.model, self.window, config.ic_stride)
+        losses.update(zip(self.pde.residual_terms, residual_losses))
+        return {name: losses[name] for name in self.pde.loss_terms}, causal
+
+    def _train_step(self, log: bool) -> dict | None:
+        config, step = self.config, self.step
+        losses, causal = self._losses()
+        total = sum(self.weights[name] * loss for name, loss in losses.items())
+        if not torch.isfinite(total).item():
+            # parameters are still those of the last finite step: keep them as the checkpoint
+            self._save()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
+                f"stopped; the last good state is in {self.out / 'checkpoint.pt'}"
+            )
+        update_weights_now = config.weighting == "grad_norm" and step % config.weight_update_every == 0
+        term_gradients = None
+        if log or update_weights_now:
+            # per-term gradients (for grad-norm weights and the intra-step alignment); their weighted sum
+            # is the gradient of the total loss, so no second backward is needed
+            term_gradients = {}
+            for name, loss in losses.items():
+                grads = torch.autograd.grad(loss, self.parameters, retain_graph=True, allow_unused=True)
+                term_gradients[name] = [torch.zeros_like(p) if g is None else g
+                                        for p, g in zip(self.parameters, grads)]  # fmt: skip
+            for index, parameter in enumerate(self.parameters):
+                parameter.grad = sum(self.weights[name] * grads[index] for name, grads in term_gradients.items())
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+        before = [p.detach().clone() for p in self.parameters]
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        update = torch._foreach_sub([p.detach() for p in self.parameters], before)
+        record = None
+        if log:
+            record = {
+                "step": step,
+                "window": self.window.index,
+                "loss": float(total.detach()),
+                "losses": {k: float(v.detach()) for k, v in losses.items()},
+                "weights": {k: float(v) for k, v in self.weights.items()},
+                "lr": learning_rate,
+                "alignment": {
+                    "intra_step": _alignment([g for g in term_gradients.values()]),
+                    "inter_step": _alignment([self.previous_update, update]) if self.previous_update else None,
+                },
+                "causal_weight_min": float(causal.min()) if causal is not None else None,
+            }
+        if update_weights_now:
+            self.weights = update_weights(self.weights, grad_norm_weights(term_gradients), config.weight_momentum)
+        self.previous_update = update
+        return record
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train until config.steps (or until `stop_after` more steps: an interruption, for tests).
+
+        Returns the summary (also written to summary.json when the run completes).
+        """
+        config = self.config
+        target = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
+        bar = ProgressBar(config.steps, start=self.step) if self.show_progress else None
+        clock = time.perf_counter()
+        try:
+            while self.step < target:
+                window = self._window_of(self.step)
+                if window != self.window.index:
+                    self._advance_window(window)
+                log = self.step % config.log_every == 0 or self.step == config.steps - 1
+                record = self._train_step(log)
+                self.step += 1
+                if record is not None:
+                    self.elapsed += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    record["rel_l2"] = self.window_error()
+                    record["time"] = self.elapsed
+                    self.last_record = record
+                    with open(self.out / METRICS_NAME, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                if self.step % config.save_every == 0 or self.step == target:
+                    self.elapsed += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    self._save()
+                if bar is not None:
+                    fields = {"loss": f"{self.last_record['loss']:.3e}", "rel_l2": f"{self.last_record['rel_l2']:.3e}"}
+                    bar.update(self.step, fields, force=self.step == target)
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.step < config.steps:
+            return {"step": self.step, "completed": False}
+        return self._finish()
+
+    def _finish(self) -> dict:
+        """Whole-domain error from all windows, prediction file, plots and summary.json."""
+        prediction = self.full_prediction()
+        reference = self._eval_reference()
+        rel_l2 = _relative_l2(prediction, reference.solution)
+        np.savez(self.out / "prediction.npz", t=reference.t, prediction=prediction, reference=reference.solution,
+                 **{f"coordinate_{i}": c for i, c in enumerate(reference.coordinates)})  # fmt: skip
+        summary = {
+            "pde": self.config.pde, "optimizer": self.config.optimizer, "preset": self.config.preset,
+            "steps": self.step, "rel_l2": rel_l2, "final_loss": self.last_record["loss"] if self.last_record else None,
+            "wall_time_s": self.elapsed, "steps_per_s": self.step / self.elapsed if self.elapsed else None,
+            "model": describe_model(self.model), "derivatives": derivatives.backend_name(),
+        }  # fmt: skip
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.config.plots:
+            from .plots import plot_run
+
+            plot_run(self.out)
+        return summary
+
+    # ----- evaluation ----------------------------------------------------------------------------
+    def _eval_reference(self, rows: slice = slice(None)) -> Reference:
+        st, sx = self.config.eval_stride_t, self.config.eval_stride_x
+        t = self.reference.t[rows][::st]
+        coordinates = tuple(c[::sx] for c in self.reference.coordinates)
+        solution = self.reference.solution[rows][::st]
+        for axis in range(1, 1 + len(coordinates)):
+            solution = np.take(solution, np.arange(0, solution.shape[axis], sx), axis=axis)
+        return Reference(t, coordinates, solution)
+
+    @torch.no_grad()
+    def _predict(self, model, times, coordinates) -> np.ndarray:
+        """Model output on the grid (local times) x coordinates: [nt, *space, out]."""
+        times = np.atleast_1d(np.asarray(times, dtype=np.float64))
+        inputs = torch.as_tensor(grid_points(times, coordinates), dtype=self.dtype, device=self.device)
+        outputs = torch.cat([model(chunk) for chunk in inputs.split(_EVAL_CHUNK)])
+        shape = (len(times),) + tuple(len(c) for c in reversed(coordinates)) + (self.pde.output_dim,)
+        return outputs.double().cpu().numpy().reshape(shape)
+
+    def window_error(self) -> float:
+        """Relative L2 error of the current model on the current window's part of the reference grid."""
+        reference = self._eval_reference(self.window_slices[self.window.index])
+        prediction = self._predict(self.model, reference.t - self.window.t_start, reference.coordinates)
+        return _relative_l2(prediction, reference.solution)
+
+    def full_prediction(self) -> np.ndarray:
+        """The prediction on the (strided) reference grid, each time from the window that owns it."""
+        reference = self._eval_reference()
+        t_all = reference.t
+        parts = []
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        model = build_model(self.model_spec, seed=self.config.seed, architecture=self.config.architecture)
+        model.to(device=self.device, dtype=self.dtype)
+        for index, rows in enumerate(self.window_slices):
+            state = self.finished_windows[index] if index < len(self.finished_windows) else current
+            model.load_state_dict(state)
+            t0, t1 = self.reference.t[rows.start], self.reference.t[rows.stop - 1]
+            # each time belongs to the first window that contains it
+            owned = (t_all >= t0 - 1e-12) & (t_all <= t1 + 1e-12)
+            if index > 0:
+                owned &= t_all > t0 + 1e-12
+            parts.append(self._predict(model, t_all[owned] - t0, reference.coordinates))
+        return np.concatenate(parts, axis=0)
+
+    # ----- checkpoints ---------------------------------------------------------------------------
+    def _save(self) -> None:
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "window_index": self.window.index,
+            "initial_state": self.window.initial_state,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "weights": self.weights,
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "previous_update": self.previous_update,
+            "finished_windows": self.finished_windows,
+            "last_record": self.last_record,
+        }
+        save_checkpoint(self.out, state)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.finished_windows = state["finished_windows"]
+        self._start_window(state["window_index"], state["initial_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.weights = state["weights"]
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.previous_update = state["previous_update"]
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.last_record = state["last_record"]
+        # records logged after this checkpoint belong to the lost part of the interrupted run
+        path = self.out / METRICS_NAME
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] < self.step]
+        path.write_text("".join(line + "\n" for line in kept))
+        (self.out / "config.json").write_text(self.config.to_json())
+
+    def _write_run_info(self) -> None:
+        info = {"model": describe_model(self.model), "derivatives": derivatives.backend_name(),
+                "optimizer": type(self.optimizer).__module__ + "." + type(self.optimizer).__name__,
+                "torch": torch.__version__, "device": str(self.device)}  # fmt: skip
+        (self.out / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+def _window_slices(nt: int, windows: int) -> list[slice]:
+    """Row ranges of the reference per window; consecutive windows share their boundary time."""
+    if (nt - 1) % windows:
+        raise ValueError(f"{nt - 1} reference time intervals cannot be split into {windows} equal windows")
+    per = (nt - 1) // windows
+    return [slice(i * per, (i + 1) * per + 1) for i in range(windows)]
+
+
+def _box_sampler(pde, duration: float, config: TrainConfig):
+    from .sampling import BoxSampler
+
+    return BoxSampler([(0.0, duration), *pde.spatial_bounds], config.batch_size, seed=config.seed + 1)
+
+
+def _relative_l2(prediction: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(prediction - reference) / np.linalg.norm(reference))
+
+
+def _alignment(vectors) -> float | None:
+    """alignment_score of the vectors, or None when one of them is zero (e.g. SOAP's first update)."""
+    flat = [torch.cat([v.reshape(-1) for v in vector]) for vector in vectors]
+    if any(float(torch.linalg.vector_norm(v)) == 0.0 for v in flat):
+        return None
+    value = float(alignment_score(flat))
+    return value if math.isfinite(value) else None

@@ -1,0 +1,66 @@
+"""Command line: list, train (with plots), compare, resume and clear errors for bad input."""
+
+import json
+
+import pytest
+from soap_pinn.cli import main
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("allen_cahn", "burgers", "kdv", "ks", "wave", "ginzburg_landau", "small", "paper"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "heat"], "unknown PDE 'heat'"),
+        (["train", "allen_cahn", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["train", "allen_cahn", "--optimizer", "sgd"], "invalid choice: 'sgd'"),
+        (["train", "allen_cahn", "--steps", "0"], "must be a positive integer"),
+        (["train", "allen_cahn", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "ldc"], "not implemented"),
+        (["train"], "needs a PDE name"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_a_clear_error(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compare_rejects_non_run_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", str(tmp_path)])
+    assert "not a soap-pinn run folder" in capsys.readouterr().err
+
+
+def test_train_resume_compare(tmp_path, capsys, monkeypatch):
+    # a tiny Allen-Cahn run through the real command line, on a coarse reference (set via the config file)
+    from soap_pinn import config as config_module
+
+    original = config_module.make_config
+
+    def coarse(*args, **kwargs):
+        kwargs.update(reference_settings=dict(modes=64, steps_per_output=2, nt=21, nx=33),
+                      hidden_features=16, fourier_features=16, causal_chunks=8, ic_stride=1, eval_stride_x=1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, "make_config", coarse)
+    out = tmp_path / "run"
+    argv = ["train", "allen_cahn", "--optimizer", "adam", "--steps", "4", "--batch-size", "64",
+            "--log-every", "2", "--save-every", "2", "--out", str(out)]
+    assert main(argv) == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "solution.png", "curves.png",
+                 "alignment.png"):
+        assert (out / name).exists(), name
+    assert main(["train", "--resume", str(out), "--steps", "6", "--no-plots"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+    capsys.readouterr()
+    assert main(["compare", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["pde"] == "allen_cahn" and rows[0]["steps"] == 6

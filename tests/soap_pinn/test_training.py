@@ -1,0 +1,125 @@
+"""Trainer: a smoke run for every PDE, resume equals uninterrupted, non-finite loss, outputs, errors.
+
+All runs use tiny networks, tiny batches and coarse references so the file runs in well under a minute
+on a 2-core CPU.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from soap_pinn.config import make_config
+from soap_pinn.pdes import PDES
+from soap_pinn.trainer import NonFiniteLossError, Trainer
+
+COARSE = {
+    "allen_cahn": dict(modes=64, steps_per_output=2, nt=21, nx=33),
+    "burgers": dict(modes=64, steps_per_output=4, nt=21, nx=33),
+    "kdv": dict(modes=64, steps_per_output=4, nt=21, nx=33),
+    "ks": dict(modes=64, steps_per_output=4, nt=21, nx=33),
+    "wave": dict(nt=21, nx=33),
+    "ginzburg_landau": dict(modes=16, steps_per_output=2, nt=11, n_out=9),
+}
+
+
+def tiny_config(name, optimizer="adam", steps=10, **overrides):
+    settings = dict(
+        optimizer=optimizer, steps=steps, log_every=3, save_every=5, hidden_features=16, fourier_features=16,
+        batch_size=64, causal_chunks=8, reference_settings=COARSE[name], plots=False, ic_stride=1,
+        eval_stride_x=1, eval_stride_t=1, warmup_steps=2, weight_update_every=4,
+    )
+    settings.update(overrides)
+    return make_config(name, "small", **settings)
+
+
+def parameters(trainer):
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+@pytest.mark.parametrize("name", sorted(PDES))
+def test_smoke_run_every_pde(tmp_path, name):
+    steps = 10
+    summary = Trainer(tiny_config(name, steps=steps), tmp_path, progress=False).run()
+    assert summary["steps"] == steps and math.isfinite(summary["rel_l2"])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 3, 6, 9]
+    pde = PDES[name]
+    for record in records:
+        assert set(record["losses"]) == set(pde.loss_terms) == set(record["weights"])
+        assert all(math.isfinite(v) for v in record["losses"].values())
+        assert math.isfinite(record["rel_l2"]) and record["time"] >= 0
+        assert -1.0 <= record["alignment"]["intra_step"] <= 1.0
+    windows = {r["window"] for r in records}
+    assert windows == set(range(min(pde.recipe.time_windows, 4))) or pde.recipe.time_windows > 1
+    prediction = np.load(tmp_path / "prediction.npz")
+    assert prediction["prediction"].shape == prediction["reference"].shape
+
+
+def test_losses_decrease_on_allen_cahn(tmp_path):
+    # not a convergence study: 40 Adam steps must lower the weighted loss (it cannot if gradients are wrong)
+    config = tiny_config("allen_cahn", steps=40, log_every=39, warmup_steps=1, weighting="none",
+                         physics_informed_init=False, learning_rate=3e-3)
+    Trainer(config, tmp_path, progress=False).run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]
+
+
+@pytest.mark.parametrize("name, optimizer", [("allen_cahn", "soap"), ("ks", "adam")])
+def test_resume_equals_uninterrupted(tmp_path, name, optimizer):
+    # bitwise: same ops in the same order on the same CPU; KS crosses time windows (5 steps each)
+    steps = 12 if name == "allen_cahn" else 20
+    whole = Trainer(tiny_config(name, optimizer, steps=steps), tmp_path / "whole", progress=False)
+    whole.run()
+    stopped = Trainer(tiny_config(name, optimizer, steps=steps), tmp_path / "split", progress=False)
+    assert stopped.run(stop_after=7) == {"step": 7, "completed": False}
+    resumed = Trainer(tiny_config(name, optimizer, steps=steps), tmp_path / "split", resume=True, progress=False)
+    assert resumed.step == 7
+    resumed.run()
+    for a, b in zip(parameters(whole), parameters(resumed)):
+        assert torch.equal(a, b)
+    lines_whole = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    lines_split = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda r: {k: v for k, v in r.items() if k != "time"}  # noqa: E731
+    assert [strip(r) for r in lines_whole] == [strip(r) for r in lines_split]
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config("allen_cahn", steps=10), tmp_path, progress=False)
+    trainer.run(stop_after=5)
+    good = parameters(trainer)
+    original = trainer.pde.residual
+
+    def poisoned(d):
+        (r,) = original(d)
+        return (r * float("nan"),)
+
+    monkeypatch.setattr(trainer.pde, "residual", poisoned)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 5"):
+        trainer.run()
+    monkeypatch.undo()
+    restored = Trainer(tiny_config("allen_cahn", steps=10), tmp_path, resume=True, progress=False)
+    assert restored.step == 5
+    for a, b in zip(good, parameters(restored)):
+        assert torch.equal(a, b)
+
+
+def test_bad_settings_raise_value_error():
+    with pytest.raises(ValueError, match="unknown PDE 'heat'"):
+        make_config("heat")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        make_config("allen_cahn", "huge")
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        make_config("allen_cahn", optimizer="sgd")
+    with pytest.raises(ValueError, match="divisible by causal_chunks"):
+        make_config("allen_cahn", batch_size=100)
+    with pytest.raises(NotImplementedError, match="lid-driven cavity"):
+        make_config("ldc")
+
+
+def test_paper_preset_matches_recipe():
+    config = make_config("kdv", "paper")
+    assert (config.hidden_features, config.hidden_layers, config.batch_size) == (256, 3, 4096)
+    assert (config.warmup_steps, config.decay_steps, config.causal_tol, config.causal_chunks) == (5000, 2000, 0.1, 16)
+    assert make_config("ks", "paper").steps == 10 * 200_000
