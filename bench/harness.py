@@ -145,25 +145,27 @@ def benchmark(
     rep_ms: float = 100.0,
     repeats: int = 20,
     min_seconds: float = 0.0,
+    warmup: int = 3,
 ) -> dict:
     """Median, p10, p90 and mean time of fn() in ms, and how it was timed ("method").
 
     On CUDA: triton.testing.do_bench for about rep_ms of runs after warmup_ms (CUDA events, L2 flushed
     before each run, so small kernels are timed cold); without Triton, time_fn. On CPU: time_fn with
-    `repeats` runs (and at least min_seconds).
+    `warmup` untimed runs, then `repeats` timed runs (and at least min_seconds).
     """
     device = torch.device(device)
     if device.type == "cuda":
         try:
             import triton.testing
         except ImportError:
-            return {**time_fn(fn, device, repeats=repeats, min_seconds=min_seconds), "method": "wall+sync"}
+            timing = time_fn(fn, device, warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+            return {**timing, "method": "wall+sync"}
         if not _do_bench_returns_all():
             p10, p50, p90 = triton.testing.do_bench(fn, warmup_ms, rep_ms, quantiles=[0.1, 0.5, 0.9])
             return {"median_ms": p50, "p10_ms": p10, "p90_ms": p90, "method": "do_bench-quantiles"}
         samples = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
         return _percentiles(list(samples), "do_bench")
-    return {**time_fn(fn, device, repeats=repeats, min_seconds=min_seconds), "method": "wall"}
+    return {**time_fn(fn, device, warmup=warmup, repeats=repeats, min_seconds=min_seconds), "method": "wall"}
 
 
 def record(
@@ -224,6 +226,7 @@ class SuiteConfig:
         """benchmark(fn) on this config's device, fewer repeats at "smoke" size."""
         if self.sizes == "smoke":
             kwargs.setdefault("repeats", 3)
+            kwargs.setdefault("warmup", 1)
             kwargs.setdefault("warmup_ms", 5.0)
             kwargs.setdefault("rep_ms", 20.0)
         return benchmark(fn, self.device, **kwargs)

@@ -208,6 +208,8 @@ def summary_table(documents: list[dict]) -> str:
         suite = document.get("suite", "?")
         if document.get("status", STATUS_OK) != STATUS_OK:
             notes.append(f"{suite}: {document['status'].upper()}: {document.get('message', '')}")
+        if document.get("baseline_provider"):
+            notes.append(f"{suite}: speedup = median of {document['baseline_provider']} / median of the row")
         if document.get("nvml", {}).get("available"):
             nvml = document["nvml"]
             sm = nvml.get("metrics", {}).get("sm_clock_mhz", {}).get("median")
@@ -222,7 +224,9 @@ def summary_table(documents: list[dict]) -> str:
                 rows.append((suite, row["case"], row["provider"], f"error: {row.get('error', '?')}", "", "", "", ""))
                 continue
             baseline, base_ms = _baseline_median(document, row)
-            speedup = f"{base_ms / row['median_ms']:.2f}x vs {baseline}" if base_ms else ""
+            speedup = f"{base_ms / row['median_ms']:.2f}x" if base_ms else ""
+            if base_ms and baseline != document.get("baseline_provider"):
+                speedup += f" vs {baseline}"
             spread = f"{_fmt(row.get('p10_ms'))}-{_fmt(row.get('p90_ms'))}"
             tflops = (
                 f"{_fmt(row['tflops'])} ({_pct(row.get('pct_matmul_peak'))} {row.get('peak_dtype', '')})"
