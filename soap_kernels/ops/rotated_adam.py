@@ -657,4 +657,3 @@ def rotate_momentum_(
     (matrix,), old_left, old_right = _matrix_view("rotate_momentum_", (exp_avg,), old_bases)
     _, new_left, new_right = _matrix_view("rotate_momentum_", (exp_avg,), new_bases)
     torch.ops.soap_kernels.rotate_momentum_(matrix, old_left, old_right, new_left, new_right, ok, bool(allow_tf32))
-
