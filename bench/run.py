@@ -148,9 +148,9 @@ def run_suite(name: str, config: harness.SuiteConfig, ceilings: dict | None, nvm
             payload = {"records": ceiling_records(ceilings or measure_ceilings(config.device, config.sizes))}
         elif hasattr(module, "run"):
             payload = _call_run(module.run, config)
-        else:
-            module.main(list(main_argv))
-            payload = {"records": []}
+        else:  # main(argv) saves its own results; records only if it returns timings
+            returned = module.main(list(main_argv))
+            payload = {"records": records_from_timings(returned), "own_output": True}
         records = _check_records(payload)
     except NotImplementedError as error:
         document["status"], document["message"] = STATUS_NOT_DONE, f"NotImplementedError: {error}"
@@ -208,6 +208,8 @@ def summary_table(documents: list[dict]) -> str:
         suite = document.get("suite", "?")
         if document.get("status", STATUS_OK) != STATUS_OK:
             notes.append(f"{suite}: {document['status'].upper()}: {document.get('message', '')}")
+        if "records" not in document:
+            notes.append(f"{suite}: saved in its own format, not as records: read its JSON")
         if document.get("baseline_provider"):
             notes.append(f"{suite}: speedup = median of {document['baseline_provider']} / median of the row")
         if document.get("nvml", {}).get("available"):
@@ -355,8 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         if document["status"] == STATUS_FAILED and "traceback" in document:
             print(document["traceback"], file=sys.stderr, flush=True)
         documents.append(document)
-        if document["status"] in (STATUS_SKIPPED,):
+        if document["status"] == STATUS_SKIPPED:
             continue  # nothing measured: no file
+        if document.get("own_output"):
+            continue  # main(argv) wrote <suite>-<device>-<date>.json itself: do not overwrite it
         path = harness.save_results(name, document, device, results_dir=config.results_dir)
         print(f"   wrote {path}", flush=True)
         if args.plots == "per-suite" and document["records"]:

@@ -243,6 +243,7 @@ def test_main_only_suite_gets_the_arguments_after_double_dash(suites, tmp_path):
         ["mainonly", "--device", "cpu", "--out", str(tmp_path / "r"), "--no-ceilings", "--", "--blocks", "2"]
     )
     assert rc == 0 and json.loads(marker.read_text()) == ["--blocks", "2"]
+    assert not (tmp_path / "r").exists()  # its own results are not overwritten by an empty document
 
 
 def test_summarize_reads_saved_results_and_plots_them(suites, tmp_path, capsys):
