@@ -9,6 +9,10 @@ TORCH_LIBRARY(soap_kernels, m) {
   m.def(
       "adam_moments_(Tensor(a!) exp_avg, Tensor(b!) exp_avg_sq, Tensor grad, Tensor enabled, float beta1, "
       "float beta2, float eps) -> Tensor");
+  // SOAP eigenbasis refresh of a stack of Kronecker factors L[b] with previous bases Q[b]: method "qr" (sort by
+  // diag(Q^T L Q), one power step, orthonormalise) or "exact" (warm-started Jacobi eigendecomposition).
+  // Returns the new bases and the column permutation `order` [batch, n] to apply to Adam's second moment.
+  m.def("refresh_eigenbasis(Tensor factor, Tensor basis, str method, int max_sweeps) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, module) {

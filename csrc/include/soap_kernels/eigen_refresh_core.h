@@ -1,0 +1,231 @@
+// Solver cores of soap_kernels::refresh_eigenbasis, written once for the CPU and the GPU.
+//
+// Each core works on one n x n float64 matrix (row-major, leading dimension n) and is parameterised by a
+// "team": the set of workers that cooperate on that matrix. On the CPU the team is one thread
+// (SerialTeam below: rank 0 of 1, sync() does nothing); on the GPU it is one thread block (BlockTeam in
+// csrc/cuda/refresh_eigenbasis.cu: rank = threadIdx.x, sync() = __syncthreads()). Every loop is written
+// as `for (i = rank; i < count; i += size)` with a sync() between phases that depend on each other, so
+// the same code is the sequential algorithm on the host and the parallel one on the device.
+//
+// Cores:
+//   cholesky_upper_inverse  G = R^T R (Cholesky, R upper triangular), then G <- R^{-1}   (n^3/3 + n^3/3 flops)
+//   jacobi_eigen            B = V diag(lambda) V^T by parallel-order (round-robin) cyclic Jacobi, fixed sweep cap
+// Constants shared with the torch reference (soap_kernels/ops/refresh_eigenbasis.py) are defined here too.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SOAP_KERNELS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define SOAP_KERNELS_HOST_DEVICE inline
+#endif
+
+namespace soap_kernels {
+namespace eigen_refresh {
+
+// Unit roundoff of float64, the precision every refresh is computed in (float32 inputs included: the
+// Gram matrices of the QR path square condition numbers, which float32 cannot hold).
+constexpr double kUnitRoundoff = 1.1102230246251565e-16;
+constexpr double kEpsilon = 2.220446049250313e-16;
+
+// "qr": the matrix orthonormalised is X = L Q_sorted / ||L||_F + kQrRegularisation * Q_sorted, i.e. the
+// power step of L + delta I with delta = 1e-12 ||L||_F. The shift is a backward perturbation of L far
+// below float32 rounding and at 1e-12 of float64 scale; it makes X full rank (cond(X) <= 1e12) so that
+// Cholesky-based QR completes the basis of a rank-deficient factor with the old basis instead of noise.
+constexpr double kQrRegularisation = 1e-12;
+
+// Shifted CholeskyQR (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa 2020): the first of the three
+// passes factors X^T X + s I with s = 11 (m n + n (n + 1)) u ||X||_F^2, which bounds cond(X R^{-1}) by
+// about u^{-1/2}; the two plain passes that follow then reach orthogonality at the level of u.
+SOAP_KERNELS_HOST_DEVICE double cholesky_qr_shift(int64_t n, double frobenius_squared) {
+  const double m = static_cast<double>(n);
+  return 11.0 * (m * m + m * (m + 1.0)) * kUnitRoundoff * frobenius_squared;
+}
+
+// Pivots of the Cholesky factorisation are clamped from below so that a breakdown (a Gram matrix that is
+// not numerically positive definite) yields huge but finite numbers, never NaN. The caller checks the
+// result for finiteness and keeps the previous basis where it is not.
+constexpr double kPivotFloor = 1e-280;
+
+struct SerialTeam {
+  SOAP_KERNELS_HOST_DEVICE int rank() const { return 0; }
+  SOAP_KERNELS_HOST_DEVICE int size() const { return 1; }
+  SOAP_KERNELS_HOST_DEVICE void sync() const {}
+  SOAP_KERNELS_HOST_DEVICE bool any(bool flag) const { return flag; }
+  SOAP_KERNELS_HOST_DEVICE double sum(double value) const { return value; }
+};
+
+// In place: on entry g holds a symmetric positive definite G (only the upper triangle is read); on exit
+// the upper triangle holds W = R^{-1} where G = R^T R, and the strict lower triangle holds zeros.
+// `column` is scratch of n doubles. Right-looking Cholesky on the upper triangle, then the
+// column-by-column triangular inverse W[:j, j] = -W[:j, :j] R[:j, j] / R[j, j].
+template <typename Team>
+SOAP_KERNELS_HOST_DEVICE void cholesky_upper_inverse(const Team& team, double* g, int64_t n, double* column) {
+  const int rank = team.rank(), size = team.size();
+  for (int64_t k = 0; k < n; ++k) {
+    team.sync();
+    double pivot = g[k * n + k];
+    if (!(pivot > kPivotFloor)) pivot = kPivotFloor;  // also catches NaN
+    const double r_kk = sqrt(pivot);
+    const double inverse_r_kk = 1.0 / r_kk;
+    for (int64_t j = k + 1 + rank; j < n; j += size) g[k * n + j] *= inverse_r_kk;
+    team.sync();  // every worker has read g[k][k] and row k is final
+    if (rank == 0) g[k * n + k] = r_kk;
+    // Trailing update of the upper triangle: G[i][j] -= R[k][i] R[k][j] for k < i <= j.
+    const int64_t trailing = n - k - 1;
+    if (size == 1) {
+      for (int64_t i = k + 1; i < n; ++i) {
+        const double r_ki = g[k * n + i];
+        double* row = g + i * n;
+        const double* r_k = g + k * n;
+        for (int64_t j = i; j < n; ++j) row[j] -= r_ki * r_k[j];
+      }
+    } else {
+      for (int64_t index = rank; index < trailing * trailing; index += size) {
+        const int64_t i = k + 1 + index / trailing, j = k + 1 + index % trailing;
+        if (j >= i) g[i * n + j] -= g[k * n + i] * g[k * n + j];
+      }
+    }
+  }
+  team.sync();
+  for (int64_t index = rank; index < n * n; index += size) {
+    if (index / n > index % n) g[index] = 0.0;
+  }
+  // Triangular inverse, in place: after column j, g[:j+1, :j+1] holds W's leading block.
+  for (int64_t j = 0; j < n; ++j) {
+    team.sync();
+    for (int64_t i = rank; i < j; i += size) column[i] = g[i * n + j];
+    team.sync();
+    const double w_jj = 1.0 / g[j * n + j];
+    for (int64_t i = rank; i < j; i += size) {
+      double accumulated = 0.0;
+      for (int64_t l = i; l < j; ++l) accumulated += g[i * n + l] * column[l];
+      g[i * n + j] = -accumulated * w_jj;
+    }
+    team.sync();  // the writes above read g[j][j]; only now may it change
+    if (rank == 0) g[j * n + j] = w_jj;
+  }
+  team.sync();
+}
+
+// The round-robin ("circle method") tournament on m = n rounded up to even players: in round r
+// (0 <= r < m - 1) pair k (0 <= k < m / 2) is (player(k), player(m - 1 - k)); every pair of indices meets
+// exactly once per sweep and the m / 2 pairs of one round are disjoint, so their rotations commute and are
+// applied together. A player >= n (the bye when n is odd) sits the round out.
+SOAP_KERNELS_HOST_DEVICE int64_t round_robin_player(int64_t position, int64_t round, int64_t m) {
+  return position == 0 ? 0 : 1 + (position - 1 + round) % (m - 1);
+}
+
+// Scratch for one matrix's Jacobi rounds: m / 2 entries each.
+struct JacobiScratch {
+  double* cosine;
+  double* sine;
+  double* new_pp;  // the rotated diagonal entries, computed from the 2x2 block (more accurate than updates)
+  double* new_qq;
+  int64_t* p;  // -1 where the pair does not rotate this round
+  int64_t* q;
+};
+
+// Eigendecomposition of a symmetric B (n x n, row-major), in place: on exit B is diagonal up to the
+// convergence threshold, its diagonal holds the eigenvalues, and v_t (n x n) holds V^T, i.e. row k of v_t
+// is the eigenvector that Jacobi rotated out of coordinate k (V = product of the rotations, so from a
+// nearly diagonal B, V is nearly the identity and column k stays close to e_k).
+//
+// Rotation for pair (p, q) with b_pq != 0 (Golub & Van Loan, sym.schur2):
+//   tau = (b_qq - b_pp) / (2 b_pq),  t = sign(tau) / (|tau| + sqrt(1 + tau^2)),  c = 1/sqrt(1+t^2), s = t c
+//   B <- J^T B J, V <- V J, with J = I except J_pp = J_qq = c, J_pq = s, J_qp = -s; then b_pq = 0,
+//   b_pp <- b_pp - t b_pq, b_qq <- b_qq + t b_pq.
+// A pair rotates only where |b_pq| > eps ||B||_F and |b_pq| > eps sqrt(|b_pp b_qq|): smaller entries
+// change no eigenvalue or eigenvector beyond rounding. A sweep in which no pair rotates ends the
+// iteration (decided by the team, never by the host); at most max_sweeps sweeps run.
+// Returns the number of sweeps that rotated something.
+template <typename Team>
+SOAP_KERNELS_HOST_DEVICE int64_t jacobi_eigen(const Team& team, double* b, double* v_t, int64_t n, int64_t max_sweeps,
+                                              const JacobiScratch& scratch) {
+  const int rank = team.rank(), size = team.size();
+  for (int64_t index = rank; index < n * n; index += size) v_t[index] = (index / n == index % n) ? 1.0 : 0.0;
+  double local_squares = 0.0;
+  for (int64_t index = rank; index < n * n; index += size) local_squares += b[index] * b[index];
+  const double absolute_floor = kEpsilon * sqrt(team.sum(local_squares));
+  const int64_t m = n + (n & 1);
+  const int64_t pairs = m / 2;
+  int64_t sweeps = 0;
+  for (int64_t sweep = 0; sweep < max_sweeps; ++sweep) {
+    bool rotated = false;
+    for (int64_t round = 0; round < m - 1; ++round) {
+      team.sync();
+      for (int64_t k = rank; k < pairs; k += size) {
+        int64_t p = round_robin_player(k, round, m), q = round_robin_player(m - 1 - k, round, m);
+        if (p > q) {
+          const int64_t swap = p;
+          p = q;
+          q = swap;
+        }
+        scratch.p[k] = -1;
+        if (q >= n) continue;
+        const double b_pp = b[p * n + p], b_qq = b[q * n + q], b_pq = b[p * n + q];
+        const double magnitude = fabs(b_pq);
+        if (!(magnitude > absolute_floor) || !(magnitude > kEpsilon * sqrt(fabs(b_pp * b_qq)))) continue;
+        const double tau = (b_qq - b_pp) / (2.0 * b_pq);
+        // For |tau| > 1e150, tau^2 overflows; t = 1 / (2 tau) to full precision there.
+        const double t = fabs(tau) > 1e150 ? 0.5 / tau
+                                           : (tau >= 0.0 ? 1.0 : -1.0) / (fabs(tau) + sqrt(1.0 + tau * tau));
+        const double c = 1.0 / sqrt(1.0 + t * t);
+        scratch.cosine[k] = c;
+        scratch.sine[k] = t * c;
+        scratch.new_pp[k] = b_pp - t * b_pq;
+        scratch.new_qq[k] = b_qq + t * b_pq;
+        scratch.p[k] = p;
+        scratch.q[k] = q;
+        rotated = true;
+      }
+      team.sync();
+      // Rows p, q of B (B <- J^T B) and of V^T (V <- V J): contiguous, one element per worker step.
+      for (int64_t index = rank; index < pairs * n; index += size) {
+        const int64_t k = index / n, j = index % n;
+        const int64_t p = scratch.p[k];
+        if (p < 0) continue;
+        const int64_t q = scratch.q[k];
+        const double c = scratch.cosine[k], s = scratch.sine[k];
+        const double bp = b[p * n + j], bq = b[q * n + j];
+        b[p * n + j] = c * bp - s * bq;
+        b[q * n + j] = s * bp + c * bq;
+        const double vp = v_t[p * n + j], vq = v_t[q * n + j];
+        v_t[p * n + j] = c * vp - s * vq;
+        v_t[q * n + j] = s * vp + c * vq;
+      }
+      team.sync();
+      // Columns p, q of B (B <- B J), row by row so that the host walks memory in order.
+      for (int64_t index = rank; index < n * pairs; index += size) {
+        const int64_t i = index / pairs, k = index % pairs;
+        const int64_t p = scratch.p[k];
+        if (p < 0) continue;
+        const int64_t q = scratch.q[k];
+        const double c = scratch.cosine[k], s = scratch.sine[k];
+        const double bp = b[i * n + p], bq = b[i * n + q];
+        b[i * n + p] = c * bp - s * bq;
+        b[i * n + q] = s * bp + c * bq;
+      }
+      team.sync();
+      for (int64_t k = rank; k < pairs; k += size) {
+        const int64_t p = scratch.p[k];
+        if (p < 0) continue;
+        const int64_t q = scratch.q[k];
+        b[p * n + p] = scratch.new_pp[k];
+        b[q * n + q] = scratch.new_qq[k];
+        b[p * n + q] = 0.0;
+        b[q * n + p] = 0.0;
+      }
+    }
+    team.sync();
+    if (!team.any(rotated)) break;
+    ++sweeps;
+  }
+  team.sync();
+  return sweeps;
+}
+
+}  // namespace eigen_refresh
+}  // namespace soap_kernels

@@ -1,0 +1,380 @@
+"""soap_kernels::refresh_eigenbasis: the C++/CUDA kernels against the torch reference of the same algorithm,
+against torch.linalg.qr (method "qr") and numpy.linalg.eigh in float64 (method "exact")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from soap_kernels._native import has_native_cpu, has_native_cuda
+from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis, refresh_eigenbasis_ref
+
+needs_native = pytest.mark.skipif(not has_native_cpu(), reason="soap_kernels._C is not built")
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and has_native_cuda()), reason="needs a CUDA device and the CUDA kernels"
+)
+
+ORTHOGONALITY = {torch.float32: 1e-5, torch.float64: 1e-12}
+RESIDUAL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def _orthogonal(batch: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(batch, n, n, dtype=torch.float64, generator=generator))
+    return q * torch.sgn(r.diagonal(0, -2, -1)).unsqueeze(-2)
+
+
+def _with_spectrum(eigenvalues: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """U diag(eigenvalues) U^T with a random orthogonal U, float64, [batch, n, n]."""
+    batch, n = eigenvalues.shape
+    u = _orthogonal(batch, n, generator)
+    matrix = (u * eigenvalues.unsqueeze(-2)) @ u.mT
+    return (matrix + matrix.mT) / 2
+
+
+def _factor(kind: str, batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    """float64 symmetric PSD test factors of a given kind."""
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "gram":  # a full-rank G G^T
+        g = torch.randn(batch, n, n + 3, dtype=torch.float64, generator=generator)
+        return g @ g.mT
+    if kind == "cond1e8":
+        exponents = torch.rand(batch, n, dtype=torch.float64, generator=generator) * -8
+        exponents[:, 0], exponents[:, -1] = 0.0, -8.0
+        return _with_spectrum(10.0**exponents, generator)
+    if kind == "clustered":  # three clusters of (nearly) repeated eigenvalues
+        values = torch.tensor([5.0, 1.0, 0.2], dtype=torch.float64)[torch.arange(n) % 3]
+        values = values + 1e-13 * torch.rand(n, dtype=torch.float64, generator=generator)
+        return _with_spectrum(values.expand(batch, n).clone(), generator)
+    if kind == "repeated":
+        return _with_spectrum(torch.ones(batch, n, dtype=torch.float64), generator) * 3.0
+    if kind == "rank_deficient":  # G G^T with G of rank ~ n / 4: SOAP's early factors
+        g = torch.randn(batch, n, max(1, n // 4), dtype=torch.float64, generator=generator)
+        return g @ g.mT
+    if kind == "zero":
+        return torch.zeros(batch, n, n, dtype=torch.float64)
+    raise AssertionError(kind)
+
+
+def _warm_basis(factor: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """Eigenvectors of a nearby factor (about 5% relative change): the basis SOAP holds between refreshes."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, n, _ = factor.shape
+    noise = torch.randn(batch, n, n, dtype=torch.float64, generator=generator)
+    scale = 0.05 * torch.linalg.matrix_norm(factor).clamp_min(1e-30).view(batch, 1, 1) / n
+    nearby = factor + scale * (noise + noise.mT)
+    return torch.from_numpy(np.linalg.eigh(nearby.numpy())[1][..., ::-1].copy())
+
+
+def _orthogonality_error(q: torch.Tensor) -> float:
+    q = q.double()
+    return (q.mT @ q - torch.eye(q.shape[-1], dtype=torch.float64)).abs().amax().item()
+
+
+def _relative_residual(factor: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """||L Q - Q diag(Q^T L Q)||_F / ||L||_F per matrix (0 for the zero matrix), in float64."""
+    factor, q = factor.double(), q.double()
+    eigenvalues = (q * (factor @ q)).sum(-2)
+    residual = torch.linalg.matrix_norm(factor @ q - q * eigenvalues.unsqueeze(-2))
+    return residual / torch.linalg.matrix_norm(factor).clamp_min(1e-300)
+
+
+def _qr_reference_path(factor: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SOAP's reference refresh in float64: sort by diag(Q^T L Q) (stable), then torch.linalg.qr(L Q_sorted)."""
+    factor, basis = factor.double(), basis.double()
+    estimated = (basis * (factor @ basis)).sum(-2)
+    order = torch.sort(estimated, dim=-1, descending=True, stable=True).indices
+    n = factor.shape[-1]
+    sorted_basis = torch.gather(basis, 2, order.unsqueeze(1).expand(-1, n, n))
+    return torch.linalg.qr(factor @ sorted_basis)[0], order
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
+def test_bad_arguments_name_the_value(use_native):
+    factor = torch.eye(4, dtype=torch.float64).expand(2, 4, 4).clone()
+    with pytest.raises(ValueError, match="method"):
+        refresh_eigenbasis(factor, factor, "cholesky", use_native=use_native)
+    with pytest.raises(ValueError, match="shape"):
+        refresh_eigenbasis(factor, factor[:, :3, :3], use_native=use_native)
+    with pytest.raises(ValueError, match=r"\[batch, n, n\]"):
+        refresh_eigenbasis(factor[:, :3], factor[:, :3], use_native=use_native)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        refresh_eigenbasis(factor.int(), factor.int(), use_native=use_native)
+    with pytest.raises(TypeError, match="differs"):
+        refresh_eigenbasis(factor, factor.float(), use_native=use_native)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        refresh_eigenbasis(factor.numpy(), factor, use_native=use_native)
+    with pytest.raises(ValueError, match="max_sweeps"):
+        refresh_eigenbasis(factor, factor, "exact", max_sweeps=0, use_native=use_native)
+
+
+@needs_native
+def test_native_op_checks_its_arguments_too():
+    factor = torch.eye(3).expand(2, 3, 3).clone()
+    with pytest.raises(ValueError, match="method"):
+        torch.ops.soap_kernels.refresh_eigenbasis(factor, factor, "svd", 10)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        torch.ops.soap_kernels.refresh_eigenbasis(factor.half(), factor.half(), "qr", 10)
+
+
+def test_unbatched_call_drops_the_batch_dimension():
+    factor = _factor("gram", 1, 5)[0]
+    basis, order = refresh_eigenbasis(factor, torch.eye(5, dtype=torch.float64))
+    assert basis.shape == (5, 5) and order.shape == (5,) and order.dtype == torch.int64
+
+
+# ------------------------------------------------------------------------------- kernel == torch reference
+
+
+@needs_native
+@pytest.mark.parametrize("method", ["qr", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("batch", "n"), [(1, 1), (3, 2), (1, 7), (4, 7), (2, 32)])
+def test_native_kernel_matches_torch_reference(method, dtype, batch, n):
+    factor = _factor("gram", batch, n, seed=n).to(dtype)
+    basis = (_warm_basis(factor.double()) if method == "exact" else _orthogonal(batch, n, torch.Generator())).to(dtype)
+    ours, ours_order = refresh_eigenbasis(factor, basis, method, use_native=True)
+    reference, reference_order = refresh_eigenbasis_ref(factor, basis, method)
+    assert ours.dtype == dtype and ours_order.dtype == torch.int64
+    assert torch.equal(ours_order, reference_order)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-11
+    torch.testing.assert_close(ours, reference, atol=tolerance, rtol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("method", ["qr", "exact"])
+@pytest.mark.parametrize("kind", ["cond1e8", "clustered", "rank_deficient", "zero"])
+def test_native_kernel_matches_torch_reference_on_hard_factors(method, kind):
+    factor = _factor(kind, 3, 16, seed=4)
+    basis = _warm_basis(factor)
+    ours, ours_order = refresh_eigenbasis(factor, basis, method, use_native=True)
+    reference, reference_order = refresh_eigenbasis_ref(factor, basis, method)
+    if kind in ("cond1e8", "zero"):
+        assert torch.equal(ours_order, reference_order)
+        torch.testing.assert_close(ours, reference, atol=1e-9, rtol=0)
+    elif method == "exact":  # vectors inside a (near-)degenerate eigenspace are not determined: compare L
+        for basis_ in (ours, reference):
+            values = (basis_ * (factor @ basis_)).sum(-2)
+            torch.testing.assert_close((basis_ * values.unsqueeze(-2)) @ basis_.mT, factor, atol=1e-12, rtol=0)
+    else:  # rank 4: the first 4 columns are determined, the rest complete the basis
+        assert torch.equal(ours_order, reference_order)
+        torch.testing.assert_close(ours[..., :4], reference[..., :4], atol=1e-9, rtol=0)
+        assert _orthogonality_error(ours) < 1e-12
+
+
+@needs_native
+def test_native_qr_matches_reference_on_cpu_lapack_path():
+    """n = 96 takes LAPACK's Cholesky in the CPU kernel (the core's up to n = 64)."""
+    factor = _factor("gram", 2, 96, seed=3)
+    basis = _warm_basis(factor)
+    ours, ours_order = refresh_eigenbasis(factor, basis, "qr", use_native=True)
+    reference, reference_order = refresh_eigenbasis_ref(factor, basis, "qr")
+    assert torch.equal(ours_order, reference_order)
+    torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ "qr": the SOAP path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("batch", "n"), [(1, 1), (3, 2), (1, 7), (3, 32), (2, 64), (1, 128), (2, 256), (1, 300)])
+def test_qr_spans_the_nested_subspaces_of_torch_qr(dtype, batch, n):
+    """Well-conditioned factors: each column equals torch.linalg.qr's up to sign; order is the reference's."""
+    generator = torch.Generator().manual_seed(n)
+    factor = _with_spectrum(1.0 + 9.0 * torch.rand(batch, n, dtype=torch.float64, generator=generator), generator)
+    basis = _orthogonal(batch, n, generator)
+    factor, basis = factor.to(dtype), basis.to(dtype)
+    ours, order = refresh_eigenbasis(factor, basis, "qr")
+    expected, expected_order = _qr_reference_path(factor, basis)
+    assert torch.equal(order, expected_order)
+    cosines = (ours.double() * expected).sum(-2).abs()
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+    assert (1 - cosines).abs().max().item() < tolerance
+    assert _orthogonality_error(ours) < ORTHOGONALITY[dtype] * max(1, n / 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["cond1e8", "clustered", "repeated", "rank_deficient", "zero"])
+@pytest.mark.parametrize(("batch", "n"), [(1, 2), (3, 7), (2, 64), (1, 256)])
+def test_qr_hard_factors_stay_orthonormal_and_triangular(dtype, kind, batch, n):
+    """Ill-conditioned or singular factors: an orthonormal basis with Q^T (L Q_sorted) upper triangular."""
+    factor = _factor(kind, batch, n, seed=n).to(dtype)
+    basis = _orthogonal(batch, n, torch.Generator().manual_seed(7)).to(dtype)
+    ours, order = refresh_eigenbasis(factor, basis, "qr")
+    assert torch.isfinite(ours).all()
+    assert _orthogonality_error(ours) < ORTHOGONALITY[dtype] * max(1, n / 64)
+    sorted_basis = torch.gather(basis.double(), 2, order.unsqueeze(1).expand(-1, n, n))
+    power = factor.double() @ sorted_basis
+    below_diagonal = torch.linalg.matrix_norm(torch.tril(ours.double().mT @ power, -1))
+    scale = torch.linalg.matrix_norm(factor.double()).clamp_min(1e-300)
+    # X = L Q_s / ||L|| + 1e-12 Q_s is what is triangularised exactly: the shift adds <= 1e-12 sqrt(n).
+    bound = 1e-5 if dtype == torch.float32 else 1e-12 * (n**0.5 + 10)
+    assert (below_diagonal / scale).max().item() < bound
+    if kind == "zero":  # nothing to learn: keep the (sorted) basis
+        torch.testing.assert_close(ours.double(), sorted_basis, atol=ORTHOGONALITY[dtype], rtol=0)
+
+
+# ------------------------------------------------------------------------------------ "exact": Jacobi
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["gram", "cond1e8", "clustered", "repeated", "rank_deficient", "zero"])
+@pytest.mark.parametrize(("batch", "n", "warm"), [(1, 1, False), (3, 2, False), (4, 7, False), (2, 32, False)])
+def test_exact_small_against_numpy_eigh(dtype, kind, batch, n, warm):
+    _check_exact(dtype, kind, batch, n, warm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("dtype", "kind", "batch", "n"),
+    [
+        (torch.float64, "cond1e8", 2, 64),
+        (torch.float32, "gram", 1, 64),
+        (torch.float64, "clustered", 1, 128),
+        (torch.float64, "rank_deficient", 1, 128),
+        (torch.float64, "gram", 1, 256),
+        (torch.float32, "cond1e8", 1, 300),
+    ],
+)
+def test_exact_large_warm_started_against_numpy_eigh(dtype, kind, batch, n):
+    _check_exact(dtype, kind, batch, n, warm=True)
+
+
+def _check_exact(dtype, kind, batch, n, warm):
+    factor64 = _factor(kind, batch, n, seed=n)
+    basis64 = _warm_basis(factor64) if warm else torch.eye(n, dtype=torch.float64).expand(batch, n, n)
+    factor, basis = factor64.to(dtype), basis64.to(dtype)
+    ours, order = refresh_eigenbasis(factor, basis, "exact")
+    assert ours.dtype == dtype and torch.isfinite(ours).all()
+    assert sorted(order[0].tolist()) == list(range(n))
+    assert _orthogonality_error(ours) < ORTHOGONALITY[dtype]
+    assert _relative_residual(factor.double(), ours).max().item() < RESIDUAL[dtype]
+    reference_values = torch.from_numpy(np.linalg.eigvalsh(factor.double().numpy())[..., ::-1].copy())
+    ours_values = (ours.double() * (factor.double() @ ours.double())).sum(-2)
+    scale = torch.linalg.matrix_norm(factor.double()).clamp_min(1e-300).unsqueeze(-1)
+    assert ((ours_values - reference_values).abs() / scale).max().item() < RESIDUAL[dtype]
+    assert (ours_values[:, 1:] <= ours_values[:, :-1] + RESIDUAL[dtype] * scale).all()  # descending
+
+
+def test_exact_order_maps_new_columns_to_the_old_ones():
+    """From a permuted, sign-flipped exact eigenbasis, new column j is old column order[j] (up to sign)."""
+    generator = torch.Generator().manual_seed(11)
+    n = 9
+    values = torch.linspace(9.0, 1.0, n, dtype=torch.float64)
+    eigenvectors = _orthogonal(1, n, generator)
+    factor = (eigenvectors * values) @ eigenvectors.mT
+    permutation = torch.randperm(n, generator=generator)
+    signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(torch.float64)
+    basis = eigenvectors[:, :, permutation] * signs
+    ours, order = refresh_eigenbasis(factor, basis, "exact")
+    assert torch.equal(order[0], torch.argsort(permutation))
+    torch.testing.assert_close(ours, basis[:, :, order[0]], atol=1e-12, rtol=0)
+    qr_basis, qr_order = refresh_eigenbasis(factor, basis, "qr")  # the same permutation, by diag(Q^T L Q)
+    assert torch.equal(qr_order, order)
+
+
+@pytest.mark.parametrize("method", ["exact", "qr"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_warm_refreshes_of_a_drifting_factor_stay_orthonormal(method, dtype):
+    """1000 refreshes of a factor that moves like SOAP's (L <- b L + (1 - b) g g^T), each from the last basis."""
+    generator = torch.Generator().manual_seed(5)
+    batch, n, beta = 2, 12, 0.95
+    direction = torch.randn(batch, n, 4, dtype=torch.float64, generator=generator)
+    factor = direction @ direction.mT
+    basis = torch.eye(n, dtype=dtype).expand(batch, n, n).clone()
+    for step in range(1000):
+        direction = direction + 0.1 * torch.randn(batch, n, 4, dtype=torch.float64, generator=generator)
+        gradient = direction @ torch.randn(batch, 4, 1, dtype=torch.float64, generator=generator)
+        factor = beta * factor + (1 - beta) * gradient @ gradient.mT
+        basis, _ = refresh_eigenbasis(factor.to(dtype), basis, method)
+        if step % 100 == 99:
+            assert _orthogonality_error(basis) < ORTHOGONALITY[dtype]
+    if method == "exact":
+        assert _relative_residual(factor.to(dtype), basis).max().item() < RESIDUAL[dtype]
+
+
+@pytest.mark.parametrize("method", ["qr", "exact"])
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
+def test_non_finite_input_keeps_or_sanitises_the_basis(method, use_native):
+    factor = _factor("gram", 3, 6, seed=2)
+    basis = _warm_basis(factor)
+    factor[1, 2, 3] = float("nan")
+    basis[2, 0, 0] = float("inf")
+    ours, order = refresh_eigenbasis(factor, basis, method, use_native=use_native)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours[1], basis[1])  # the non-finite factor keeps its basis
+    assert torch.equal(order[1], torch.arange(6))
+    assert _orthogonality_error(ours[2]) < 1e-12  # the non-finite basis restarts from the identity
+    clean, clean_order = refresh_eigenbasis(factor[:1], basis[:1], method, use_native=use_native)
+    torch.testing.assert_close(ours[:1], clean)  # other matrices are not affected
+    assert torch.equal(order[:1], clean_order)
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
+def test_empty_batch(use_native):
+    empty = torch.empty(0, 4, 4, dtype=torch.float64)
+    basis, order = refresh_eigenbasis(empty, empty, "exact", use_native=use_native)
+    assert basis.shape == (0, 4, 4) and order.shape == (0, 4)
+
+
+# ------------------------------------------------------------------------------------ registration
+
+
+@needs_native
+@pytest.mark.parametrize("method", ["qr", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(method, dtype):
+    factor = _factor("gram", 2, 5, seed=1).to(dtype)
+    basis = torch.eye(5, dtype=dtype).expand(2, 5, 5).clone()
+    torch.library.opcheck(torch.ops.soap_kernels.refresh_eigenbasis.default, (factor, basis, method, 12))
+
+
+# ------------------------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("method", ["qr", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("batch", "n"), [(1, 1), (3, 7), (2, 64), (4, 256), (1, 300)])
+def test_cuda_kernel_matches_cpu_kernel(method, dtype, batch, n):
+    factor = _factor("gram", batch, n, seed=n)
+    basis = _warm_basis(factor)
+    factor, basis = factor.to(dtype), basis.to(dtype)
+    ours, order = refresh_eigenbasis(factor.cuda(), basis.cuda(), method, use_native=True)
+    expected, expected_order = refresh_eigenbasis(factor, basis, method, use_native=True)
+    assert torch.equal(order.cpu(), expected_order)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(ours.cpu(), expected, atol=tolerance, rtol=0)
+    assert _orthogonality_error(ours.cpu()) < ORTHOGONALITY[dtype] * max(1, n / 64)
+    if method == "exact":
+        assert _relative_residual(factor.double(), ours.cpu()).max().item() < RESIDUAL[dtype]
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("method", ["qr", "exact"])
+def test_cuda_refresh_is_graph_capturable(method):
+    factor = _factor("gram", 4, 128, seed=4).cuda()
+    basis = _warm_basis(factor.cpu()).cuda()
+    expected, expected_order = refresh_eigenbasis(factor, basis, method)
+    refresh_eigenbasis(factor, basis, method)  # warm up cuBLAS handles outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured, captured_order = refresh_eigenbasis(factor, basis, method)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, expected, atol=1e-10, rtol=0)
+    assert torch.equal(captured_order, expected_order)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_opcheck():
+    factor = _factor("gram", 2, 5, seed=1).cuda()
+    basis = torch.eye(5, dtype=torch.float64, device="cuda").expand(2, 5, 5).clone()
+    torch.library.opcheck(torch.ops.soap_kernels.refresh_eigenbasis.default, (factor, basis, "exact", 12))
