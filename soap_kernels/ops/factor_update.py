@@ -49,7 +49,8 @@ if HAS_TRITON:
         """L[b] <- ok ? lerp(L[b], A A^T, w) : L[b], A[i, k] = G[b] at offset i stride_gi + k stride_gk (SIZE x INNER).
 
         Program (tile, b): tile = ti * T + tj over a T x T grid of BLOCK tiles of L[b] ([B, SIZE, SIZE],
-        contiguous); tiles with tj < ti do nothing, tj > ti also store the transposed tile at (tj, ti).
+        contiguous); tiles with tj < ti do nothing, tj > ti also store the transposed tile at (tj, ti), a diagonal
+        tile uses its upper triangle for both halves (so L stays exactly symmetric when it is).
         """
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -76,6 +77,8 @@ if HAS_TRITON:
                     mask=(ks[:, None] < INNER) & (cols[None, :] < SIZE), other=0.0,
                 )  # fmt: skip
                 acc += tl.dot(a, a_t, input_precision=PRECISION)
+            if tj == ti:  # mirror the upper triangle so the diagonal tile is exactly symmetric too
+                acc = tl.where(rows[:, None] <= cols[None, :], acc, tl.trans(acc))
             ok = tl.load(ok_ptr) != 0
             w = scalar3(w_hi, w_mid, w_lo, IS_FP64)
             l_base = l_ptr + b * SIZE * SIZE
@@ -117,7 +120,7 @@ def _check(factor: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, beta: flo
             "higher-rank gradients are not implemented in the Triton op (use the torch path)"
         )
     rank = grad.dim() - 1
-    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < rank:
+    if isinstance(dim, bool) or not isinstance(dim, (int, torch.SymInt)) or not 0 <= dim < rank:
         raise ValueError(f"{_OP}: dim={dim!r} must be an int in [0, {rank}) for grad of shape {tuple(grad.shape)}")
     size = grad.shape[1 + dim]
     expected = (grad.shape[0], size, size)
