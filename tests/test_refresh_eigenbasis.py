@@ -3,6 +3,11 @@ against torch.linalg.qr (method "qr") and numpy.linalg.eigh in float64 (method "
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -330,6 +335,137 @@ def test_opcheck(method, dtype):
     factor = _factor("gram", 2, 5, seed=1).to(dtype)
     basis = torch.eye(5, dtype=dtype).expand(2, 5, 5).clone()
     torch.library.opcheck(torch.ops.soap_kernels.refresh_eigenbasis.default, (factor, basis, method, 12))
+
+
+# ------------------------------------------------------------------ the shared core with a parallel team
+
+# The CUDA kernels run the solver cores with a thread block as the team. Without a GPU, this program runs
+# them with a team of std::threads (barrier = __syncthreads) to check that the phases are race-free and that
+# the parallel result equals the one-worker (CPU kernel) result bit for bit.
+_TEAM_CHECK_SOURCE = r"""
+// Runs the shared solver cores with a team of std::threads standing in for a CUDA thread block.
+#include <atomic>
+#include <barrier>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "soap_kernels/eigen_refresh_core.h"
+
+using namespace soap_kernels::eigen_refresh;
+
+struct ThreadTeam {
+  int worker, workers;
+  std::barrier<>* barrier;
+  std::atomic<int>* flag;
+  double* partials;
+  int rank() const { return worker; }
+  int size() const { return workers; }
+  void sync() const { barrier->arrive_and_wait(); }
+  bool any(bool value) const {
+    sync();
+    if (worker == 0) flag->store(0);
+    sync();
+    if (value) flag->fetch_or(1);
+    sync();
+    const bool result = flag->load() != 0;
+    sync();
+    return result;
+  }
+  double sum(double value) const {
+    partials[worker] = value;
+    sync();
+    double total = 0.0;
+    for (int i = 0; i < workers; ++i) total += partials[i];
+    sync();
+    return total;
+  }
+};
+
+template <typename Body>
+void run_team(int workers, Body body) {
+  std::barrier<> barrier(workers);
+  std::atomic<int> flag{0};
+  std::vector<double> partials(workers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w)
+    threads.emplace_back([&, w] { body(ThreadTeam{w, workers, &barrier, &flag, partials.data()}); });
+  for (auto& t : threads) t.join();
+}
+
+int main(int argc, char** argv) {
+  const int64_t n = std::atoi(argv[1]);
+  const int workers = std::atoi(argv[2]);
+  std::mt19937_64 rng(42);
+  std::normal_distribution<double> normal;
+  std::vector<double> a(n * n);
+  for (auto& x : a) x = normal(rng);
+  std::vector<double> g(n * n, 0.0);  // G = A A^T + I
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = i == j ? 1.0 : 0.0;
+      for (int64_t k = 0; k < n; ++k) s += a[i * n + k] * a[j * n + k];
+      g[i * n + j] = s;
+    }
+  // Cholesky + inverse: W^T G W must be I.
+  std::vector<double> w = g, column(n);
+  run_team(workers, [&](const ThreadTeam& team) { cholesky_upper_inverse(team, w.data(), n, column.data()); });
+  double cholesky_error = 0.0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0.0;
+      for (int64_t k = 0; k < n; ++k)
+        for (int64_t l = 0; l < n; ++l) s += w[k * n + i] * g[k * n + l] * w[l * n + j];
+      cholesky_error = std::max(cholesky_error, std::abs(s - (i == j ? 1.0 : 0.0)));
+    }
+  // Jacobi: V diag(B') V^T must be G, V orthogonal; the serial team must agree.
+  const int64_t pairs = (n + (n & 1)) / 2;
+  auto solve = [&](int team_size, std::vector<double>& b, std::vector<double>& v_t) {
+    std::vector<double> reals(4 * pairs);
+    std::vector<int64_t> indices(2 * pairs);
+    const JacobiScratch scratch{reals.data(), reals.data() + pairs, reals.data() + 2 * pairs,
+                                reals.data() + 3 * pairs, indices.data(), indices.data() + pairs};
+    run_team(team_size, [&](const ThreadTeam& team) { jacobi_eigen(team, b.data(), v_t.data(), n, 40, scratch); });
+  };
+  std::vector<double> b = g, v_t(n * n), b_serial = g, v_serial(n * n);
+  solve(workers, b, v_t);
+  solve(1, b_serial, v_serial);
+  double reconstruction = 0.0, orthogonality = 0.0, serial_difference = 0.0, scale = 0.0;
+  for (int64_t i = 0; i < n * n; ++i) scale = std::max(scale, std::abs(g[i]));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0.0, o = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        s += v_t[k * n + i] * b[k * n + k] * v_t[k * n + j];
+        o += v_t[i * n + k] * v_t[j * n + k];
+      }
+      reconstruction = std::max(reconstruction, std::abs(s - g[i * n + j]) / scale);
+      orthogonality = std::max(orthogonality, std::abs(o - (i == j ? 1.0 : 0.0)));
+      serial_difference = std::max(serial_difference, std::abs(v_t[i * n + j] - v_serial[i * n + j]));
+    }
+  std::printf("%.3e %.3e %.3e %.3e\n", cholesky_error, reconstruction, orthogonality, serial_difference);
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="needs a C++20 compiler")
+def test_solver_cores_with_a_parallel_team(tmp_path):
+    source = tmp_path / "team_check.cpp"
+    source.write_text(_TEAM_CHECK_SOURCE)
+    include = Path(__file__).resolve().parent.parent / "csrc" / "include"
+    binary = tmp_path / "team_check"
+    compiler = os.environ.get("CXX", "g++")
+    subprocess.run(
+        [compiler, "-std=c++20", "-O1", "-pthread", f"-I{include}", str(source), "-o", str(binary)], check=True
+    )
+    for n, workers in [(1, 1), (2, 3), (7, 4), (33, 8), (64, 5)]:
+        output = subprocess.run([str(binary), str(n), str(workers)], capture_output=True, text=True, check=True)
+        cholesky, reconstruction, orthogonality, serial_difference = map(float, output.stdout.split())
+        assert cholesky < 1e-12 and reconstruction < 1e-13 and orthogonality < 1e-13, (n, workers, output.stdout)
+        assert serial_difference == 0.0, (n, workers)
 
 
 # ------------------------------------------------------------------------------------ CUDA

@@ -1,0 +1,138 @@
+"""Eigenbasis refresh of a stack of Kronecker factors: soap_kernels.refresh_eigenbasis against torch.
+
+Providers (each refreshes a [batch, n, n] stack of factors from the previous bases):
+  torch_qr_path       the SOAP reference: diag(Q^T L Q), argsort, L @ Q_sorted, torch.linalg.qr (baseline)
+  torch_eigh          torch.linalg.eigh of every factor (an exact refresh without warm start)
+  soap_kernels_qr     refresh_eigenbasis(method="qr"): the same result, shifted CholeskyQR3 in float64
+  soap_kernels_exact  refresh_eigenbasis(method="exact"): warm-started Jacobi (exact eigenvectors)
+Factors drift like SOAP's between two refreshes (precondition_frequency 2, shampoo beta 0.95), and the bases
+are the previous factor's eigenvectors, so "exact" runs from the warm start it gets in training.
+
+    python bench/refresh.py [--device cpu|cuda] [--sizes paper|small|smoke] [--dtype float32|float64]
+    python -m bench refresh --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import SuiteConfig, record, save_results  # noqa: E402
+
+PROVIDERS = ("torch_qr_path", "torch_eigh", "soap_kernels_qr", "soap_kernels_exact")
+BASELINE = "torch_qr_path"
+SHAMPOO_BETA = 0.95
+# On a CPU the Jacobi solver of "exact" is a correctness path (about 9 n^3 scalar flops per sweep): cases
+# with more work than this are recorded as skipped there instead of taking minutes each.
+CPU_EXACT_MAX_WORK = 384**3
+
+
+def cases(sizes: str) -> list[tuple[int, int]]:
+    """(batch, n) pairs: the issue's grid, or a tiny one for smoke runs."""
+    if sizes == "smoke":
+        return [(1, 16), (2, 32)]
+    return [(batch, n) for batch in (1, 8, 40) for n in (64, 128, 256, 384)]
+
+
+def drifting_factors(batch: int, n: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """(L, Q): L a SOAP factor two steps after the one whose eigenvectors Q are (descending)."""
+    generator = torch.Generator().manual_seed(seed)
+    gradient = torch.randn(batch, n, n, dtype=torch.float64, generator=generator) / n**0.5
+    previous = torch.zeros(batch, n, n, dtype=torch.float64)
+    for _ in range(20):
+        gradient = gradient + 0.3 * torch.randn(batch, n, n, dtype=torch.float64, generator=generator) / n**0.5
+        previous = SHAMPOO_BETA * previous + (1 - SHAMPOO_BETA) * gradient @ gradient.mT
+    basis = torch.linalg.eigh(previous).eigenvectors.flip(-1)
+    factor = previous
+    for _ in range(2):
+        gradient = gradient + 0.3 * torch.randn(batch, n, n, dtype=torch.float64, generator=generator) / n**0.5
+        factor = SHAMPOO_BETA * factor + (1 - SHAMPOO_BETA) * gradient @ gradient.mT
+    return factor.to(device=device, dtype=dtype), basis.to(device=device, dtype=dtype)
+
+
+def torch_qr_path(factor: torch.Tensor, basis: torch.Tensor):
+    """The reference SOAP refresh, batched: sort by diag(Q^T L Q), one power step, torch.linalg.qr."""
+    estimated = (basis * (factor @ basis)).sum(-2)
+    order = torch.argsort(estimated, dim=-1, descending=True)
+    n = factor.shape[-1]
+    sorted_basis = torch.gather(basis, 2, order.unsqueeze(1).expand(-1, n, n))
+    return torch.linalg.qr(factor @ sorted_basis)[0], order
+
+
+def make(provider: str, factor: torch.Tensor, basis: torch.Tensor):
+    if provider == "torch_qr_path":
+        return lambda: torch_qr_path(factor, basis)
+    if provider == "torch_eigh":
+        return lambda: torch.linalg.eigh(factor)
+    from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
+
+    method = provider.removeprefix("soap_kernels_")
+    return lambda: refresh_eigenbasis(factor, basis, method, use_native=True)
+
+
+def run(config: SuiteConfig) -> dict:
+    device = torch.device(config.device)
+    dtype = getattr(torch, config.extra.get("dtype", "float32"))
+    rows = []
+    for batch, n in cases(config.sizes):
+        factor, basis = drifting_factors(batch, n, dtype, device)
+        name = f"batch={batch} n={n}"
+        for provider in PROVIDERS:
+            if not config.wants(provider):
+                continue
+            if provider == "soap_kernels_exact" and device.type == "cpu" and batch * n**3 > CPU_EXACT_MAX_WORK:
+                rows.append(record(name, provider, None, error="skipped on CPU: Jacobi is the GPU design"))
+                continue
+            try:
+                fn = make(provider, factor, basis)
+                large = batch * n**3 >= 8 * 256**3
+                timing = config.time(fn, repeats=5 if large else 10)
+            except Exception as error:  # a provider that fails is reported, not dropped
+                rows.append(record(name, provider, None, error=f"{type(error).__name__}: {error}"))
+                continue
+            flops = batch * (2 + 8 / 3) * n**3 if provider.endswith("qr_path") or provider.endswith("_qr") else None
+            rows.append(record(name, provider, timing, flops=flops, peak_dtype="fp64", batch=batch, n=n))
+    return {
+        "records": rows,
+        "baseline_provider": BASELINE,
+        "settings": {"dtype": str(dtype), "shampoo_beta": SHAMPOO_BETA, "torch_threads": torch.get_num_threads()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default="small", choices=("paper", "small", "smoke"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--providers", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = SuiteConfig(
+        device=torch.device(args.device),
+        sizes=args.sizes,
+        providers=tuple(args.providers) if args.providers else None,
+        extra={"dtype": args.dtype},
+    )
+    result = run(config)
+    baseline = {row["case"]: row.get("median_ms") for row in result["records"] if row["provider"] == BASELINE}
+    print(f"{'case':<18} {'provider':<20} {'median ms':>10} {'p10-p90 ms':>18} {'vs qr path':>10}")
+    for row in result["records"]:
+        if "median_ms" not in row:
+            print(f"{row['case']:<18} {row['provider']:<20} {row.get('error', '')}")
+            continue
+        base = baseline.get(row["case"])
+        ratio = f"{base / row['median_ms']:.2f}x" if base else ""
+        spread = f"{row['p10_ms']:.2f}-{row['p90_ms']:.2f}"
+        print(f"{row['case']:<18} {row['provider']:<20} {row['median_ms']:>10.2f} {spread:>18} {ratio:>10}")
+    path = save_results("refresh", result, config.device)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
