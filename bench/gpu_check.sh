@@ -220,6 +220,8 @@ main() {
       step info 60 build_info
       step tests 150 gpu_tests
       for suite in $SUITES; do step "$suite" 150 run_suite "$suite"; done
+      # where a training step's time goes (printed to the log only: no files)
+      step trace 90 "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12
       if ! compgen -G "$OUT/*-*-*.json" >/dev/null; then  # no suite ran: at least the machine's ceilings
         step ceilings 60 run_suite ceilings
       fi

@@ -274,6 +274,16 @@ def test_train_step_suite_compares_like_with_like():
     assert document["loss_relative_difference_jets_vs_autograd"] < 1e-5
 
 
+def test_trace_prints_a_profile_table_and_operator_counts(capsys):
+    from bench import trace
+
+    assert trace.main(["--device", "cpu", "--sizes", "smoke", "--rows", "3", "--providers", "jets+adam"]) == 0
+    printed = capsys.readouterr().out
+    assert "Self CPU time total" in printed
+    count_line = printed.rstrip().splitlines()[-1]
+    assert count_line.startswith("jets+adam") and int(count_line.split()[1]) > 0
+
+
 def test_the_real_registry_names_the_issue_suites():
     assert set(bench_run.DEFAULT_SUITES) == {"soap_step", "refresh", "residual", "train_step"}
     assert all(name in bench_run.SUITES for name in bench_run.DEFAULT_SUITES)
