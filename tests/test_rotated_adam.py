@@ -1,0 +1,285 @@
+"""soap_kernels::rotated_adam_ and soap_kernels::rotate_momentum_ (Triton) against their torch references and the
+optimizer's projection math: TRITON_INTERPRET=1 on CPU tensors, or a CUDA GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from soap_kernels._backend import triton_available
+from soap_kernels.ops import rotated_adam as ra
+from soap_kernels.ops.rotated_adam import rotate_momentum_, rotate_momentum_ref, rotated_adam_, rotated_adam_ref
+from soap_kernels.optim.projection import project, project_back
+
+OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+HYPER = dict(beta1=0.9, beta2=0.99, eps=1e-8)
+_ADAM_REF = rotated_adam_ref  # bound at import: the triton_only fixture patches the module attributes
+_CARRY_REF = rotate_momentum_ref
+
+
+@pytest.fixture
+def device():
+    if not triton_available():
+        pytest.skip("needs Triton with a CUDA device or TRITON_INTERPRET=1")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+
+
+@pytest.fixture
+def triton_only(monkeypatch):
+    """Make a silent fall back to the torch reference inside the ops an error."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the op ran the torch reference instead of the Triton kernels")
+
+    monkeypatch.setattr(ra, "rotated_adam_ref", refuse)
+    monkeypatch.setattr(ra, "rotate_momentum_ref", refuse)
+
+
+def _tol(dtype):
+    return dict(rtol=1e-11, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
+
+
+def _orthogonal(gen, batch, n, dtype, device):
+    q, _ = torch.linalg.qr(torch.randn(batch, n, n, generator=gen, dtype=torch.float64))
+    return q.to(dtype=dtype, device=device)
+
+
+def _state(shape, factored, dtype, device, seed=0):
+    """(param, exp_avg, exp_avg_sq, grad, bases, step_size) for a stack [B, *view_shape]."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*size, positive=False):
+        x = torch.rand(size, generator=gen, dtype=torch.float64) if positive else torch.randn(size, generator=gen)
+        return x.to(dtype=dtype, device=device)
+
+    param, exp_avg, grad = rand(*shape), rand(*shape) * 0.1, rand(*shape)
+    exp_avg_sq = rand(*shape, positive=True) * 0.01
+    bases = [_orthogonal(gen, shape[0], n, dtype, device) if has else None for n, has in zip(shape[1:], factored)]
+    step_size = (torch.rand(shape[0], generator=gen, dtype=torch.float64) * 1e-2 + 1e-3).to(device)
+    return param, exp_avg, exp_avg_sq, grad, bases, step_size
+
+
+def _matrix_args(shape, bases):
+    return (None, bases[0]) if len(shape) == 2 else (bases[0], bases[1])
+
+
+def _adam_reference(state, ok, decay, normalize):
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = (
+        [x.clone() if isinstance(x, torch.Tensor) else x for x in state]
+    )  # fmt: skip
+    views = [t.unsqueeze(1) if t.dim() == 2 else t for t in (param, exp_avg, exp_avg_sq, grad)]
+    _ADAM_REF(*views, *_matrix_args(grad.shape, bases), ok, step_size, **HYPER, decay=decay, normalize=normalize)
+    return param, exp_avg, exp_avg_sq
+
+
+CASES = [  # (shape [B, *view_shape], factored dims)
+    ((3, 7, 33), (True, True)),
+    ((1, 1, 5), (False, True)),
+    ((3, 40, 9), (True, False)),
+    ((2, 5, 6), (False, False)),
+    ((3, 33), (True,)),
+    ((1, 7), (False,)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_rotated_adam_matches_reference(device, dtype, case, triton_only):
+    shape, factored = case
+    ok = torch.tensor(True, device=device)
+    for decay, normalize in [(0.0, False), (3e-5, True)]:
+        state = _state(shape, factored, dtype, device)
+        expected = _adam_reference(state, ok, decay, normalize)
+        param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+        rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=decay, normalize=normalize)
+        for name, actual, want in zip(("param", "exp_avg", "exp_avg_sq"), (param, exp_avg, exp_avg_sq), expected):
+            torch.testing.assert_close(actual, want, **_tol(dtype), msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_chain_path(device, dtype, monkeypatch, triton_only):
+    """With every chain split (X B formed first by its own launch) both ops still match their references."""
+    monkeypatch.setattr(ra, "_CHAIN_MAX_ROW_TILES", 0)
+    ok = torch.tensor(True, device=device)
+    state = _state((3, 37, 19), (True, True), dtype, device, seed=5)
+    expected = _adam_reference(state, ok, 1e-4, True)
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
+    for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
+        torch.testing.assert_close(actual, want, **_tol(dtype))
+    _check_carry(device, dtype, (3, 37, 19), (True, True), seed=6)
+
+
+def test_reference_is_the_optimizer_math():
+    """rotated_adam_ref is stack.py's _update_params (project, adam moments, project_back, rms, step, decay)."""
+    ok = torch.tensor(True)
+    for shape, factored in [((3, 6, 5), (True, True)), ((2, 9), (True,)), ((2, 4, 3), (False, True))]:
+        state = _state(shape, factored, torch.float64, "cpu", seed=7)
+        param, exp_avg, exp_avg_sq, grad, bases, step_size = (
+            s.clone() if isinstance(s, torch.Tensor) else s for s in state
+        )  # fmt: skip
+        rotated = project(grad, bases)
+        new_avg = exp_avg * 0.9 + 0.1 * rotated
+        new_sq = exp_avg_sq * 0.99 + (1.0 - 0.99) * rotated * rotated
+        update = project_back(new_avg / (new_sq.sqrt() + 1e-8), bases)
+        update = update / (1e-30 + update.square().mean(dim=tuple(range(1, update.dim())), keepdim=True).sqrt())
+        new = param - step_size.reshape(-1, *[1] * (param.dim() - 1)) * update
+        new = new - 2e-4 * new
+        actual = _adam_reference(state, ok, 2e-4, True)
+        for got, want in zip(actual, (new, new_avg, new_sq)):
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_not_ok_leaves_state_bitwise_unchanged(device, dtype, normalize, triton_only):
+    ok = torch.tensor(False, device=device)
+    for shape, factored in [((3, 7, 33), (True, True)), ((1, 5), (True,))]:
+        param, exp_avg, exp_avg_sq, grad, bases, step_size = _state(shape, factored, dtype, device)
+        grad.view(-1)[0] = float("nan")
+        grad.view(-1)[-1] = float("inf")
+        before = [t.clone() for t in (param, exp_avg, exp_avg_sq)]
+        rotated_adam_(
+            param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-3, normalize=normalize
+        )  # fmt: skip
+        for actual, old in zip((param, exp_avg, exp_avg_sq), before):
+            assert torch.equal(actual, old)
+
+
+def _check_carry(device, dtype, shape, factored, seed=0):
+    gen = torch.Generator().manual_seed(seed + 100)
+    _, exp_avg, _, _, old_bases, _ = _state(shape, factored, dtype, device, seed=seed)
+    new_bases = [_orthogonal(gen, shape[0], q.shape[-1], dtype, device) if q is not None else None for q in old_bases]
+    ok = torch.tensor(True, device=device)
+    expected = exp_avg.clone()
+    view = expected.unsqueeze(1) if expected.dim() == 2 else expected
+    _CARRY_REF(view, *_matrix_args(shape, old_bases), *_matrix_args(shape, new_bases), ok)
+    rotate_momentum_(exp_avg, old_bases, new_bases, ok)
+    torch.testing.assert_close(exp_avg, expected, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_rotate_momentum_matches_reference(device, dtype, case, triton_only):
+    _check_carry(device, dtype, *case)
+
+
+def test_rotate_momentum_reference_is_the_optimizer_math():
+    for shape, factored in [((3, 6, 5), (True, True)), ((2, 9), (True,))]:
+        _, exp_avg, _, _, old, _ = _state(shape, factored, torch.float64, "cpu", seed=8)
+        _, _, _, _, new, _ = _state(shape, factored, torch.float64, "cpu", seed=9)
+        expected = project(project_back(exp_avg, old), new)
+        view = exp_avg.unsqueeze(1) if exp_avg.dim() == 2 else exp_avg
+        rotate_momentum_ref(view, *_matrix_args(shape, old), *_matrix_args(shape, new), torch.tensor(True))
+        torch.testing.assert_close(exp_avg, expected, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rotate_momentum_not_ok_unchanged(device, dtype, triton_only):
+    _, exp_avg, _, _, bases, _ = _state((3, 7, 33), (True, True), dtype, device)
+    nan_bases = [torch.full_like(q, float("nan")) for q in bases]
+    before = exp_avg.clone()
+    rotate_momentum_(exp_avg, bases, nan_bases, torch.tensor(False, device=device))
+    assert torch.equal(exp_avg, before)
+
+
+def test_opcheck(device):
+    utils = OPCHECK_ALL if device.type == "cuda" else ("test_schema", "test_autograd_registration", "test_faketensor")
+    param, exp_avg, exp_avg_sq, grad, (ql, qr), step_size = _state((3, 7, 5), (True, True), torch.float64, device)
+    for ok in (True, False):
+        flag = torch.tensor(ok, device=device)
+        torch.library.opcheck(
+            torch.ops.soap_kernels.rotated_adam_.default,
+            (param, exp_avg, exp_avg_sq, grad, ql, None, flag, step_size, 0.9, 0.99, 1e-8, 1e-4, True, False),
+            test_utils=utils,
+        )
+        torch.library.opcheck(
+            torch.ops.soap_kernels.rotate_momentum_.default,
+            (exp_avg, ql, qr, ql.flip(0).contiguous(), qr, flag, False),
+            test_utils=utils,
+        )
+
+
+def test_schemas_declare_the_mutations():
+    adam = str(torch.ops.soap_kernels.rotated_adam_.default._schema)
+    assert "Tensor(a0!) param, Tensor(a1!) exp_avg, Tensor(a2!) exp_avg_sq, Tensor grad" in adam
+    carry = str(torch.ops.soap_kernels.rotate_momentum_.default._schema)
+    assert carry.startswith("soap_kernels::rotate_momentum_(Tensor(a0!) exp_avg, Tensor? old_q_left")
+    assert adam.endswith("-> ()") and carry.endswith("-> ()")
+
+
+def test_reference_path_without_triton(monkeypatch):
+    """On CPU without the interpreter the ops run the torch references."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ok = torch.tensor(True)
+    state = _state((2, 4, 3), (True, True), torch.float64, "cpu")
+    expected = _adam_reference(state, ok, 0.0, False)
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER)
+    for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
+        torch.testing.assert_close(actual, want, rtol=0, atol=0)
+
+
+def test_bad_arguments_raise():
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = _state((2, 4, 3), (True, True), torch.float32, "cpu")
+    ok = torch.tensor(True)
+
+    def call(**changes):
+        args = dict(param=param, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, grad=grad, bases=bases, ok=ok,
+                    step_size=step_size)  # fmt: skip
+        args.update(changes)
+        hyper = {**HYPER, **{k: args.pop(k) for k in list(args) if k in ("beta1", "eps", "decay")}}
+        rotated_adam_(args["param"], args["exp_avg"], args["exp_avg_sq"], args["grad"], args["bases"], args["ok"],
+                      args["step_size"], **hyper)  # fmt: skip
+
+    with pytest.raises(ValueError, match="exp_avg has shape"):
+        call(exp_avg=exp_avg[:, :3].contiguous())
+    with pytest.raises(TypeError, match="exp_avg_sq has dtype"):
+        call(exp_avg_sq=exp_avg_sq.double())
+    with pytest.raises(ValueError, match="q_left has shape"):
+        call(bases=[bases[1], bases[1]])
+    with pytest.raises(ValueError, match="got 1 bases"):
+        call(bases=[bases[0]])
+    with pytest.raises(ValueError, match="step_size"):
+        call(step_size=step_size[:1])
+    with pytest.raises(TypeError, match="ok must be"):
+        call(ok=torch.tensor([True, True]))
+    with pytest.raises(ValueError, match="beta1=1.5"):
+        call(beta1=1.5)
+    with pytest.raises(ValueError, match="decay=-1.0"):
+        call(decay=-1.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        call(param=param.mT.contiguous().mT)
+    with pytest.raises(ValueError, match="view rank 3"):
+        call(param=param[..., None], exp_avg=exp_avg[..., None], exp_avg_sq=exp_avg_sq[..., None], grad=grad[..., None])
+    with pytest.raises(TypeError, match="float32 and float64"):
+        half = [t.half() for t in (param, exp_avg, exp_avg_sq, grad)]
+        call(param=half[0], exp_avg=half[1], exp_avg_sq=half[2], grad=half[3], bases=[b.half() for b in bases])
+    with pytest.raises(ValueError, match="both be given or both be None"):
+        rotate_momentum_(exp_avg, bases, [bases[0], None], ok)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [((3, 256, 256), (True, True)), ((2, 512, 384), (True, True)), ((4, 1000), (True,))],
+                         ids=str)  # fmt: skip
+def test_real_sizes_on_gpu(dtype, case):
+    shape, factored = case
+    ok = torch.tensor(True, device="cuda")
+    tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for normalize in (False, True):
+        state = _state(shape, factored, dtype, "cuda")
+        expected = _adam_reference(state, ok, 1e-4, normalize)
+        param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+        rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=normalize)
+        for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
+            torch.testing.assert_close(actual, want, **tol)
+    _check_carry("cuda", dtype, shape, factored)
