@@ -221,6 +221,16 @@ def summary_table(documents: list[dict]) -> str:
                 f"{suite}: NVML: SM clock median {_fmt(sm)} MHz, power max {_fmt(watts)} W, "
                 f"throttle reasons seen: {throttles}"
             )
+            gpm = nvml.get("gpm", {})
+            if gpm.get("available"):
+                whole = gpm.get("whole_region", {})
+                notes.append(
+                    f"{suite}: GPM over the suite: SM occupancy {_fmt(whole.get('sm_occupancy_pct'))}%, "
+                    f"DRAM bandwidth {_fmt(whole.get('dram_bw_util_pct'))}%, "
+                    f"tensor cores active {_fmt(whole.get('any_tensor_util_pct'))}%"
+                )
+            elif gpm.get("reason"):
+                notes.append(f"{suite}: GPM: {gpm['reason']}")
         for row in document.get("records", []):
             if row.get("median_ms") is None:
                 rows.append((suite, row["case"], row["provider"], f"error: {row.get('error', '?')}", "", "", "", ""))

@@ -257,6 +257,18 @@ def test_summarize_reads_saved_results_and_plots_them(suites, tmp_path, capsys):
     assert "2.00x" in printed and png.stat().st_size > 1000
 
 
+def test_table_notes_carry_the_nvml_and_gpm_readings():
+    nvml = {
+        "available": True,
+        "metrics": {"sm_clock_mhz": {"median": 1755.0}, "power_w": {"max": 512.0}},
+        "throttle_reasons": {"gpu_idle": 0.5, "sw_power_cap": 0.25},
+        "gpm": {"available": True, "whole_region": {"sm_occupancy_pct": 41.5, "dram_bw_util_pct": 73.0}},
+    }
+    table = bench_run.summary_table([{"suite": "s", "machine": {"device": "H100"}, "records": [], "nvml": nvml}])
+    assert "s: NVML: SM clock median 1755 MHz, power max 512 W, throttle reasons seen: sw_power_cap" in table
+    assert "SM occupancy 41.5%, DRAM bandwidth 73%" in table
+
+
 def test_list_shows_each_suite_and_whether_it_is_present(suites, capsys):
     suites(good=GOOD_SUITE, absent=None)
     assert bench_run.main(["--list", "good", "absent"]) == 0
