@@ -63,15 +63,30 @@ def _logistic_polynomials(kind: str, order: int) -> tuple[tuple[float, ...], ...
 
 
 def _horner(coefficients: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
-    result = torch.full_like(t, coefficients[-1])
+    """sum_i c_i t^i by Horner's rule, one fused pass (addcmul) per degree."""
+    result = torch.full_like(t, coefficients[-1]) if len(coefficients) == 1 else None
     for c in reversed(coefficients[:-1]):
-        result = result * t + c
+        constant = torch.tensor(c, dtype=t.dtype)  # a 0-d CPU tensor broadcasts on any device
+        if result is None:
+            result = torch.add(constant, t, alpha=coefficients[-1])
+        else:
+            result = torch.addcmul(constant, result, t)
     return result
+
+
+def _polynomial(coefficients: tuple[float, ...], t: torch.Tensor, t_squared: torch.Tensor) -> torch.Tensor:
+    """P(t); an even or odd P (tanh's tower) is evaluated in t^2, halving the passes."""
+    if all(c == 0 for c in coefficients[1::2]):
+        return _horner(coefficients[0::2], t_squared)
+    if all(c == 0 for c in coefficients[0::2]):
+        return t * _horner(coefficients[1::2], t_squared)
+    return _horner(coefficients, t)
 
 
 def _logistic_tower(kind: str, value: torch.Tensor, order: int) -> list[torch.Tensor]:
     polys = _logistic_polynomials(kind, order)
-    return [value] + [_horner(polys[k], value) for k in range(1, order + 1)]
+    squared = value * value if order else value
+    return [value] + [_polynomial(polys[k], value, squared) for k in range(1, order + 1)]
 
 
 def _compose_tower(outer: list[torch.Tensor], inner: list[torch.Tensor], order: int) -> list[torch.Tensor]:

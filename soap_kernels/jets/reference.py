@@ -30,36 +30,98 @@ def linear_jet_ref(stack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return torch.cat([(z[0] + bias).unsqueeze(0), z[1:]], dim=0)
 
 
-def _evaluate(tower: list[torch.Tensor], stack: torch.Tensor, terms, weights=None) -> torch.Tensor:
-    """sum over terms of coef * tower[m] * (weights[k] if given) * prod stack[factors]."""
+def linear_jet_into(stack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """linear_jet_ref with the bias fused into the value slot's GEMM (addmm); not differentiable."""
+    num_slots, n, f_in = stack.shape
+    z = stack.new_empty((num_slots, n, weight.shape[0]))
+    weight_t = weight.t()
+    if bias is None:
+        torch.mm(stack.reshape(-1, f_in), weight_t, out=z.view(-1, weight.shape[0]))
+        return z
+    torch.addmm(bias, stack[0], weight_t, out=z[0])
+    if num_slots > 1:
+        torch.mm(stack[1:].reshape(-1, f_in), weight_t, out=z[1:].view(-1, weight.shape[0]))
+    return z
+
+
+def _term_factors(tower, stack, term, weights):
+    """(coef, the tensors whose product the term is) for a forward or adjoint term."""
+    if weights is None:
+        coef, m, factors = term
+        return coef, [tower[m]] + [stack[f] for f in factors]
+    coef, m, k, factors = term
+    return coef, [tower[m], weights[k]] + [stack[f] for f in factors]
+
+
+def _evaluate(tower, stack, terms, weights=None) -> torch.Tensor:
+    """sum over terms of coef * tower[m] * (weights[k] for adjoint terms) * prod stack[factors]."""
     total = None
     for term in terms:
-        if weights is None:
-            coef, m, factors = term
-            piece = tower[m]
-        else:
-            coef, m, k, factors = term
-            piece = tower[m] * weights[k]
-        for f in factors:
-            piece = piece * stack[f]
+        coef, tensors = _term_factors(tower, stack, term, weights)
+        piece = tensors[0]
+        for tensor in tensors[1:]:
+            piece = piece * tensor
         if coef != 1.0:
             piece = piece * coef
         total = piece if total is None else total + piece
     return total if total is not None else torch.zeros_like(stack[0])
 
 
-def activation_jet_ref(z: torch.Tensor, activation: str, plan: JetPlan) -> torch.Tensor:
-    """h = s(z) as a jet: D_k h = sum_terms coef * s^(m)(z_0) * prod z_factors (Faa di Bruno)."""
+def _evaluate_into(out: torch.Tensor, tower, stack, terms, weights=None) -> None:
+    """_evaluate written into `out` in place, one pass per multiplication (addcmul fuses the last
+    multiply with the accumulation); not differentiable, for the custom ops' no-grad bodies."""
+    if not terms:
+        out.zero_()
+        return
+    for index, term in enumerate(terms):
+        coef, tensors = _term_factors(tower, stack, term, weights)
+        if index == 0:
+            if len(tensors) == 1:
+                out.copy_(tensors[0])
+            else:
+                torch.mul(tensors[0], tensors[1], out=out)
+                for tensor in tensors[2:]:
+                    out.mul_(tensor)
+            if coef != 1.0:
+                out.mul_(coef)
+            continue
+        if len(tensors) == 1:
+            out.add_(tensors[0], alpha=coef)
+            continue
+        head = tensors[0]
+        for tensor in tensors[1:-1]:
+            head = head * tensor
+        out.addcmul_(head, tensors[-1], value=coef)
+
+
+def activation_jet_ref(
+    z: torch.Tensor, activation: str, plan: JetPlan, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """h = s(z) as a jet: D_k h = sum_terms coef * s^(m)(z_0) * prod z_factors (Faa di Bruno).
+
+    With `out`, h is written there in place (not differentiable).
+    """
     tower = activation_tower(activation, z[0], plan.max_activation_order)
-    return torch.stack([_evaluate(tower, z, terms) for terms in plan.activation_terms])
+    if out is None:
+        return torch.stack([_evaluate(tower, z, terms) for terms in plan.activation_terms])
+    for k, terms in enumerate(plan.activation_terms):
+        _evaluate_into(out[k], tower, z, terms)
+    return out
 
 
 def activation_jet_adjoint_ref(
-    grad_h: torch.Tensor, z: torch.Tensor, activation: str, plan: JetPlan
+    grad_h: torch.Tensor, z: torch.Tensor, activation: str, plan: JetPlan, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """grad_z = (dh/dz)^T grad_h for h = activation_jet_ref(z): the backward's activation-adjoint rule."""
+    """grad_z = (dh/dz)^T grad_h for h = activation_jet_ref(z): the backward's activation-adjoint rule.
+
+    With `out`, grad_z is written there in place (not differentiable).
+    """
     tower = activation_tower(activation, z[0], plan.max_activation_order + 1)
-    return torch.stack([_evaluate(tower, z, terms, grad_h) for terms in plan.activation_adjoint_terms])
+    if out is None:
+        return torch.stack([_evaluate(tower, z, terms, grad_h) for terms in plan.activation_adjoint_terms])
+    for j, terms in enumerate(plan.activation_adjoint_terms):
+        _evaluate_into(out[j], tower, z, terms, grad_h)
+    return out
 
 
 def product_jet_ref(x: torch.Tensor, y: torch.Tensor, plan: JetPlan) -> torch.Tensor:

@@ -87,8 +87,9 @@ class FourierFeatures(JetModule):
         return torch.cat([torch.cos(z), torch.sin(z)], dim=-1)
 
     def forward_jet(self, jet: Jet) -> Jet:
-        z = jet.dense(self.frequencies.t(), None)
-        return Jet.cat([z.activation("cos"), z.activation("sin")])
+        # two fused layers sharing the (cheap, in_features-wide) GEMM rather than a GEMM + two activations
+        frequencies_t = self.frequencies.t()
+        return Jet.cat([jet.dense(frequencies_t, None, "cos"), jet.dense(frequencies_t, None, "sin")])
 
 
 class PeriodicEmbedding(JetModule):
@@ -131,8 +132,8 @@ class PeriodicEmbedding(JetModule):
         for i in range(self.in_features):
             column = jet.select(slice(i, i + 1))
             if i in self.axes:
-                z = column * self.frequencies[self.axes.index(i)]
-                columns += [z.activation("cos"), z.activation("sin")]
+                frequency = self.frequencies[self.axes.index(i)].reshape(1, 1)
+                columns += [column.dense(frequency, None, "cos"), column.dense(frequency, None, "sin")]
             else:
                 columns.append(column)
         return Jet.cat(columns)

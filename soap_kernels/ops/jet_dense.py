@@ -20,15 +20,15 @@ import torch
 from torch.library import triton_op
 
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref, linear_jet_ref
+from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref, linear_jet_into
 
 
 def jet_dense_activation_ref(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, layout: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference of the forward: (h, z)."""
-    z = linear_jet_ref(x, weight, bias)
-    return activation_jet_ref(z, activation, JetPlan.from_key(layout)), z
+    z = linear_jet_into(x, weight, bias)
+    return activation_jet_ref(z, activation, JetPlan.from_key(layout), out=torch.empty_like(z)), z
 
 
 def jet_dense_activation_backward_ref(
@@ -41,7 +41,7 @@ def jet_dense_activation_backward_ref(
     compute_grad_x: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Torch reference of the backward: (dL/dx, dL/dW, dL/db); dL/dx is empty when not asked for."""
-    grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout))
+    grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout), out=torch.empty_like(z))
     f_out, f_in = weight.shape
     grad_weight = grad_z.reshape(-1, f_out).t().mm(x.reshape(-1, f_in))
     grad_bias = grad_z[0].sum(0)

@@ -1,0 +1,211 @@
+"""PINN residual loss + backward: nested autograd vs torch.func vs soap_kernels jets (torch / Triton).
+
+Residuals on N random points of [0, 1]^2 (inputs (t, x) or (x, y)):
+    allen_cahn: r = u_t - 1e-4 u_xx + 5 u^3 - 5 u
+    laplacian:  r = u_xx + u_yy - sin(pi x) sin(pi y)
+loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients). Providers are timed
+interleaved, one repetition each per round, so background load hits them alike; medians and ratios are
+of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated).
+
+    python bench/residual.py                       # the CPU goal case: MLP 4x256, N=4096, allen_cahn
+    python bench/residual.py --sizes 2048 8192 32768 --models mlp piratenet --problems allen_cahn laplacian
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import soap_kernels  # noqa: E402
+from bench.harness import device_name, save_results, time_fn  # noqa: E402
+from soap_kernels import nn as snn  # noqa: E402
+from soap_kernels.jets import jet_autograd  # noqa: E402
+
+PROVIDERS = ("nested_autograd", "torch_func", "jets_torch", "jets_triton")
+
+
+def build_model(name: str, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "mlp":
+        return snn.MLP(2, 1, 256, 4, "tanh").to(device)
+    if name == "piratenet":
+        return snn.PirateNet(2, 1, 256, 3, "tanh", rwf=(1.0, 0.1), alpha_init=0.5).to(device)
+    raise ValueError(f"unknown model {name!r}; expected mlp or piratenet")
+
+
+def _residual(problem: str, x: torch.Tensor, u, u_t_or_xx, u_xx_or_yy) -> torch.Tensor:
+    if problem == "allen_cahn":
+        return u_t_or_xx - 1e-4 * u_xx_or_yy + 5 * u**3 - 5 * u
+    return u_t_or_xx + u_xx_or_yy - torch.sin(math.pi * x[:, :1]) * torch.sin(math.pi * x[:, 1:])
+
+
+def loss_function(provider: str, problem: str, model: torch.nn.Module, x: torch.Tensor):
+    """A closure computing the mean squared residual with `provider`'s derivatives."""
+    if provider in ("nested_autograd", "jets_torch", "jets_triton"):
+        if problem == "allen_cahn":
+            requests, laplacian = [(0,), (1, 1)], None
+        else:
+            requests, laplacian = [], [0, 1]
+
+        def derivatives():
+            if provider == "nested_autograd":
+                ders = [(0, 0), (1, 1)] if laplacian else requests
+                return jet_autograd(model, x, ders)
+            backend = "torch" if provider == "jets_torch" else "triton"
+            return soap_kernels.jet(model, x, requests, laplacian_axes=laplacian, backend=backend)
+
+        def loss():
+            d = derivatives()
+            if problem == "allen_cahn":
+                r = _residual(problem, x, d[()], d[(0,)], d[(1, 1)])
+            elif "laplacian" in d:
+                r = _residual(problem, x, d[()], d["laplacian"], 0.0)
+            else:
+                r = _residual(problem, x, d[()], d[(0, 0)], d[(1, 1)])
+            return (r**2).mean()
+
+        return loss
+
+    if provider == "torch_func":
+
+        def scalar(point):
+            return model(point[None])[0, 0]
+
+        gradient = torch.func.vmap(torch.func.jacrev(scalar))
+        hessian = torch.func.vmap(torch.func.hessian(scalar))
+
+        def loss():
+            u = model(x)
+            h = hessian(x)
+            if problem == "allen_cahn":
+                r = _residual(problem, x, u, gradient(x)[:, :1], h[:, 1, 1, None])
+            else:
+                r = _residual(problem, x, u, h[:, 0, 0, None], h[:, 1, 1, None])
+            return (r**2).mean()
+
+        return loss
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def available(provider: str, device: torch.device) -> str | None:
+    """None when the provider can run here, else why not."""
+    if provider == "jets_triton" and device.type != "cuda":
+        return "not measured: needs a CUDA GPU (the Triton interpreter on CPU is not a timing target)"
+    return None
+
+
+def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> dict:
+    model = build_model(model_name, device).to(dtype)
+    torch.manual_seed(1)
+    x = torch.rand(n, 2, device=device, dtype=dtype)
+    case = {"model": model_name, "problem": problem, "N": n, "dtype": str(dtype).replace("torch.", "")}
+    runnable, results = [], {}
+    for provider in providers:
+        reason = available(provider, device)
+        if reason:
+            results[provider] = {"status": reason}
+            continue
+        loss = loss_function(provider, problem, model, x)
+
+        def step(loss=loss):
+            model.zero_grad(set_to_none=True)
+            value = loss()
+            value.backward()
+            return value
+
+        value = step()
+        # a parameter the residual does not depend on (the output bias under a pure Laplacian) has no grad
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        gradient = torch.cat([g.reshape(-1) for g in grads])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            peak = None
+        time_fn(step, device, warmup=1, repeats=1)
+        results[provider] = {"loss": value.item(), "peak_memory_mib": peak, "samples_ms": []}
+        runnable.append((provider, step, gradient))
+    for _ in range(rounds):
+        for provider, step, _ in runnable:
+            results[provider]["samples_ms"].append(time_fn(step, device, warmup=0, repeats=1)["median_ms"])
+    reference = next((g for p, _, g in runnable if p == "nested_autograd"), None)
+    for provider, _, gradient in runnable:
+        samples = results[provider]["samples_ms"]
+        results[provider]["median_ms"] = statistics.median(samples)
+        results[provider]["p10_ms"] = sorted(samples)[int(0.1 * (len(samples) - 1))]
+        results[provider]["p90_ms"] = sorted(samples)[int(0.9 * (len(samples) - 1))]
+        if reference is not None:
+            results[provider]["grad_rel_diff_vs_nested_autograd"] = (
+                (gradient - reference).norm() / reference.norm()
+            ).item()
+    if any(p == "nested_autograd" for p, _, _ in runnable):
+        base = results["nested_autograd"]
+        for provider, _, _ in runnable:
+            results[provider]["speedup_vs_nested_autograd"] = base["median_ms"] / results[provider]["median_ms"]
+            if base["peak_memory_mib"] and results[provider]["peak_memory_mib"]:
+                results[provider]["memory_ratio_vs_nested_autograd"] = (
+                    results[provider]["peak_memory_mib"] / base["peak_memory_mib"]
+                )
+    case["providers"] = results
+    return case
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=["mlp"], choices=["mlp", "piratenet"])
+    parser.add_argument("--problems", nargs="+", default=["allen_cahn"], choices=["allen_cahn", "laplacian"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[4096])
+    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed repetitions per provider")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--suite", default="residual", help="results file prefix")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    cases = []
+    for model_name in args.models:
+        for problem in args.problems:
+            for n in args.sizes:
+                case = measure_case(model_name, problem, n, args.providers, device, args.rounds, dtype)
+                cases.append(case)
+                for provider, r in case["providers"].items():
+                    if "median_ms" not in r:
+                        print(f"{model_name:9s} {problem:10s} N={n:6d} {provider:16s} {r['status']}")
+                        continue
+                    speed = r.get("speedup_vs_nested_autograd")
+                    memory = "" if r["peak_memory_mib"] is None else f" peak {r['peak_memory_mib']:.0f} MiB"
+                    print(
+                        f"{model_name:9s} {problem:10s} N={n:6d} {provider:16s} median {r['median_ms']:8.1f} ms"
+                        f" (p10 {r['p10_ms']:.1f}, p90 {r['p90_ms']:.1f})"
+                        + (f"  x{speed:.2f} vs nested autograd" if speed else "")
+                        + memory
+                    )
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    payload = {
+        "description": "PINN residual loss + backward; providers timed interleaved; "
+        "speedup = nested_autograd median / provider median",
+        "device_label": device_name(device),
+        "load_average_at_end": load,
+        "cases": cases,
+    }
+    path = save_results(args.suite, payload, device)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
