@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="tabulate runs")
     compare.add_argument("runs", nargs="+", type=Path, help="run folders")
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    compare.add_argument("--save", type=Path, default=None,
+                         help="also write a JSON report (machine, rows, rel L2 curves) to this file")
     return parser
 
 
@@ -115,13 +117,16 @@ def _list() -> int:
 
 
 def _compare(args, parser) -> int:
-    from .compare import collect_run, format_table
+    from .compare import collect_run, comparison_report, format_table
 
     try:
         rows = [collect_run(path) for path in args.runs]
     except ValueError as error:
         parser.error(str(error))
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(comparison_report(args.runs), indent=2) + "\n")
     return 0
 
 

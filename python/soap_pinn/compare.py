@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .plots import read_metrics
 
-__all__ = ["collect_run", "format_table"]
+__all__ = ["collect_run", "format_table", "comparison_report"]
 
 COLUMNS = ("run", "pde", "optimizer", "preset", "steps", "rel_l2", "best_rel_l2", "final_loss", "wall_s", "steps/s")
 
@@ -55,3 +55,33 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def comparison_report(directories: list[str | Path]) -> dict:
+    """A JSON-ready comparison: machine, one row per run, and each run's rel L2 and time at every logged step
+    (equal steps line up across runs that share log_every)."""
+    import os
+    import platform
+
+    import torch
+
+    runs = []
+    for directory in directories:
+        row = collect_run(directory)
+        row["curve"] = [
+            {"step": r["step"], "rel_l2": r["rel_l2"], "loss": r["loss"], "time_s": r["time"],
+             "alignment": r["alignment"]}
+            for r in read_metrics(directory)
+        ]  # fmt: skip
+        info_path = Path(directory) / "run_info.json"
+        row["run_info"] = json.loads(info_path.read_text()) if info_path.exists() else None
+        row["config"] = json.loads((Path(directory) / "config.json").read_text())
+        runs.append(row)
+    return {
+        "machine": {
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "runs": runs,
+    }

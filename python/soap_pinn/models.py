@@ -169,7 +169,7 @@ def _build_pirate(library, spec: ModelSpec, seed: int) -> nn.Module:
     periodic = sorted(spec.periodic_axes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return library.PirateNet(
+        model = library.PirateNet(
             spec.input_dim,
             spec.output_dim,
             spec.hidden_features,
@@ -182,6 +182,8 @@ def _build_pirate(library, spec: ModelSpec, seed: int) -> nn.Module:
             fourier_features=spec.fourier_features,
             fourier_scale=spec.fourier_scale,
         )
+    model._soap_pinn_spec = spec  # for describe_model
+    return model
 
 
 def describe_model(model: nn.Module) -> str:
@@ -191,4 +193,10 @@ def describe_model(model: nn.Module) -> str:
         s = model.spec
         return (f"local EmbeddedMLP {s.hidden_layers}x{s.hidden_features} {s.activation}, fourier "
                 f"{s.fourier_features} (scale {s.fourier_scale}), periodic axes {s.periodic_axes}; {count} params")
-    return f"{type(model).__module__}.{type(model).__name__}; {count} params"
+    spec = getattr(model, "_soap_pinn_spec", None)
+    detail = ""
+    if spec is not None:
+        detail = (f" {spec.hidden_layers} blocks x {spec.hidden_features} {spec.activation}, fourier "
+                  f"{spec.fourier_features} (scale {spec.fourier_scale}), periodic axes {spec.periodic_axes}, "
+                  f"rwf {spec.rwf}")
+    return f"{type(model).__module__}.{type(model).__name__}{detail}; {count} params"

@@ -61,6 +61,10 @@ def test_train_resume_compare(tmp_path, capsys, monkeypatch):
     assert main(["train", "--resume", str(out), "--steps", "6", "--no-plots"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
     capsys.readouterr()
-    assert main(["compare", str(out), "--json"]) == 0
+    report = tmp_path / "report.json"
+    assert main(["compare", str(out), "--json", "--save", str(report)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["pde"] == "allen_cahn" and rows[0]["steps"] == 6
+    saved = json.loads(report.read_text())
+    assert [point["step"] for point in saved["runs"][0]["curve"]] == [0, 2, 4, 5]
+    assert saved["machine"]["cpu_count"] >= 1
