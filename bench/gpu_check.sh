@@ -144,7 +144,8 @@ import json, sys
 info = json.load(open(sys.argv[1]))
 backends = info["backends_here"]
 if not backends["cuda"]:
-    sys.exit(f"the CUDA C++ kernels are not usable here: native_extension={info['native_extension']}")
+    sys.exit(f"the CUDA C++ kernels are not usable here: native_extension={info['native_extension']}, "
+             f"cuda_devices={info['cuda_devices']}")
 print("backends here:", ", ".join(name for name, on in backends.items() if on))
 EOF
 }
