@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-every", type=_positive_int, default=None)
     train.add_argument("--save-every", type=_positive_int, default=None)
     train.add_argument("--architecture", choices=("auto", "pirate", "local"), default=None)
+    train.add_argument("--derivatives", choices=("jet", "autograd"), default=None,
+                       help="input derivatives by soap_kernels.jet (default) or nested autograd (baseline)")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/<pde>-<optimizer>)")
@@ -82,7 +84,7 @@ def _train(args, parser) -> int:
         overrides = dict(
             optimizer=args.optimizer, steps=args.steps, device=args.device, dtype=args.dtype, seed=args.seed,
             batch_size=args.batch_size, log_every=args.log_every, save_every=args.save_every,
-            architecture=args.architecture, plots=False if args.no_plots else None,
+            architecture=args.architecture, derivatives=args.derivatives, plots=False if args.no_plots else None,
         )  # fmt: skip
         try:
             config = make_config(args.pde, args.preset or "small", **overrides)

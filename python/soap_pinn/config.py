@@ -30,6 +30,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     architecture: str = "auto"  # auto | pirate | local (see models.build_model)
+    derivatives: str = "jet"  # jet (soap_kernels.jet) | autograd (nested reverse mode, the baseline)
     hidden_features: int = 64
     hidden_layers: int = 2
     fourier_features: int = 64
@@ -103,6 +104,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if config.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {config.dtype!r}")
+    if config.derivatives not in ("jet", "autograd"):
+        raise ValueError(f"derivatives must be jet or autograd, got {config.derivatives!r}")
     if config.weighting not in ("grad_norm", "none"):
         raise ValueError(f"weighting must be grad_norm or none, got {config.weighting!r}")
     for name in ("steps", "batch_size", "log_every", "save_every", "weight_update_every", "time_windows",

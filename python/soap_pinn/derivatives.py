@@ -3,7 +3,8 @@
 evaluate(model, x, derivatives) returns {(): u, (i,): du/dx_i, (i, j): d2u/dx_i dx_j, ...}, each [N, out],
 exactly the contract of soap_kernels.jet (DESIGN.md section 5). When soap_kernels.jet is importable it
 is used; otherwise the same dict is computed by nested reverse-mode autograd (create_graph=True), with a
-one-time warning, and `backend_name()` says which path runs (recorded in each run's config.json).
+one-time warning, and `backend_name()` says which path runs (recorded in each run's run_info.json).
+method="autograd" forces nested autograd (the baseline the jets are measured against).
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def _find_jet():
     return _JET
 
 
-def backend_name() -> str:
-    """'soap_kernels.jet' or 'nested autograd (fallback)'."""
-    return "soap_kernels.jet" if _find_jet() is not None else "nested autograd (fallback)"
+METHODS = ("jet", "autograd")
+
+
+def backend_name(method: str = "jet") -> str:
+    """Which path `evaluate(..., method)` takes: 'soap_kernels.jet', 'nested autograd' or '... (fallback)'."""
+    if method == "autograd":
+        return "nested autograd"
+    return "soap_kernels.jet" if _find_jet() is not None else "nested autograd (fallback: no soap_kernels.jet)"
 
 
 def nested_autograd(model: torch.nn.Module, x: torch.Tensor, derivatives: Sequence[tuple[int, ...]]):
@@ -69,8 +75,12 @@ def nested_autograd(model: torch.nn.Module, x: torch.Tensor, derivatives: Sequen
     return {key: value for key, value in out.items() if key == () or key in {tuple(d) for d in derivatives}}
 
 
-def evaluate(model: torch.nn.Module, x: torch.Tensor, derivatives: Sequence[tuple[int, ...]]):
+def evaluate(model: torch.nn.Module, x: torch.Tensor, derivatives: Sequence[tuple[int, ...]], method: str = "jet"):
     """u and the requested input derivatives of model at the points x [N, d] (see module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown derivative method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "autograd":
+        return nested_autograd(model, x, derivatives)
     jet = _find_jet()
     if jet is not None:
         return jet(model, x, list(derivatives))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -138,7 +139,7 @@ class Trainer:
     def _losses(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         config = self.config
         points = self.sampler.sample(self.dtype, self.device)
-        jet = derivatives.evaluate(self.model, points, self.pde.derivatives)
+        jet = derivatives.evaluate(self.model, points, self.pde.derivatives, config.derivatives)
         residuals = self.pde.residual(jet)
         tol = config.causal_tol if config.causal else None
         residual_losses, causal = causal_residual_losses(residuals, config.causal_chunks, tol)
@@ -248,7 +249,7 @@ class Trainer:
             "pde": self.config.pde, "optimizer": self.config.optimizer, "preset": self.config.preset,
             "steps": self.step, "rel_l2": rel_l2, "final_loss": self.last_record["loss"] if self.last_record else None,
             "wall_time_s": self.elapsed, "steps_per_s": self.step / self.elapsed if self.elapsed else None,
-            "model": describe_model(self.model), "derivatives": derivatives.backend_name(),
+            "model": describe_model(self.model), "derivatives": derivatives.backend_name(self.config.derivatives),
         }  # fmt: skip
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.config.plots:
@@ -340,9 +341,15 @@ class Trainer:
         (self.out / "config.json").write_text(self.config.to_json())
 
     def _write_run_info(self) -> None:
-        info = {"model": describe_model(self.model), "derivatives": derivatives.backend_name(),
-                "optimizer": type(self.optimizer).__module__ + "." + type(self.optimizer).__name__,
-                "torch": torch.__version__, "device": str(self.device)}  # fmt: skip
+        info = {
+            "model": describe_model(self.model),
+            "derivatives": derivatives.backend_name(self.config.derivatives),
+            "optimizer": type(self.optimizer).__module__ + "." + type(self.optimizer).__name__,
+            "soap_kernels_backend_env": os.environ.get("SOAP_KERNELS_BACKEND"),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "device": str(self.device),
+        }
         (self.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
