@@ -31,16 +31,16 @@ LAYOUTS = {
     "mixed_fourth_laplacian": JetPlan.build(2, [(0, 1), (1, 1, 1, 1)], laplacian_axes=[0, 1]),
 }
 OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-# float32 tolerance: gelu's higher derivatives cancel heavily in float32, in both implementations
-FLOAT32_RTOL = {"gelu": 1e-4}
+# float32 tolerance: the order-5 towers of gelu, sigmoid and silu (polynomials in the sigmoid/tanh value)
+# cancel heavily in float32; both implementations land within ~4e-5 of the float64 result
+FLOAT32_RTOL = {"gelu": 2e-4, "sigmoid": 2e-4, "silu": 2e-4}
 
 
 def _close(actual, expected, dtype, activation, what):
-    if dtype == torch.float64:
-        rtol, atol = 1e-12, 1e-12
-    else:
-        rtol = FLOAT32_RTOL.get(activation, 1e-5)
-        atol = rtol * max(expected.abs().max().item() if expected.numel() else 0.0, 1.0)
+    # sums of fourth-order terms lose digits relative to the largest entry, not to each entry
+    scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1.0)
+    rtol = 1e-11 if dtype == torch.float64 else FLOAT32_RTOL.get(activation, 1e-5)
+    atol = rtol * scale
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=what)
 
 
