@@ -1,11 +1,12 @@
-"""SOAP step time: soap_kernels.SOAP against torch.optim.Adam and pytorch_optimizer.SOAP.
+"""SOAP step time: soap_kernels.SOAP against torch.optim.Adam, pytorch_optimizer.SOAP and heavyball.SOAP.
 
 Parameter sets: the paper's PirateNet 3x256 (Wang et al. 2025) and a 4x512 tanh MLP. Settings: the paper's
 (lr 1e-3, betas (0.9, 0.999), weight_decay 0, precondition_frequency 2, precondition_1d True).
-Each provider steps on the same precomputed gradients. A timed block is `precondition_frequency` steps, so
-block median / frequency is the mean step time including refreshes. Prints a table, saves JSON.
+Every provider steps on the same precomputed gradients. A timed block is `precondition_frequency` steps, so
+block time / frequency is the mean step time including refreshes.
 
-    python bench/soap_step.py [--device cpu|cuda] [--blocks 10] [--sets pirate_3x256 mlp_4x512]
+    python bench/soap_step.py [--device cpu|cuda] [--sizes paper|small|smoke] [--providers a,b]
+    python -m bench soap_step
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import save_results, time_fn  # noqa: E402
+from bench.harness import SuiteConfig, record, save_results  # noqa: E402
 
 PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
+PROVIDERS = ("soap_kernels", "soap_kernels_torch", "pytorch_optimizer_soap", "heavyball_soap", "adam")
+BASELINE = "pytorch_optimizer_soap"
 
 
 def pirate_net_shapes(width: int = 256, blocks: int = 3, fourier: int = 128, inputs: int = 2) -> list[tuple]:
     """Parameter shapes of PirateNet (Fourier features, U/V gates, blocks of 3 RWF dense layers, RWF head).
 
-    RWF layers hold a matrix V and vectors g (scale) and b (bias); each block has a trainable alpha.
-    The issue's list: 2x128 Fourier matrix; two 256x256 gates with biases; 9 RWF 256x256 layers with g, b;
-    one alpha scalar; a 256x1 RWF head with g and b.
+    RWF layers hold a matrix V and vectors g (scale) and b (bias); the issue's list: a 2x128 Fourier matrix;
+    two 256x256 gates with biases; 9 RWF 256x256 layers with g and b; one alpha scalar; a 256x1 RWF head
+    with g and b.
     """
     shapes: list[tuple] = [(inputs, fourier)]
     shapes += [(2 * fourier, width), (width,)] * 2  # gates U and V
@@ -48,36 +51,48 @@ def mlp_shapes(width: int = 512, layers: int = 4, inputs: int = 2, outputs: int 
     return shapes
 
 
-PARAMETER_SETS: dict[str, Callable[[], list[tuple]]] = {"pirate_3x256": pirate_net_shapes, "mlp_4x512": mlp_shapes}
+def cases(sizes: str) -> dict[str, list[tuple]]:
+    """Parameter sets by name; "smoke" is a tiny PirateNet that only checks the suite runs."""
+    if sizes == "smoke":
+        return {"piratenet-1x16": pirate_net_shapes(width=16, blocks=1, fourier=8)}
+    return {"piratenet-3x256": pirate_net_shapes(), "mlp-4x512": mlp_shapes()}
 
 
-def _providers() -> dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]]:
-    from soap_kernels import SOAP
+def make_optimizer(provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The provider's optimizer with the paper's settings (ImportError when its package is missing)."""
+    if provider == "soap_kernels":
+        from soap_kernels import SOAP
 
-    providers = {
-        "adam_fused" if torch.cuda.is_available() else "adam": lambda ps: torch.optim.Adam(
-            ps, lr=1e-3, betas=(0.9, 0.999), fused=torch.cuda.is_available()
-        ),
-        "soap_kernels": lambda ps: SOAP(ps, **PAPER_SETTINGS),
-        "soap_kernels_torch": lambda ps: SOAP(ps, backend="torch", **PAPER_SETTINGS),
-    }
-    try:
+        return SOAP(params, **PAPER_SETTINGS)
+    if provider == "soap_kernels_torch":
+        from soap_kernels import SOAP
+
+        return SOAP(params, backend="torch", **PAPER_SETTINGS)
+    if provider == "pytorch_optimizer_soap":
         from pytorch_optimizer import SOAP as PytorchOptimizerSOAP
 
-        providers["pytorch_optimizer_soap"] = lambda ps: PytorchOptimizerSOAP(
-            ps, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True
+        return PytorchOptimizerSOAP(
+            params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True
         )
-    except ImportError:
-        print("pytorch_optimizer is not installed (pip install .[bench]); skipping its provider")
-    return providers
+    if provider == "heavyball_soap":
+        import heavyball
+
+        return heavyball.SOAP(
+            params, lr=1e-3, betas=(0.9, 0.999), shampoo_beta=0.999, weight_decay=0.0, precondition_frequency=2,
+            precondition_1d=True, max_precond_dim=10000, merge_dims=False,
+        )  # fmt: skip
+    if provider == "adam":
+        fused = params[0].is_cuda
+        return torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), fused=fused)
+    raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
 
 
-def measure(shapes: list[tuple], make_optimizer, device: torch.device, blocks: int, frequency: int = 2) -> dict:
-    """Median time of a block of `frequency` steps, divided by frequency (refresh steps included)."""
+def step_block(shapes: list[tuple], provider: str, device: torch.device, frequency: int = 2) -> Callable[[], None]:
+    """A callable running `frequency` optimizer steps on precomputed gradients (state already initialised)."""
     generator = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(0.1 * torch.randn(s, generator=generator).to(device)) for s in shapes]
     pool = [[torch.randn(s, generator=generator).to(device) for s in shapes] for _ in range(frequency)]
-    optimizer = make_optimizer(params)
+    optimizer = make_optimizer(provider, params)
 
     def block() -> None:
         for grads in pool:
@@ -85,45 +100,56 @@ def measure(shapes: list[tuple], make_optimizer, device: torch.device, blocks: i
                 p.grad = g
             optimizer.step()
 
-    block()  # the initialising first step and one refresh happen outside the timed region
-    timing = time_fn(block, device=device, warmup=1, repeats=blocks)
-    return {key: (value / frequency if key.endswith("_ms") else value) for key, value in timing.items()}
+    block()  # the initialising first step and one refresh happen before timing
+    return block
 
 
-def run(device: str = "cpu", blocks: int = 10, sets: list[str] | None = None) -> dict:
-    device = torch.device(device)
-    results: dict = {"settings": {**PAPER_SETTINGS, "betas": list(PAPER_SETTINGS["betas"])}, "sets": {}}
-    providers = _providers()
-    for name in sets or list(PARAMETER_SETS):
-        shapes = PARAMETER_SETS[name]()
-        entry = {
-            "tensors": len(shapes),
-            "values": int(sum(torch.Size(s).numel() for s in shapes)),
-            "step_ms": {},
-        }
-        for provider, make in providers.items():
-            entry["step_ms"][provider] = measure(shapes, make, device, blocks)
-            print(f"{name:14s} {provider:24s} {entry['step_ms'][provider]['median_ms']:9.2f} ms/step", flush=True)
-        medians = {p: v["median_ms"] for p, v in entry["step_ms"].items()}
-        ours = medians["soap_kernels"]
-        entry["ratios"] = {f"{p}_over_soap_kernels": m / ours for p, m in medians.items() if p != "soap_kernels"}
-        results["sets"][name] = entry
-    return results
+def run(config: SuiteConfig) -> dict:
+    """One record per (parameter set, provider): median ms per step, refreshes included."""
+    frequency = PAPER_SETTINGS["precondition_frequency"]
+    rows = []
+    for name, shapes in cases(config.sizes).items():
+        values = int(sum(torch.Size(s).numel() for s in shapes))
+        for provider in PROVIDERS:
+            if not config.wants(provider):
+                continue
+            try:
+                block = step_block(shapes, provider, config.device, frequency)
+            except ImportError as error:
+                rows.append(record(name, provider, None, error=f"not installed: {error}"))
+                continue
+            timing = config.time(block, repeats=10 if config.device.type == "cpu" else 20)
+            per_step = {k: (v / frequency if k.endswith("_ms") else v) for k, v in timing.items()}
+            rows.append(record(name, provider, per_step, tensors=len(shapes), values=values))
+            print(f"{name:16s} {provider:24s} {per_step['median_ms']:9.2f} ms/step", flush=True)
+    return {
+        "records": rows,
+        "baseline_provider": BASELINE,
+        "settings": {**PAPER_SETTINGS, "betas": list(PAPER_SETTINGS["betas"])},
+        "unit": "ms per step, mean over a block of precondition_frequency steps (one refresh per block)",
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--blocks", type=int, default=10, help="timed blocks of precondition_frequency steps")
-    parser.add_argument("--sets", nargs="+", choices=list(PARAMETER_SETS), default=list(PARAMETER_SETS))
+    parser.add_argument("--sizes", default="paper", choices=["paper", "small", "smoke"])
+    parser.add_argument("--providers", default=None, help="comma-separated subset of " + ",".join(PROVIDERS))
     args = parser.parse_args(argv)
-    results = run(args.device, args.blocks, args.sets)
+    providers = tuple(args.providers.split(",")) if args.providers else None
+    config = SuiteConfig(device=torch.device(args.device), sizes=args.sizes, providers=providers)
+    results = run(config)
     path = save_results("soap_step", results, device=args.device)
-    print("\nmedian ms per step (mean over refresh and non-refresh steps); ratio = provider / soap_kernels")
-    for name, entry in results["sets"].items():
-        for provider, timing in entry["step_ms"].items():
-            ratio = entry["ratios"].get(f"{provider}_over_soap_kernels", 1.0)
-            print(f"  {name:14s} {provider:24s} {timing['median_ms']:9.2f} ms   x{ratio:6.2f}")
+    print(f"\nmedian ms per step (refreshes included); ratio = {BASELINE} / provider")
+    records = results["records"]
+    baselines = {r["case"]: r["median_ms"] for r in records if r["provider"] == BASELINE and "median_ms" in r}
+    for row in results["records"]:
+        if "median_ms" not in row:
+            print(f"  {row['case']:16s} {row['provider']:24s} {row['error']}")
+            continue
+        ratio = baselines.get(row["case"], float("nan")) / row["median_ms"]
+        print(f"  {row['case']:16s} {row['provider']:24s} {row['median_ms']:9.2f} ms  (p10 {row['p10_ms']:.2f}, "
+              f"p90 {row['p90_ms']:.2f})  {ratio:6.2f}x")  # fmt: skip
     print(f"saved {path}")
     return results
 
