@@ -81,10 +81,11 @@ def _adam_reference(state, ok, decay, normalize):
 CASES = [  # (shape [B, *view_shape], factored dims)
     ((3, 7, 33), (True, True)),
     ((1, 1, 5), (False, True)),
-    ((3, 40, 9), (True, False)),
+    ((2, 40, 70), (True, False)),
     ((2, 5, 6), (False, False)),
     ((3, 33), (True,)),
     ((1, 7), (False,)),
+    ((1, 257), (True,)),
 ]
 
 
@@ -107,13 +108,13 @@ def test_split_chain_path(device, dtype, monkeypatch, triton_only):
     """With every chain split (X B formed first by its own launch) both ops still match their references."""
     monkeypatch.setattr(ra, "_CHAIN_MAX_ROW_TILES", 0)
     ok = torch.tensor(True, device=device)
-    state = _state((3, 37, 19), (True, True), dtype, device, seed=5)
+    state = _state((2, 37, 70), (True, True), dtype, device, seed=5)
     expected = _adam_reference(state, ok, 1e-4, True)
     param, exp_avg, exp_avg_sq, grad, bases, step_size = state
     rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
     for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
         torch.testing.assert_close(actual, want, **_tol(dtype))
-    _check_carry(device, dtype, (3, 37, 19), (True, True), seed=6)
+    _check_carry(device, dtype, (2, 37, 70), (True, True), seed=6)
 
 
 def test_reference_is_the_optimizer_math():
@@ -265,6 +266,25 @@ def test_bad_arguments_raise():
         call(param=half[0], exp_avg=half[1], exp_avg_sq=half[2], grad=half[3], bases=[b.half() for b in bases])
     with pytest.raises(ValueError, match="both be given or both be None"):
         rotate_momentum_(exp_avg, bases, [bases[0], None], ok)
+
+
+def test_tf32_opt_in_runs(device, triton_only):
+    """allow_tf32=True (float32 only) runs the same kernels with TF32 products: close to the exact result."""
+    ok = torch.tensor(True, device=device)
+    state = _state((3, 20, 17), (True, True), torch.float32, device, seed=11)
+    expected = _adam_reference(state, ok, 0.0, False)
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, allow_tf32=True)
+    torch.testing.assert_close(exp_avg, expected[1], rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(param, expected[0], rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_float64_runs_the_triton_kernels_on_gpu():
+    """Triton >= 3.6 lowers a float64 tl.dot on NVIDIA GPUs (DMMA on sm80+): no fall back to the torch reference."""
+    from soap_kernels.ops._triton_utils import use_triton
+
+    assert use_triton(torch.zeros(1, dtype=torch.float64, device="cuda"))
 
 
 @pytest.mark.cuda

@@ -14,6 +14,7 @@ import struct
 import warnings
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from soap_kernels._backend import triton_available, triton_interpreted
 
@@ -90,11 +91,11 @@ def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
 def gemm_blocks(dtype: torch.dtype, device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of the batched small-GEMM kernels.
 
-    Under the interpreter the tiles are 32 (numpy per tile: few programs is fast). On a GPU 64 x 64 x 32 for
+    Under the interpreter 32 x 64 x 64 (numpy per tile: few programs and loop trips is fast). On a GPU 64 x 64 x 32 for
     float32 and 32 x 32 x 16 for float64 (not tuned on hardware yet).
     """
     if torch.device(device).type != "cuda":
-        return 32, 32, 32, 4
+        return 32, 64, 64, 4
     if dtype == torch.float64:
         return 32, 32, 16, 4
     return 64, 64, 32, 4
@@ -140,15 +141,17 @@ def _fp64_dot_supported(device_type: str, index: int | None) -> bool:
     if device_type != "cuda":
         return True  # the interpreter runs float64 tl.dot in numpy
     device = torch.device(device_type, index)
-    a = torch.randn(16, 16, dtype=torch.float64, device=device)
-    b = torch.randn(16, 16, dtype=torch.float64, device=device)
-    c = torch.empty_like(a)
-    try:
-        _fp64_dot_probe_kernel[(1,)](a, b, c)
-        good = bool(torch.allclose(c, a @ b, rtol=1e-12, atol=1e-12))  # one host sync, once per device
-        reason = "its result differs from torch.matmul"
-    except Exception as exc:  # noqa: BLE001 - any compile/launch failure means "not supported here"
-        good, reason = False, f"{type(exc).__name__}: {exc}"
+    # real tensors even when first asked while tracing (fake / functional modes are switched off meanwhile)
+    with _disable_current_modes(), torch.no_grad():
+        a = torch.randn(16, 16, dtype=torch.float64, device=device)
+        b = torch.randn(16, 16, dtype=torch.float64, device=device)
+        c = torch.empty_like(a)
+        try:
+            _fp64_dot_probe_kernel[(1,)](a, b, c)
+            good = bool(torch.allclose(c, a @ b, rtol=1e-12, atol=1e-12))  # one host sync, once per device
+            reason = "its result differs from torch.matmul"
+        except Exception as exc:  # noqa: BLE001 - any compile/launch failure means "not supported here"
+            good, reason = False, f"{type(exc).__name__}: {exc}"
     if not good:
         warnings.warn(
             f"soap_kernels: Triton {triton.__version__} cannot run a float64 tl.dot on {device} ({reason}); "

@@ -158,7 +158,7 @@ def factor_update_triton(
         raise ValueError(f"{_OP}: batch={batch} exceeds the grid limit 65535; split the stack")
     weight = 1.0 - float(beta)
     w_parts = split_scalar("1 - beta", weight)
-    block, _, block_k, num_warps = gemm_blocks(grad.dtype, grad.device)
+    _, block, block_k, num_warps = gemm_blocks(grad.dtype, grad.device)  # square tiles of BLOCK_N
     tiles = cdiv(size, block)
     wrap_triton(_factor_update_kernel)[(tiles * tiles, batch)](
         factor, grad, ok, size, inner, grad.stride(0), stride_i, stride_k, *w_parts,

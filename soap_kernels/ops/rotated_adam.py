@@ -236,10 +236,10 @@ if HAS_TRITON:
         t = tl.arange(0, TILES_P2)
         parts = tl.load(part_ptr + b * NUM_TILES + t, mask=t < NUM_TILES, other=0.0)
         total = tl.sum(parts, axis=0)
-        if IS_FP64:
-            count = NUMEL.to(tl.float64)
+        if IS_FP64:  # tl.cast, not .to: an int argument equal to 1 arrives as a constexpr
+            count = tl.cast(NUMEL, tl.float64)
         else:
-            count = NUMEL.to(tl.float32)
+            count = tl.cast(NUMEL, tl.float32)
         rms = sqrt_ieee(div_ieee(total, count, IS_FP64), IS_FP64)
         idx = pid * BLOCK + tl.arange(0, BLOCK)
         mask = idx < NUMEL
