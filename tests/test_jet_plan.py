@@ -47,7 +47,6 @@ def test_mixed_second_order_rules():
     [
         ((2,), ValueError, "axis 2 is out of range"),
         ((0, 0, 0, 0, 0), ValueError, "order 5"),
-        ((0, 1, 1), ValueError, "mixed derivatives above second order"),
         ((0.5,), TypeError, "0.5"),
         (1, TypeError, "derivative 1"),
     ],
@@ -55,6 +54,18 @@ def test_mixed_second_order_rules():
 def test_bad_requests_name_the_offender(request_, error, match):
     with pytest.raises(error, match=match):
         JetPlan.build(2, [request_])
+
+
+def test_mixed_third_order_layout_and_rule():
+    plan = JetPlan.build(2, [(1, 0, 1)])
+    assert plan.indices == ((), (0,), (1,), (0, 1), (1, 1), (0, 1, 1))
+    s0, s1, s01, s11, s011 = 1, 2, 3, 4, 5
+    assert set(plan.activation_terms[s011]) == {
+        (1.0, 1, (s011,)),
+        (2.0, 2, (s1, s01)),
+        (1.0, 2, (s0, s11)),
+        (1.0, 3, (s0, s1, s1)),
+    }
 
 
 def test_malformed_key():

@@ -28,7 +28,7 @@ def device():
 LAYOUTS = {
     "value_only": JetPlan.build(1, []),
     "allen_cahn": JetPlan.build(2, [(0,), (1, 1)]),
-    "mixed_fourth_laplacian": JetPlan.build(2, [(0, 1), (1, 1, 1, 1)], laplacian_axes=[0, 1]),
+    "mixed_fourth_laplacian": JetPlan.build(2, [(0, 1, 1), (1, 1, 1, 1)], laplacian_axes=[0, 1]),
 }
 OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 # float32 tolerance: the order-5 towers of gelu, sigmoid and silu (polynomials in the sigmoid/tanh value)

@@ -10,7 +10,7 @@ from soap_kernels import nn as snn
 from soap_kernels.jets import Jet, JetPlan, jet_autograd
 
 ACTIVATIONS = ["tanh", "sin", "silu", "gelu"]
-DERIVATIVES = [(0,), (1,), (1, 0), (1, 1), (1, 1, 1), (1, 1, 1, 1)]
+DERIVATIVES = [(0,), (1,), (1, 0), (1, 1), (1, 1, 1), (1, 1, 1, 1), (0, 1, 1), (0, 0, 1, 1)]
 
 
 def _architectures(activation):
@@ -138,6 +138,7 @@ def test_unknown_model_falls_back_to_autograd_with_one_warning():
         (torch.zeros(4, 2), [(2,)], ValueError, "axis 2 is out of range"),
         (torch.zeros(4, 2), [(0, 0, 0, 0, 0)], ValueError, "order 5"),
         (torch.zeros(4, 2), (0, 1), TypeError, "list of index tuples"),
+        (torch.zeros(4, 2, dtype=torch.float64), [(0,)], TypeError, "model's parameters are torch.float32"),
     ],
 )
 def test_bad_input_raises_naming_it(x, derivatives, error, match):

@@ -40,6 +40,11 @@ def _check_input(model: torch.nn.Module, x: object) -> None:
         raise ValueError(f"x must be 2-D [N, d], got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    parameter = next(iter(model.parameters()), None)
+    if parameter is not None and (parameter.dtype != x.dtype or parameter.device != x.device):
+        raise TypeError(
+            f"x is {x.dtype} on {x.device} but the model's parameters are {parameter.dtype} on {parameter.device}"
+        )
     in_features = getattr(model, "in_features", None)
     if isinstance(in_features, int) and x.shape[1] != in_features:
         raise ValueError(f"x has {x.shape[1]} features but the model expects in_features={in_features}")
@@ -57,10 +62,11 @@ def jet(
 
     Returns {(): u, request: D_request u for each request in derivatives}, plus "laplacian" ->
     sum_{i in laplacian_axes} d^2u/dx_i^2 when laplacian_axes is given (propagated as one collapsed slot,
-    cheaper than separate second derivatives). A request is a tuple of input axes: (i,), (i, j), or a pure
-    higher order (i, i, i) / (i, i, i, i). soap_kernels.nn networks are propagated in forward mode; any
-    other model falls back to nested autograd with a one-time warning. Gradients with respect to
-    parameters (and x when it requires grad) need only a first-order backward.
+    cheaper than separate second derivatives). A request is a tuple of input axes of order 1 to 4, e.g.
+    (i,), (i, j), (1, 1, 1) for u_xxx, (0, 1, 1) for u_txx (mixed orders allowed). soap_kernels.nn networks
+    are propagated in forward mode; any other model falls back to nested autograd with a one-time warning.
+    Gradients with respect to parameters (and x when it requires grad) need only a first-order backward.
+    backend: "auto" (Triton on CUDA tensors, torch otherwise), "torch" or "triton"; SOAP_KERNELS_BACKEND wins.
     """
     _check_input(model, x)
     if isinstance(derivatives, tuple) and derivatives and all(isinstance(a, int) for a in derivatives):

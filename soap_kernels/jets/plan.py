@@ -66,11 +66,6 @@ def normalise_derivative(index: object, num_inputs: int) -> tuple[int, ...]:
             )
     if len(index) > MAX_ORDER:
         raise ValueError(f"derivative {tuple(index)!r} has order {len(index)}; at most {MAX_ORDER} is supported")
-    if len(index) > 2 and len(set(index)) > 1:
-        raise ValueError(
-            f"derivative {tuple(index)!r}: mixed derivatives above second order are not supported; "
-            "orders 3 and 4 must be along one axis, e.g. (1, 1, 1)"
-        )
     return tuple(sorted(index))
 
 
