@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from soap_kernels import profile
 from soap_kernels.ops.adam_moments import adam_moments_
 from soap_kernels.optim.layout import PreconditionPlan
 from soap_kernels.optim.projection import gram, project, project_back
@@ -100,18 +101,22 @@ class ParamStack:
     def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> None:
         """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite)."""
         if self.step is None:
-            self._update_factors(grads, ok, group)
-            for d, factor in enumerate(self.factors):
-                if factor is not None:
-                    self.bases[d] = initial_basis(factor)
+            with profile.range("soap/initialise"):
+                self._update_factors(grads, ok, group)
+                for d, factor in enumerate(self.factors):
+                    if factor is not None:
+                        self.bases[d] = initial_basis(factor)
             self.step = 0  # the first step only initialises: the parameters do not move
             self._write_views()
             return
         self.step += 1
-        self._update_params(grads, ok, group, use_native)
-        self._update_factors(grads, ok, group)
+        with profile.range("soap/update_params"):
+            self._update_params(grads, ok, group, use_native)
+        with profile.range("soap/update_factors"):
+            self._update_factors(grads, ok, group)
         if self.step % group["precondition_frequency"] == 0 and any(self.plan.factored):
-            self._refresh(ok, group["refresh"])
+            with profile.range("soap/refresh"):
+                self._refresh(ok, group["refresh"])
         for state in self.states:
             state["step"] = self.step
 
