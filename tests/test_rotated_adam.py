@@ -303,3 +303,70 @@ def test_real_sizes_on_gpu(dtype, case):
         for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
             torch.testing.assert_close(actual, want, **tol)
     _check_carry("cuda", dtype, shape, factored)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_ops_compose_to_the_optimizer_trajectory(device, triton_only):
+    """factor_update_ + rotated_adam_ + rotate_momentum_ wired as ParamStack does reproduce SOAP (torch backend)
+    over 7 steps of a float64 stack of two 6 x 6 matrices and a 6 x 7 one, with a refresh every 2nd step and a
+    skipped (NaN) step; this is the integration the optimizer's triton backend performs. (Only full-rank factors:
+    a vector's rank-1 first factor has a degenerate eigenspace whose basis depends on rounding, DESIGN.md 4.)"""
+    from soap_kernels import SOAP
+    from soap_kernels.ops.factor_update import factor_update_
+    from soap_kernels.optim.refresh import initial_basis, refresh_basis
+
+    lr, (beta1, beta2), eps, wd, freq = 0.01, (0.9, 0.95), 1e-8, 0.01, 2
+    gen = torch.Generator().manual_seed(12)
+    shapes = [(6, 6), (6, 6), (6, 7)]
+    ours = [torch.randn(s, generator=gen, dtype=torch.float64).to(device) for s in shapes]
+    theirs = [p.clone().cpu().requires_grad_() for p in ours]
+    opt = SOAP(theirs, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=wd, precondition_frequency=freq,
+               backend="torch")  # fmt: skip
+    stacks = [[0, 1], [2]]
+    state = []
+    for members in stacks:
+        view = (len(members), *shapes[members[0]])
+        zeros = dict(dtype=torch.float64, device=device)
+        state.append(dict(
+            exp_avg=torch.zeros(view, **zeros), exp_avg_sq=torch.zeros(view, **zeros),
+            factors=[torch.zeros(view[0], n, n, **zeros) for n in view[1:]], bases=None,
+            t=torch.zeros(view[0], dtype=torch.int64, device=device),
+        ))  # fmt: skip
+    for step in range(8):
+        grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+        if step == 4:
+            grads[1][2, 3] = float("nan")
+        for p, g in zip(theirs, grads):
+            p.grad = g.clone()
+        opt.step()
+        ok = torch.stack([g.isfinite().all() for g in grads]).all().to(device)
+        for members, st in zip(stacks, state):
+            g = torch.stack([grads[i] for i in members]).to(device)
+            if st["bases"] is not None:
+                stacked = torch.stack([ours[i] for i in members])
+                t_next = (st["t"] + 1).to(torch.float64)
+                step_size = lr * torch.sqrt(1.0 - beta2**t_next) / (1.0 - beta1**t_next)
+                rotated_adam_(stacked, st["exp_avg"], st["exp_avg_sq"], g, st["bases"], ok, step_size,
+                              beta1=beta1, beta2=beta2, eps=eps, decay=lr * wd)  # fmt: skip
+                for i, row in zip(members, stacked):
+                    ours[i].copy_(row)
+                st["t"] = torch.where(ok, st["t"] + 1, st["t"])
+            for d, factor in enumerate(st["factors"]):
+                factor_update_(factor, g, ok, beta2, d)
+            if st["bases"] is None:
+                st["bases"], st["step"] = [initial_basis(f) for f in st["factors"]], 0
+                continue
+            st["step"] += 1
+            if st["step"] % freq == 0:
+                new_bases = []
+                for d, (factor, basis) in enumerate(zip(st["factors"], st["bases"])):
+                    new_basis, order = refresh_basis(factor, basis, "qr")
+                    index_shape = [factor.shape[0]] + [1] * (g.dim() - 1)
+                    index_shape[d + 1] = order.shape[-1]
+                    permuted = st["exp_avg_sq"].gather(d + 1, order.reshape(index_shape).expand_as(g))
+                    st["exp_avg_sq"].copy_(torch.where(ok, permuted, st["exp_avg_sq"]))
+                    new_bases.append(torch.where(ok, new_basis, basis))
+                rotate_momentum_(st["exp_avg"], st["bases"], new_bases, ok)
+                st["bases"] = new_bases
+    for mine, reference in zip(ours, theirs):
+        torch.testing.assert_close(mine.cpu(), reference.detach(), rtol=1e-9, atol=1e-11)
