@@ -84,6 +84,18 @@ def test_reference_is_the_optimizer_math():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_higher_rank_gradients_are_unfolded(device, dtype, triton_only):
+    """3-D and 4-D stacks: every dim's factor moves toward gram(G, d + 1), the optimizer's mode-d statistic."""
+    ok = torch.tensor(True, device=device)
+    for shape in [(2, 3, 5, 4), (1, 2, 3, 2, 5)]:
+        for dim in range(len(shape) - 1):
+            factor, grad = _inputs(shape, dim, dtype, device, seed=dim)
+            expected = torch.lerp(factor, gram(grad, dim + 1), 0.05)
+            factor_update_(factor, grad, ok, 0.95, dim)
+            torch.testing.assert_close(factor, expected, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_weight_lerp_branch_and_vector_257(device, dtype, triton_only):
     """beta < 0.5 (lerp weight >= 0.5 takes torch.lerp's other formula); a non-power-of-two outer product."""
     ok = torch.tensor(True, device=device)
@@ -167,7 +179,9 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="beta=1.5"):
         factor_update_(factor, grad, ok, 1.5, 0)
     with pytest.raises(ValueError, match="higher-rank"):
-        factor_update_(factor, grad.reshape(2, 4, 3, 1), ok, 0.95, 0)
+        torch.ops.soap_kernels.factor_update_(factor, grad.reshape(2, 4, 3, 1), ok, 0.95, 0, False)
+    with pytest.raises(ValueError, match="dim=3"):
+        factor_update_(factor, grad.reshape(2, 4, 3, 1), ok, 0.95, 3)
     with pytest.raises(ValueError, match="contiguous"):
         factor_update_(torch.zeros(4, 4, 2).permute(2, 0, 1), grad, ok, 0.95, 0)
 

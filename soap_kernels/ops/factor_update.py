@@ -14,7 +14,9 @@ non-finite gradients leaves L bitwise unchanged without a host synchronisation.
 
 The op runs the Triton kernel on CUDA tensors and, under TRITON_INTERPRET=1, on CPU tensors (float64 on a GPU
 only where this Triton lowers a float64 tl.dot, see _triton_utils.fp64_dot_supported); elsewhere it runs
-factor_update_ref. Higher-rank gradients (3-D/4-D contractions) are not handled here: use the torch path.
+factor_update_ref. The op takes matrix (or vector) stacks; the Python entry point factor_update_ also takes
+3-D/4-D gradient stacks, unfolding them along the factored dim (a free view for the first or last dim, one
+copy for a middle dim) so every Kronecker factor of any rank is one launch.
 """
 
 from __future__ import annotations
@@ -183,15 +185,35 @@ def _(factor, grad, ok, beta, dim, allow_tf32):
     _check(factor, grad, ok, beta, dim)
 
 
+def _unfold_for(grad: torch.Tensor, dim: int) -> tuple[torch.Tensor, int]:
+    """A [B, n_0, ..., n_r] stack (r >= 2) as a matrix stack whose dim 0 or 1 has the same Gram matrix as `dim`.
+
+    First dim: [B, n_0, rest] (a view); last: [B, rest, n_r] (a view); a middle dim d: its mode-d unfolding
+    [B, n_d, rest] (movedim + reshape: one copy of the gradient stack).
+    """
+    rank = grad.dim() - 1
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < rank:
+        raise ValueError(f"{_OP}: dim={dim!r} must be an int in [0, {rank}) for grad of shape {tuple(grad.shape)}")
+    batch = grad.shape[0]
+    if dim == 0:
+        return grad.reshape(batch, grad.shape[1], -1), 0
+    if dim == rank - 1:
+        return grad.reshape(batch, -1, grad.shape[-1]), 1
+    return grad.movedim(dim + 1, 1).reshape(batch, grad.shape[dim + 1], -1), 0
+
+
 def factor_update_(
     factor: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, beta: float, dim: int, allow_tf32: bool = False
 ) -> None:
     """L <- where(ok, lerp(L, G_(d) G_(d)^T, 1 - beta), L), in place, for a whole stack (one launch).
 
     factor: [B, s, s] contiguous, float32/float64 (the factor of dim `dim`, s = grad.shape[1 + dim]);
-    grad: [B, m, n] (matrices) or [B, n] (vectors, dim 0: outer products), same dtype and device;
+    grad: [B, *view_shape], same dtype and device: [B, n] (vectors: outer products), [B, m, n] (matrices), or a
+        higher rank, unfolded to a matrix stack here (a view for the first and last dim, a copy for a middle one);
     ok: one-element bool device tensor (all gradients finite); beta: shampoo beta in [0, 1];
-    dim: the factored dim of the view shape (0 or 1); allow_tf32: TF32 tl.dot for float32 (off by default).
+    dim: the factored dim of the view shape; allow_tf32: TF32 tl.dot for float32 (off by default).
     Runs soap_kernels::factor_update_ (Triton on CUDA or under TRITON_INTERPRET=1, else the torch reference).
     """
+    if grad.dim() > 3:
+        grad, dim = _unfold_for(grad, dim)
     torch.ops.soap_kernels.factor_update_(factor, grad, ok, float(beta), int(dim), bool(allow_tf32))
