@@ -9,8 +9,9 @@ and one factored dim d of the view shape:
 lerp as torch.lerp: L + w (S - L) for w < 0.5, else S - (S - L)(1 - w). One launch per factor stack; the
 GEMM accumulates in the state dtype (float32 or float64) with exact fp32 products unless allow_tf32; only
 the tiles on and above the diagonal are computed, an off-diagonal tile also writing its mirror (the result is
-exactly symmetric when L is). `ok` is a one-element bool device tensor read inside the kernel: a step with
-non-finite gradients leaves L bitwise unchanged without a host synchronisation.
+exactly symmetric when L is; TF32, opt-in, changed G G^T by 6e-5 relative in a CPU emulation against 1e-7
+for exact float32, not yet measured on a GPU). `ok` is a one-element bool device tensor read inside the
+kernel: a step with non-finite gradients leaves L bitwise unchanged without a host synchronisation.
 
 The op runs the Triton kernel on CUDA tensors and, under TRITON_INTERPRET=1, on CPU tensors (float64 on a GPU
 only where this Triton lowers a float64 tl.dot, see _triton_utils.fp64_dot_supported); elsewhere it runs

@@ -20,6 +20,11 @@ launcher first forms X B with one extra launch of the same kernel and the main k
 Accumulation is in the state dtype (float32 or float64); float32 products are exact (input_precision="ieee")
 unless allow_tf32. sqrt and division are IEEE-rounded, so the result matches the torch reference to rounding.
 
+TF32 (allow_tf32=True, float32 only) is opt-in and not recommended here: emulated on CPU (inputs rounded to TF32
+as cvt.rna does; 3 x 256 x 256 gradients with a decaying spectrum, bases from their factors) g~ moves by 4e-4
+relative, but D = m~ / (sqrt(v) + eps) is scale-free per entry, so the small rotated components flip sign and U
+changes by 27% relative (exact float32: 1.5e-3 against float64). Not yet measured on a GPU.
+
 With normalize, GEMM 2 writes U and per-tile partial sums of U^2, and a third (elementwise) launch applies the
 update: the mean is over the whole parameter, so it is known only after every tile is done.
 
