@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from soap_kernels import profile
 from soap_kernels._backend import native_kernels_for, requested_backend
 from soap_kernels.optim.layout import precondition_plan
 from soap_kernels.optim.refresh import REFRESH_METHODS
+from soap_kernels.optim.sharding import sharded_refresh, sharding_active
 from soap_kernels.optim.stack import ParamStack
 
 _BACKENDS = ("auto", "torch", "cuda", "triton")
@@ -68,6 +70,9 @@ class SOAP(torch.optim.Optimizer):
         refresh: "qr" (reference: one power iteration + QR) or "eigh" (exact eigenbasis);
         backend: "auto" (native C++/CUDA kernels where built), "torch" (pure torch), "cuda" (native,
             required); env SOAP_KERNELS_BACKEND overrides. "triton" is not implemented yet.
+        shard_refresh: under torch.distributed with several ranks, divide the refresh work among the ranks
+            (one all_reduce per refresh step, identical state everywhere; every rank must see the same
+            gradients, as under DistributedDataParallel). Without it every rank refreshes everything.
         data_format: only "channels_first" (the reference default) is supported.
     Attributes: skipped_steps (device tensor): steps skipped because a gradient was not finite.
     """
@@ -89,6 +94,7 @@ class SOAP(torch.optim.Optimizer):
         correct_bias: bool = True,
         refresh: str = "qr",
         backend: str = "auto",
+        shard_refresh: bool = False,
     ):
         if data_format != "channels_first":
             raise NotImplementedError(f"SOAP: data_format={data_format!r} is not supported; use 'channels_first'")
@@ -102,6 +108,7 @@ class SOAP(torch.optim.Optimizer):
         )  # fmt: skip
         self._backend = backend
         self._check_backend()
+        self._shard_refresh = bool(shard_refresh)
         self._stacks: dict[tuple, ParamStack] = {}  # (group index, parameter ids) -> stack
         self._stack_of: dict[int, tuple] = {}  # parameter id -> its stack's key
         self._skipped: torch.Tensor | None = None
@@ -160,8 +167,13 @@ class SOAP(torch.optim.Optimizer):
         if not work:
             return loss
         ok = self._all_finite([grads for _, _, grads in work])
+        due = []
         for group, stack, grads in work:
-            stack.step_(grads, ok.to(stack.device, non_blocking=True), group, self._use_native(stack.device))
+            stack_ok = ok.to(stack.device, non_blocking=True)
+            if stack.step_(grads, stack_ok, group, self._use_native(stack.device)):
+                due.append((stack, stack_ok, group["refresh"]))
+        with profile.range("soap/refresh"):
+            self._refresh(due)
         skipped = (~ok).to(torch.int64)
         self._skipped = skipped if self._skipped is None else self._skipped + skipped.to(self._skipped.device)
         return loss
@@ -171,6 +183,23 @@ class SOAP(torch.optim.Optimizer):
         if backend == "triton":
             raise NotImplementedError("SOAP: the Triton backend is not implemented yet (issue 3); use auto/torch/cuda")
         return backend
+
+    def _refresh(self, due: list[tuple[ParamStack, torch.Tensor, str]]) -> None:
+        """Refresh the bases of the stacks whose step is a refresh step (divided among ranks if asked)."""
+        if not due:
+            return
+        if not (self._shard_refresh and sharding_active()):
+            for stack, stack_ok, method in due:
+                stack.refresh_(stack_ok, method)
+            return
+        requests = [
+            ((k, d), factor, basis, method)
+            for k, (stack, _, method) in enumerate(due)
+            for d, factor, basis in stack.refresh_requests()
+        ]
+        results = sharded_refresh(requests)
+        for k, (stack, stack_ok, _) in enumerate(due):
+            stack.apply_refresh({d: results[(k, d)] for d, _, _ in stack.refresh_requests()}, stack_ok)
 
     def _use_native(self, device: torch.device) -> bool:
         backend = self._check_backend()

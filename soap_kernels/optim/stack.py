@@ -98,8 +98,13 @@ class ParamStack:
         grads = torch.stack([p.grad for p in self.params]).to(self.dtype)
         return self._view(grads)
 
-    def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> None:
-        """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite)."""
+    def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> bool:
+        """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite).
+
+        Returns True when this step is a refresh step: the caller then computes new bases for
+        refresh_requests() and hands them to apply_refresh (so refreshes of all stacks can be batched or
+        divided among ranks).
+        """
         if self.step is None:
             with profile.range("soap/initialise"):
                 self._update_factors(grads, ok, group)
@@ -108,17 +113,15 @@ class ParamStack:
                         self.bases[d] = initial_basis(factor)
             self.step = 0  # the first step only initialises: the parameters do not move
             self._write_views()
-            return
+            return False
         self.step += 1
         with profile.range("soap/update_params"):
             self._update_params(grads, ok, group, use_native)
         with profile.range("soap/update_factors"):
             self._update_factors(grads, ok, group)
-        if self.step % group["precondition_frequency"] == 0 and any(self.plan.factored):
-            with profile.range("soap/refresh"):
-                self._refresh(ok, group["refresh"])
         for state in self.states:
             state["step"] = self.step
+        return self.step % group["precondition_frequency"] == 0 and any(self.plan.factored)
 
     def _update_params(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> None:
         """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
@@ -157,18 +160,27 @@ class ParamStack:
                 moved = torch.lerp(factor, gram(grads, d + 1), 1.0 - float(shampoo_beta))
                 factor.copy_(torch.where(ok, moved, factor))
 
-    def _refresh(self, ok: torch.Tensor, method: str) -> None:
-        """New bases; v permuted with the bases' column order; m~ carried from the old basis to the new."""
+    def refresh_requests(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(dim, factor stack, basis stack) for every factored dim: the inputs of refresh_basis."""
+        return [(d, f, q) for d, (f, q) in enumerate(zip(self.factors, self.bases)) if f is not None]
+
+    def refresh_(self, ok: torch.Tensor, method: str) -> None:
+        """Refresh every factored dim of this stack here (no batching across stacks, no sharding)."""
+        self.apply_refresh({d: refresh_basis(f, q, method) for d, f, q in self.refresh_requests()}, ok)
+
+    def apply_refresh(self, results: dict[int, tuple[torch.Tensor, torch.Tensor]], ok: torch.Tensor) -> None:
+        """Install new bases {dim: (new_basis, order)}: v permuted with the bases' column order; m~ carried
+        from the old basis to the new (project back, then forward); all masked by ok."""
         exp_avg = self._view(self.exp_avg)
         exp_avg_sq = self._view(self.exp_avg_sq)
         exp_avg_plain = project_back(exp_avg, self.bases)
         new_bases: list[torch.Tensor | None] = []
         permuted_sq = exp_avg_sq
-        for d, (factor, basis) in enumerate(zip(self.factors, self.bases)):
+        for d, factor in enumerate(self.factors):
             if factor is None:
                 new_bases.append(None)
                 continue
-            new_basis, order = refresh_basis(factor, basis, method)
+            new_basis, order = results[d]
             new_bases.append(new_basis)
             index_shape = [self.batch] + [1] * len(self.plan.view_shape)
             index_shape[d + 1] = order.shape[-1]
