@@ -44,6 +44,18 @@ def linear_jet_into(stack: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return z
 
 
+def weight_gradient(grad_z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dL/dW = sum_k grad_z_k^T x_k as one GEMM over all K*N rows, [F_out, F_in].
+
+    Oriented so the narrower operand is the transposed one: a skinny g^T x (the first layer, F_in = d)
+    is several times slower on CPU BLAS than (x^T g)^T.
+    """
+    g2d, x2d = grad_z.reshape(-1, grad_z.shape[-1]), x.reshape(-1, x.shape[-1])
+    if x2d.shape[1] < g2d.shape[1]:
+        return x2d.t().mm(g2d).t().contiguous()  # [F_out, F_in] row-major, as the fake promises
+    return g2d.t().mm(x2d)
+
+
 def _term_factors(tower, stack, term, weights):
     """(coef, the tensors whose product the term is) for a forward or adjoint term."""
     if weights is None:

@@ -20,7 +20,12 @@ import torch
 from torch.library import triton_op
 
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref, linear_jet_into
+from soap_kernels.jets.reference import (
+    activation_jet_adjoint_ref,
+    activation_jet_ref,
+    linear_jet_into,
+    weight_gradient,
+)
 
 
 def jet_dense_activation_ref(
@@ -43,7 +48,7 @@ def jet_dense_activation_backward_ref(
     """Torch reference of the backward: (dL/dx, dL/dW, dL/db); dL/dx is empty when not asked for."""
     grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout), out=torch.empty_like(z))
     f_out, f_in = weight.shape
-    grad_weight = grad_z.reshape(-1, f_out).t().mm(x.reshape(-1, f_in))
+    grad_weight = weight_gradient(grad_z, x)
     grad_bias = grad_z[0].sum(0)
     grad_x = torch.matmul(grad_z, weight) if compute_grad_x else x.new_empty(0)
     return grad_x, grad_weight, grad_bias

@@ -20,6 +20,7 @@ import torch
 from torch.library import wrap_triton
 
 from soap_kernels.jets.plan import JetPlan
+from soap_kernels.jets.reference import weight_gradient
 from soap_kernels.ops.jet_triton_codegen import (
     adjoint_program_lines,
     forward_program_lines,
@@ -205,7 +206,7 @@ def jet_dense_activation_backward_triton(
         COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )
-    grad_weight = grad_z.reshape(-1, f_out).t().mm(x.reshape(-1, f_in))
+    grad_weight = weight_gradient(grad_z, x)
     return grad_x, grad_weight, grad_z[0].sum(0)
 
 
