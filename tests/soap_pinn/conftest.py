@@ -28,3 +28,15 @@ def published():
     if not PUBLISHED.is_dir():
         pytest.skip(f"published reference data not found at {PUBLISHED}")
     return PUBLISHED
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP's spinning
+    threads made these tests 3-4x slower (measured); run each test single-threaded, then restore."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
