@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import SuiteConfig, record, save_results  # noqa: E402
 
 PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
-PROVIDERS = ("soap_kernels", "soap_kernels_torch", "pytorch_optimizer_soap", "heavyball_soap", "adam")
+PROVIDERS = (
+    "soap_kernels", "soap_kernels_triton", "soap_kernels_torch", "pytorch_optimizer_soap", "heavyball_soap", "adam",
+)  # fmt: skip
 BASELINE = "pytorch_optimizer_soap"
 
 
@@ -64,6 +66,12 @@ def make_optimizer(provider: str, params: list[torch.nn.Parameter]) -> torch.opt
         from soap_kernels import SOAP
 
         return SOAP(params, **PAPER_SETTINGS)
+    if provider == "soap_kernels_triton":
+        from soap_kernels import SOAP
+
+        if not params[0].is_cuda:
+            raise ImportError("the Triton backend is benchmarked on CUDA only (the CPU interpreter is a test path)")
+        return SOAP(params, backend="triton", **PAPER_SETTINGS)
     if provider == "soap_kernels_torch":
         from soap_kernels import SOAP
 

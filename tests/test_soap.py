@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from soap_kernels import SOAP
+from soap_kernels._backend import triton_available
 from soap_kernels.optim.layout import merged_shape, precondition_plan
 from tests.soap_spec import SpecSOAP, spec_merge
 
@@ -340,16 +341,45 @@ def test_sparse_gradient_is_rejected_without_touching_state():
     assert torch.equal(dense.detach(), before) and len(optimizer.state[dense]) == 0
 
 
-def test_triton_backend_not_implemented_yet_says_so(monkeypatch):
-    with pytest.raises(NotImplementedError, match="Triton"):
-        SOAP([torch.nn.Parameter(torch.randn(3, 3))], backend="triton")
+def test_forced_triton_backend_that_cannot_run_raises_before_touching_state(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr("soap_kernels.optim.soap.triton_interpreted", lambda: False)
     p = torch.nn.Parameter(torch.randn(3, 3))
-    optimizer = SOAP([p])
-    monkeypatch.setenv("SOAP_KERNELS_BACKEND", "triton")
+    optimizer = SOAP([p], backend="triton")
     p.grad = torch.randn(3, 3)
-    with pytest.raises(NotImplementedError, match="Triton"):
+    with pytest.raises(RuntimeError, match="triton"):
         optimizer.step()
     assert len(optimizer.state[p]) == 0
+    monkeypatch.setenv("SOAP_KERNELS_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="cuda"):
+        SOAP([p]).step()
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton on CUDA or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_triton_backend_matches_torch_backend(dtype):
+    """Fused Triton ops (1-D/2-D stacks) and the native path (scalars, 3-D) against the torch backend, on
+    full-rank shapes (a one-sided basis where dim 40 > max_precond_dim)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = [(6, 6), (6, 6), (7, 7), (5, 40), (9,), (), (2, 3, 4)]
+    settings = dict(precondition_frequency=2, weight_decay=0.05, lr=1e-2, max_precond_dim=10)
+    generator = torch.Generator().manual_seed(0)
+    init = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    runs = {}
+    for backend in ("torch", "triton"):
+        params = [torch.nn.Parameter(x.clone().to(device)) for x in init]
+        optimizer = SOAP(params, backend=backend, **settings)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(10):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype).to(device)
+            if step == 5:
+                params[0].grad[0, 0] = float("nan")  # a skipped step on both backends
+            optimizer.step()
+        runs[backend] = params
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    for a, b in zip(runs["torch"], runs["triton"]):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
 
 
 @pytest.mark.parametrize("refresh", ["qr", "eigh"])

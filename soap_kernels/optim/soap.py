@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from soap_kernels import profile
-from soap_kernels._backend import native_kernels_for, requested_backend
+from soap_kernels._backend import native_kernels_for, requested_backend, triton_available, triton_interpreted
 from soap_kernels.optim.layout import precondition_plan
 from soap_kernels.optim.refresh import REFRESH_METHODS
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
@@ -69,7 +69,8 @@ class SOAP(torch.optim.Optimizer):
     Same constructor and trajectory as the reference implementation, plus:
         refresh: "qr" (reference: one power iteration + QR) or "eigh" (exact eigenbasis);
         backend: "auto" (native C++/CUDA kernels where built), "torch" (pure torch), "cuda" (native,
-            required); env SOAP_KERNELS_BACKEND overrides. "triton" is not implemented yet.
+            required), "triton" (fused Triton kernels: CUDA, or CPU under TRITON_INTERPRET=1); env
+            SOAP_KERNELS_BACKEND overrides; a forced backend that cannot run raises RuntimeError.
         shard_refresh: under torch.distributed with several ranks, divide the refresh work among the ranks
             (one all_reduce per refresh step, identical state everywhere; every rank must see the same
             gradients, as under DistributedDataParallel). Without it every rank refreshes everything.
@@ -151,7 +152,9 @@ class SOAP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
         """One optimisation step for every parameter with a gradient; returns closure's loss if given."""
-        self._check_backend()  # before any state changes (SOAP_KERNELS_BACKEND may have changed)
+        devices = {p.device for group in self.param_groups for p in group["params"] if p.grad is not None}
+        for device in devices:  # a forced backend that cannot run fails before any state changes
+            self._implementation(device)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -170,46 +173,56 @@ class SOAP(torch.optim.Optimizer):
         due = []
         for group, stack, grads in work:
             stack_ok = ok.to(stack.device, non_blocking=True)
-            if stack.step_(grads, stack_ok, group, self._use_native(stack.device)):
-                due.append((stack, stack_ok, group["refresh"]))
+            impl = self._implementation(stack.device)
+            if stack.step_(grads, stack_ok, group, impl):
+                due.append((stack, stack_ok, group["refresh"], impl))
         with profile.range("soap/refresh"):
             self._refresh(due)
         skipped = (~ok).to(torch.int64)
         self._skipped = skipped if self._skipped is None else self._skipped + skipped.to(self._skipped.device)
         return loss
 
-    def _check_backend(self) -> str:
-        backend = requested_backend(self._backend)
-        if backend == "triton":
-            raise NotImplementedError("SOAP: the Triton backend is not implemented yet (issue 3); use auto/torch/cuda")
-        return backend
-
-    def _refresh(self, due: list[tuple[ParamStack, torch.Tensor, str]]) -> None:
+    def _refresh(self, due: list[tuple[ParamStack, torch.Tensor, str, str]]) -> None:
         """Refresh the bases of the stacks whose step is a refresh step (divided among ranks if asked)."""
         if not due:
             return
         if not (self._shard_refresh and sharding_active()):
-            for stack, stack_ok, method in due:
-                stack.refresh_(stack_ok, method)
+            for stack, stack_ok, method, impl in due:
+                stack.refresh_(stack_ok, method, impl)
             return
         requests = [
             ((k, d), factor, basis, method)
-            for k, (stack, _, method) in enumerate(due)
+            for k, (stack, _, method, _) in enumerate(due)
             for d, factor, basis in stack.refresh_requests()
         ]
         results = sharded_refresh(requests)
-        for k, (stack, stack_ok, _) in enumerate(due):
-            stack.apply_refresh({d: results[(k, d)] for d, _, _ in stack.refresh_requests()}, stack_ok)
+        for k, (stack, stack_ok, _, impl) in enumerate(due):
+            stack.apply_refresh({d: results[(k, d)] for d, _, _ in stack.refresh_requests()}, stack_ok, impl)
 
-    def _use_native(self, device: torch.device) -> bool:
+    def _check_backend(self) -> str:
+        return requested_backend(self._backend)
+
+    def _implementation(self, device: torch.device) -> str:
+        """"torch", "native" or "triton" for stacks on `device` (see stack.py); a forced backend that cannot
+        run there raises RuntimeError. "auto" uses the native kernels where built; the Triton ops run only when
+        asked for until they are validated on a GPU (bench/gpu_check.sh)."""
         backend = self._check_backend()
+        if backend == "torch":
+            return "torch"
         if backend == "cuda":
             if device.type != "cuda" or not native_kernels_for(device):
                 raise RuntimeError(
                     f"SOAP: backend 'cuda' needs CUDA tensors and soap_kernels._C built with CUDA (got {device})"
                 )
-            return True
-        return backend == "auto" and native_kernels_for(device)
+            return "native"
+        if backend == "triton":
+            if not (triton_available() and (device.type == "cuda" or triton_interpreted())):
+                raise RuntimeError(
+                    f"SOAP: backend 'triton' cannot run on {device}: it needs Triton and a CUDA device, or "
+                    "TRITON_INTERPRET=1 for CPU tensors"
+                )
+            return "triton"
+        return "native" if native_kernels_for(device) else "torch"
 
     @staticmethod
     def _all_finite(stacked_grads: list[torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,10 @@ of every factored dim, and the device step counter t. Each parameter's optimizer
 into these buffers, so state_dict stays per parameter while every phase is one batched call per stack.
 All buffers are updated in place (the views stay valid), and every update is masked by the device flag
 `ok` (all gradients finite), so a skipped step changes nothing and needs no host synchronisation.
+
+`impl` picks the kernels: "torch" (torch ops only), "native" (torch matmuls + the C++/CUDA moment kernel),
+"triton" (the fused Triton ops for 1-D and 2-D views: factor update, rotated Adam, momentum carry; other
+ranks use the native path).
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 import torch
 
 from soap_kernels import profile
+from soap_kernels._backend import native_kernels_for
 from soap_kernels.ops.adam_moments import adam_moments_
+from soap_kernels.ops.factor_update import factor_update_
+from soap_kernels.ops.rotated_adam import rotate_momentum_, rotated_adam_
 from soap_kernels.optim.layout import PreconditionPlan
 from soap_kernels.optim.projection import gram, project, project_back
 from soap_kernels.optim.refresh import initial_basis, refresh_basis
@@ -98,7 +105,7 @@ class ParamStack:
         grads = torch.stack([p.grad for p in self.params]).to(self.dtype)
         return self._view(grads)
 
-    def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> bool:
+    def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> bool:
         """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite).
 
         Returns True when this step is a refresh step: the caller then computes new bases for
@@ -107,7 +114,7 @@ class ParamStack:
         """
         if self.step is None:
             with profile.range("soap/initialise"):
-                self._update_factors(grads, ok, group)
+                self._update_factors(grads, ok, group, impl)
                 for d, factor in enumerate(self.factors):
                     if factor is not None:
                         self.bases[d] = initial_basis(factor)
@@ -116,64 +123,85 @@ class ParamStack:
             return False
         self.step += 1
         with profile.range("soap/update_params"):
-            self._update_params(grads, ok, group, use_native)
+            self._update_params(grads, ok, group, impl)
         with profile.range("soap/update_factors"):
-            self._update_factors(grads, ok, group)
+            self._update_factors(grads, ok, group, impl)
         for state in self.states:
             state["step"] = self.step
         return self.step % group["precondition_frequency"] == 0 and any(self.plan.factored)
 
-    def _update_params(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, use_native: bool) -> None:
-        """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
-        beta1, beta2 = group["betas"]
-        lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
-        rotated = project(grads, self.bases)
-        direction = adam_moments_(
-            self._view(self.exp_avg), self._view(self.exp_avg_sq), rotated.contiguous(), ok,
-            float(beta1), float(beta2), float(group["eps"]), use_native=use_native,
-        )  # fmt: skip
-        update = project_back(direction, self.bases).reshape(self.batch, *self.shape)
-        reduce_dims = tuple(range(1, update.dim()))
-        if group["normalize_grads"]:
-            rms = update.square().mean(dim=reduce_dims, keepdim=True).sqrt() if reduce_dims else update.abs()
-            update = update / (1e-30 + rms)
-        t_next = self.t + 1
-        if group["correct_bias"]:
-            t64 = t_next.to(torch.float64)
-            step_size = lr * torch.sqrt(1.0 - beta2**t64) / (1.0 - beta1**t64)
-        else:
-            step_size = torch.full((self.batch,), lr, dtype=torch.float64, device=self.device)
-        step_size = step_size.to(self.dtype).reshape(self.batch, *([1] * len(self.shape)))
-        old = torch.stack(self.params).to(self.dtype)
-        new = old - step_size * update
-        if weight_decay > 0.0:
-            new = new - (lr * weight_decay) * new  # decoupled decay of the updated parameter, as the reference
-        new = torch.where(ok, new, old)
-        torch._foreach_copy_(self.params, list(new.unbind(0)))
-        self.t.copy_(torch.where(ok, t_next, self.t))
+    def _fused(self, impl: str) -> bool:
+        """Whether the Triton ops handle this stack (they take 1-D and 2-D views)."""
+        return impl == "triton" and 1 <= len(self.plan.view_shape) <= 2
 
-    def _update_factors(self, grads: torch.Tensor, ok: torch.Tensor, group: dict) -> None:
+    def _step_size(self, group: dict) -> torch.Tensor:
+        """[B] step sizes on the device: lr sqrt(1 - b2^t) / (1 - b1^t) at the next t (or lr), state dtype."""
+        beta1, beta2 = group["betas"]
+        lr = float(group["lr"])
+        if not group["correct_bias"]:
+            return torch.full((self.batch,), lr, dtype=self.dtype, device=self.device)
+        t = (self.t + 1).to(torch.float64)
+        return (lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)).to(self.dtype)
+
+    def _update_params(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> None:
+        """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
+        beta1, beta2 = (float(b) for b in group["betas"])
+        lr, weight_decay, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
+        step_size = self._step_size(group)
+        params = torch.stack(self.params).to(self.dtype)
+        if self._fused(impl):
+            rotated_adam_(
+                self._view(params), self._view(self.exp_avg), self._view(self.exp_avg_sq), grads, self.bases, ok,
+                step_size, beta1=beta1, beta2=beta2, eps=eps, decay=lr * weight_decay,
+                normalize=group["normalize_grads"],
+            )  # fmt: skip
+            new = params
+        else:
+            use_native = impl != "torch" and native_kernels_for(self.device)
+            rotated = project(grads, self.bases)
+            direction = adam_moments_(
+                self._view(self.exp_avg), self._view(self.exp_avg_sq), rotated.contiguous(), ok, beta1, beta2, eps,
+                use_native=use_native,
+            )  # fmt: skip
+            update = project_back(direction, self.bases).reshape(self.batch, *self.shape)
+            if group["normalize_grads"]:
+                reduce_dims = tuple(range(1, update.dim()))
+                rms = update.square().mean(dim=reduce_dims, keepdim=True).sqrt() if reduce_dims else update.abs()
+                update = update / (1e-30 + rms)
+            new = params - step_size.reshape(self.batch, *([1] * len(self.shape))) * update
+            if weight_decay > 0.0:
+                new = new - (lr * weight_decay) * new  # decoupled decay of the updated parameter, as the reference
+            new = torch.where(ok, new, params)
+        torch._foreach_copy_(self.params, list(new.unbind(0)))
+        self.t.copy_(torch.where(ok, self.t + 1, self.t))
+
+    def _update_factors(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> None:
         """L_d <- lerp(L_d, G_(d) G_(d)^T, 1 - beta_s) for every factored dim."""
-        shampoo_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
+        shampoo_beta = float(group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1])
         for d, factor in enumerate(self.factors):
-            if factor is not None:
-                moved = torch.lerp(factor, gram(grads, d + 1), 1.0 - float(shampoo_beta))
+            if factor is None:
+                continue
+            if impl == "triton":
+                factor_update_(factor, grads, ok, shampoo_beta, d)
+            else:
+                moved = torch.lerp(factor, gram(grads, d + 1), 1.0 - shampoo_beta)
                 factor.copy_(torch.where(ok, moved, factor))
 
     def refresh_requests(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """(dim, factor stack, basis stack) for every factored dim: the inputs of refresh_basis."""
         return [(d, f, q) for d, (f, q) in enumerate(zip(self.factors, self.bases)) if f is not None]
 
-    def refresh_(self, ok: torch.Tensor, method: str) -> None:
+    def refresh_(self, ok: torch.Tensor, method: str, impl: str) -> None:
         """Refresh every factored dim of this stack here (no batching across stacks, no sharding)."""
-        self.apply_refresh({d: refresh_basis(f, q, method) for d, f, q in self.refresh_requests()}, ok)
+        self.apply_refresh({d: refresh_basis(f, q, method) for d, f, q in self.refresh_requests()}, ok, impl)
 
-    def apply_refresh(self, results: dict[int, tuple[torch.Tensor, torch.Tensor]], ok: torch.Tensor) -> None:
+    def apply_refresh(
+        self, results: dict[int, tuple[torch.Tensor, torch.Tensor]], ok: torch.Tensor, impl: str
+    ) -> None:
         """Install new bases {dim: (new_basis, order)}: v permuted with the bases' column order; m~ carried
         from the old basis to the new (project back, then forward); all masked by ok."""
         exp_avg = self._view(self.exp_avg)
         exp_avg_sq = self._view(self.exp_avg_sq)
-        exp_avg_plain = project_back(exp_avg, self.bases)
         new_bases: list[torch.Tensor | None] = []
         permuted_sq = exp_avg_sq
         for d, factor in enumerate(self.factors):
@@ -186,7 +214,10 @@ class ParamStack:
             index_shape[d + 1] = order.shape[-1]
             index = order.reshape(index_shape).expand_as(permuted_sq)
             permuted_sq = permuted_sq.gather(d + 1, index)
-        exp_avg.copy_(torch.where(ok, project(exp_avg_plain, new_bases), exp_avg))
+        if self._fused(impl):
+            rotate_momentum_(exp_avg, self.bases, new_bases, ok)
+        else:
+            exp_avg.copy_(torch.where(ok, project(project_back(exp_avg, self.bases), new_bases), exp_avg))
         exp_avg_sq.copy_(torch.where(ok, permuted_sq, exp_avg_sq))
         for basis, new_basis in zip(self.bases, new_bases):
             if basis is not None:
