@@ -74,8 +74,19 @@ def _train(args, parser) -> int:
         config = TrainConfig.from_file(config_path)
         if args.pde is not None and args.pde != config.pde:
             parser.error(f"--resume {args.resume} is a {config.pde!r} run, not {args.pde!r}")
+        fixed = [flag for flag, value in (
+            ("--optimizer", args.optimizer), ("--preset", args.preset), ("--device", args.device),
+            ("--dtype", args.dtype), ("--seed", args.seed), ("--batch-size", args.batch_size),
+            ("--log-every", args.log_every), ("--save-every", args.save_every),
+            ("--architecture", args.architecture), ("--derivatives", args.derivatives), ("--out", args.out),
+        ) if value is not None]  # fmt: skip
+        if fixed:
+            parser.error(f"--resume continues the saved configuration; {', '.join(fixed)} cannot change "
+                         "(only --steps, --threads and --no-plots can)")
         if args.steps is not None:
             config.steps = args.steps
+        if args.no_plots:
+            config.plots = False
         validate(config)
         out, resume = args.resume, True
     else:

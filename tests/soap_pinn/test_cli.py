@@ -60,6 +60,9 @@ def test_train_resume_compare(tmp_path, capsys, monkeypatch):
         assert (out / name).exists(), name
     assert main(["train", "--resume", str(out), "--steps", "6", "--no-plots"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(out), "--optimizer", "soap"])
+    assert "--optimizer cannot change" in capsys.readouterr().err
     capsys.readouterr()
     report = tmp_path / "report.json"
     assert main(["compare", str(out), "--json", "--save", str(report)]) == 0
