@@ -83,3 +83,28 @@ def test_residual_loss_under_torch_compile_matches_eager():
     compiled = torch.autograd.grad(compiled_loss(), list(model.parameters()))
     for a, e in zip(compiled, eager):
         torch.testing.assert_close(a, e)
+
+
+def test_jet_activation_and_product_rules_against_autograd():
+    """Jet.activation (functional reference) and the Leibniz product on the input jet itself."""
+    from soap_kernels.jets import Jet
+
+    torch.manual_seed(5)
+    x = torch.rand(6, 2, dtype=torch.float64)
+    plan = JetPlan.build(2, [(0, 1), (1, 1, 1)], laplacian_axes=[0, 1])
+    seed = Jet.seed(x, plan)
+    field = (seed.activation("gelu") * seed.activation("sin")).stack.sum(-1)  # sum_i gelu(x_i) sin(x_i)
+
+    def f(points):
+        return (torch.nn.functional.gelu(points, approximate="tanh") * torch.sin(points)).sum(-1, keepdim=True)
+
+    from soap_kernels.jets import jet_autograd
+
+    class _F(torch.nn.Module):
+        def forward(self, points):
+            return f(points)
+
+    expected = jet_autograd(_F(), x, [(0, 1), (1, 1, 1)], laplacian_axes=[0, 1])
+    torch.testing.assert_close(field[plan.slot((0, 1))], expected[(0, 1)][:, 0])
+    torch.testing.assert_close(field[plan.slot((1, 1, 1))], expected[(1, 1, 1)][:, 0])
+    torch.testing.assert_close(field[plan.laplacian_slot], expected["laplacian"][:, 0])

@@ -47,7 +47,12 @@ class PirateBlock(JetModule):
 
 
 class PirateNet(JetModule):
-    """PirateNet with `blocks` residual blocks of width hidden_features (the embedding must match it)."""
+    """PirateNet with `blocks` residual blocks of width hidden_features (the embedding must match it).
+
+    fourier_features defaults (-1) to hidden_features; None turns the Fourier embedding off (then the
+    periodic embedding, or the raw input, must already be hidden_features wide). rwf=(mean, std) as in
+    `Dense`; alpha_init is the blocks' initial mixing weight (0: each block starts as the identity).
+    """
 
     def __init__(
         self,
