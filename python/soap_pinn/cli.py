@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("list", help="list PDEs and presets")
 
+    timing = commands.add_parser("time-step", help="per-step cost of soap/adam x jet/autograd, interleaved")
+    timing.add_argument("pde")
+    timing.add_argument("--preset", choices=PRESETS, default="small")
+    timing.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    timing.add_argument("--rounds", type=_positive_int, default=5)
+    timing.add_argument("--steps-per-round", type=_positive_int, default=10)
+    timing.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    timing.add_argument("--save", type=Path, default=None, help="write the JSON result to this file")
+
     compare = commands.add_parser("compare", help="tabulate runs")
     compare.add_argument("runs", nargs="+", type=Path, help="run folders")
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -112,6 +121,36 @@ def _train(args, parser) -> int:
     return 0
 
 
+def _time_step(args, parser) -> int:
+    import platform
+
+    import torch
+
+    from .step_timing import time_variants
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [dict(optimizer=o, derivatives=d, device=args.device)
+                for o in ("soap", "adam") for d in ("jet", "autograd")]  # fmt: skip
+    try:
+        results = time_variants(args.pde, variants, args.preset, args.rounds, args.steps_per_round)
+    except (ValueError, NotImplementedError) as error:
+        parser.error(str(error))
+    for row in results:
+        v = row["variant"]
+        print(f"{v['optimizer']:5s} {v['derivatives']:8s} wall {1e3 * row['wall_s_per_step']:8.1f} ms/step   "
+              f"cpu {1e3 * row['cpu_s_per_step']:8.1f} ms/step")
+    if args.save is not None:
+        report = {"pde": args.pde, "preset": args.preset, "rounds": args.rounds,
+                  "steps_per_round": args.steps_per_round, "torch_threads": torch.get_num_threads(),
+                  "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                              "cuda": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
+                  "results": results}  # fmt: skip
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _list() -> int:
     from .config import PRESETS
     from .pdes import NOT_IMPLEMENTED, PDES
@@ -150,4 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args, parser)
     if args.command == "list":
         return _list()
+    if args.command == "time-step":
+        return _time_step(args, parser)
     return _compare(args, parser)

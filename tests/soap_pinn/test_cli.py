@@ -39,18 +39,33 @@ def test_compare_rejects_non_run_folder(tmp_path, capsys):
     assert "not a soap-pinn run folder" in capsys.readouterr().err
 
 
-def test_train_resume_compare(tmp_path, capsys, monkeypatch):
-    # a tiny Allen-Cahn run through the real command line, on a coarse reference (set via the config file)
+@pytest.fixture
+def tiny_runs(monkeypatch):
+    """Every configuration the command line makes gets a tiny network and a coarse reference."""
     from soap_pinn import config as config_module
 
     original = config_module.make_config
 
     def coarse(*args, **kwargs):
-        kwargs.update(reference_settings=dict(modes=64, steps_per_output=2, nt=21, nx=33),
+        kwargs.update(reference_settings=dict(modes=64, steps_per_output=2, nt=21, nx=33), batch_size=64,
                       hidden_features=16, fourier_features=16, causal_chunks=8, ic_stride=1, eval_stride_x=1)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(config_module, "make_config", coarse)
+
+
+def test_time_step(tiny_runs, tmp_path, capsys):
+    saved = tmp_path / "timing.json"
+    assert main(["time-step", "allen_cahn", "--rounds", "2", "--steps-per-round", "1", "--save", str(saved)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("soap  jet")
+    results = json.loads(saved.read_text())["results"]
+    assert [len(r["wall_samples"]) for r in results] == [2, 2, 2, 2]
+    assert all(r["cpu_s_per_step"] > 0 for r in results)
+
+
+def test_train_resume_compare(tiny_runs, tmp_path, capsys):
+    # a tiny Allen-Cahn run through the real command line, on a coarse reference
     out = tmp_path / "run"
     argv = ["train", "allen_cahn", "--optimizer", "adam", "--steps", "4", "--batch-size", "64",
             "--log-every", "2", "--save-every", "2", "--out", str(out)]
