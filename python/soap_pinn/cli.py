@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--derivatives", choices=("jet", "autograd"), default=None,
                        help="input derivatives by soap_kernels.jet (default) or nested autograd (baseline)")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    train.add_argument("--max-minutes", type=float, default=None,
+                       help="stop after this much training wall time and finish (summary, plots)")
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/<pde>-<optimizer>)")
     train.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
@@ -113,7 +115,7 @@ def _train(args, parser) -> int:
         out, resume = args.out or Path("runs") / f"{config.pde}-{config.optimizer}", False
     trainer = Trainer(config, out, resume=resume)
     try:
-        summary = trainer.run()
+        summary = trainer.run(time_limit_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
     except NonFiniteLossError as error:
         print(f"soap-pinn: {error}", file=sys.stderr)
         return 3

@@ -199,12 +199,15 @@ class Trainer:
         return record
 
     # ----- the loop ------------------------------------------------------------------------------
-    def run(self, stop_after: int | None = None) -> dict:
+    def run(self, stop_after: int | None = None, time_limit_s: float | None = None) -> dict:
         """Train until config.steps (or until `stop_after` more steps: an interruption, for tests).
 
+        time_limit_s: stop once the run's training wall time (self.elapsed, logging included) reaches it,
+        checkpoint, and finish as if the run were complete ("time_limited" in the summary).
         Returns the summary (also written to summary.json when the run completes).
         """
         config = self.config
+        time_limited = False
         target = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
         bar = ProgressBar(config.steps, start=self.step) if self.show_progress else None
         clock = time.perf_counter()
@@ -231,14 +234,20 @@ class Trainer:
                 if bar is not None:
                     fields = {"loss": f"{self.last_record['loss']:.3e}", "rel_l2": f"{self.last_record['rel_l2']:.3e}"}
                     bar.update(self.step, fields, force=self.step == target)
+                if time_limit_s is not None and self.elapsed + time.perf_counter() - clock >= time_limit_s:
+                    self.elapsed += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    self._save()
+                    time_limited = True
+                    break
         finally:
             if bar is not None:
                 bar.close()
-        if self.step < config.steps:
+        if self.step < config.steps and not time_limited:
             return {"step": self.step, "completed": False}
-        return self._finish()
+        return self._finish(time_limited)
 
-    def _finish(self) -> dict:
+    def _finish(self, time_limited: bool = False) -> dict:
         """Whole-domain error from all windows, prediction file, plots and summary.json."""
         prediction = self.full_prediction()
         reference = self._eval_reference()
@@ -250,6 +259,7 @@ class Trainer:
             "steps": self.step, "rel_l2": rel_l2, "final_loss": self.last_record["loss"] if self.last_record else None,
             "wall_time_s": self.elapsed, "steps_per_s": self.step / self.elapsed if self.elapsed else None,
             "model": describe_model(self.model), "derivatives": derivatives.backend_name(self.config.derivatives),
+            "time_limited": time_limited,
         }  # fmt: skip
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.config.plots:

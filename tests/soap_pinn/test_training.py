@@ -123,3 +123,9 @@ def test_paper_preset_matches_recipe():
     assert (config.hidden_features, config.hidden_layers, config.batch_size) == (256, 3, 4096)
     assert (config.warmup_steps, config.decay_steps, config.causal_tol, config.causal_chunks) == (5000, 2000, 0.1, 16)
     assert make_config("ks", "paper").steps == 10 * 200_000
+
+
+def test_time_limit_stops_and_finishes(tmp_path):
+    summary = Trainer(tiny_config("allen_cahn", steps=10_000), tmp_path, progress=False).run(time_limit_s=1e-9)
+    assert summary["time_limited"] and summary["steps"] == 1 and math.isfinite(summary["rel_l2"])
+    assert (tmp_path / "checkpoint.pt").exists()
