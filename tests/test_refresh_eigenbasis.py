@@ -171,14 +171,24 @@ def test_native_kernel_matches_torch_reference_on_hard_factors(method, kind):
 
 
 @needs_native
-def test_native_qr_matches_reference_on_cpu_lapack_path():
-    """n = 96 takes LAPACK's Cholesky in the CPU kernel (the core's up to n = 64)."""
-    factor = _factor("gram", 2, 96, seed=3)
+@pytest.mark.parametrize("cpu_algorithm", ["householder", "cholesky"])
+@pytest.mark.parametrize("kind", ["gram", "cond1e8", "rank_deficient"])
+@pytest.mark.parametrize(("batch", "n"), [(2, 7), (2, 96), (1, 300)])
+def test_native_qr_both_cpu_algorithms(cpu_algorithm, kind, batch, n, monkeypatch):
+    """The CPU kernel's Householder-R path and the CUDA kernel's blocked CholeskyQR (forced on the CPU: 96 and
+    300 take several 64-wide diagonal blocks, the last one ragged) against the reference and invariants."""
+    monkeypatch.setenv("SOAP_KERNELS_REFRESH_QR_CPU", cpu_algorithm)
+    factor = _factor(kind, batch, n, seed=n)
     basis = _warm_basis(factor)
-    ours, ours_order = refresh_eigenbasis(factor, basis, "qr", use_native=True)
+    ours, order = refresh_eigenbasis(factor, basis, "qr", use_native=True)
     reference, reference_order = refresh_eigenbasis_ref(factor, basis, "qr")
-    assert torch.equal(ours_order, reference_order)
-    torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+    assert torch.equal(order, reference_order)
+    assert _orthogonality_error(ours) < 1e-12 * max(1, n / 64)
+    if kind == "gram":
+        torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+    sorted_basis = torch.gather(basis, 2, order.unsqueeze(1).expand(-1, n, n))
+    below_diagonal = torch.linalg.matrix_norm(torch.tril(ours.mT @ (factor @ sorted_basis), -1))
+    assert (below_diagonal / torch.linalg.matrix_norm(factor)).max().item() < 1e-12 * (n**0.5 + 10)
 
 
 # ------------------------------------------------------------------------------------ "qr": the SOAP path

@@ -1,10 +1,12 @@
 // CPU kernel of soap_kernels::refresh_eigenbasis (algorithm in csrc/include/soap_kernels/refresh_eigenbasis_driver.h).
-// GEMMs go to ATen (BLAS); the Jacobi solver and, for small n, the Cholesky + triangular inverse run the
-// shared cores of eigen_refresh_core.h on one thread per matrix, matrices spread over threads.
+// GEMMs go to ATen (BLAS); the Jacobi solver and the Cholesky + triangular inverse of the 64 x 64 diagonal
+// blocks run the shared cores of eigen_refresh_core.h on one thread per matrix, matrices spread over threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string_view>
 #include <vector>
 
 #include "soap_kernels/eigen_refresh_core.h"
@@ -13,25 +15,49 @@
 namespace soap_kernels {
 namespace {
 
-// Up to this size the core's Cholesky beats a LAPACK call per matrix (measured: at n = 64 both take
-// about 0.05 ms); above it LAPACK's blocked potrf and BLAS trsm win by a growing factor.
-constexpr int64_t kCoreCholeskyMaxN = 64;
-
-std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cpu(at::Tensor& gram, const at::Tensor& x) {
-  const int64_t batch = gram.size(0), n = gram.size(1);
-  if (n > kCoreCholeskyMaxN) {
-    auto [upper, info] = at::linalg_cholesky_ex(gram, /*upper=*/true, /*check_errors=*/false);
-    at::Tensor solved = at::linalg_solve_triangular(upper, x, /*upper=*/true, /*left=*/false);
-    return {solved, info.eq(0)};
-  }
-  double* data = gram.data_ptr<double>();
+// G = R^T R, G <- R^{-1} on each matrix of a [batch, b, b] stack with the serial core, matrices over threads.
+void cholesky_inverse_blocks_cpu(at::Tensor& blocks) {
+  const int64_t batch = blocks.size(0), n = blocks.size(1);
+  double* data = blocks.data_ptr<double>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> column(n);
     for (int64_t index = begin; index < end; ++index) {
       eigen_refresh::cholesky_upper_inverse(eigen_refresh::SerialTeam{}, data + index * n * n, n, column.data());
     }
   });
-  return {at::matmul(x, gram), at::ones({batch}, x.options().dtype(at::kBool))};
+}
+
+// The same blocked algorithm as the CUDA kernel (so CPU tests cover it); LAPACK's potrf + trsm is no faster
+// here at the sizes SOAP uses, and it would need its own breakdown handling.
+std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cpu(at::Tensor& gram, const at::Tensor& x) {
+  return {blocked_right_cholesky_solve(gram, x, cholesky_inverse_blocks_cpu),
+          at::ones({gram.size(0)}, x.options().dtype(at::kBool))};
+}
+
+// CPU orthonormalisation for "qr": LAPACK's Householder geqrf gives R (backward stable for any cond(X));
+// Q = X R^{-1} by a triangular solve after flipping R's rows to a positive diagonal (the CholeskyQR sign
+// convention). Q's orthogonality error is about u cond(X) <= 1e-16 / delta: 4e-9 for float32 inputs (delta =
+// 2^-24, below their rounding), 1e-4 for float64 ones (delta = 1e-12), which one plain CholeskyQR pass then
+// removes. This skips orgqr, the slower half of torch.linalg.qr. SOAP_KERNELS_REFRESH_QR_CPU=cholesky runs
+// the CUDA kernel's CholeskyQR passes instead (tests use it to cover that algorithm on the CPU).
+std::tuple<at::Tensor, at::Tensor> householder_orthonormalise_cpu(const at::Tensor& x, bool single) {
+  auto [packed, tau] = at::geqrf(x);
+  at::Tensor upper = packed.triu();
+  const at::Tensor signs = at::where(upper.diagonal(0, -2, -1) < 0, -1.0, 1.0).to(upper.scalar_type());
+  upper.mul_(signs.unsqueeze(-1));
+  at::Tensor q = at::linalg_solve_triangular(upper, x, /*upper=*/true, /*left=*/false);
+  at::Tensor ok = at::ones({x.size(0)}, x.options().dtype(at::kBool));
+  if (!single) {
+    auto [cholesky, info] = at::linalg_cholesky_ex(at::matmul(q.mT(), q), /*upper=*/true, /*check_errors=*/false);
+    q = at::linalg_solve_triangular(cholesky, q, /*upper=*/true, /*left=*/false);
+    ok = info.eq(0);
+  }
+  return {q, ok};
+}
+
+bool use_cholesky_qr_on_cpu() {
+  const char* choice = std::getenv("SOAP_KERNELS_REFRESH_QR_CPU");
+  return choice != nullptr && std::string_view(choice) == "cholesky";
 }
 
 void jacobi_cpu(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps) {
@@ -54,7 +80,8 @@ void jacobi_cpu(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps) {
 std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_cpu(const at::Tensor& factor, const at::Tensor& basis,
                                                           c10::string_view method, int64_t max_sweeps) {
   return refresh_eigenbasis_driver(factor, basis, std::string_view(method.data(), method.size()), max_sweeps,
-                                   right_cholesky_solve_cpu, jacobi_cpu);
+                                   right_cholesky_solve_cpu, jacobi_cpu,
+                                   use_cholesky_qr_on_cpu() ? Orthonormalise() : householder_orthonormalise_cpu);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // CUDA kernel of soap_kernels::refresh_eigenbasis (algorithm in csrc/include/soap_kernels/refresh_eigenbasis_driver.h).
-// GEMMs go to ATen (cuBLAS); the Cholesky + triangular inverse and the Jacobi solver are the shared cores of
-// eigen_refresh_core.h run by one thread block per matrix, on float64 matrices in global memory. No step
+// GEMMs go to ATen (cuBLAS). The shared cores of eigen_refresh_core.h run with one thread block as the team:
+// the Cholesky + triangular inverse of each 64 x 64 diagonal block in shared memory (the rest of the blocked
+// Cholesky-QR is GEMMs), and the Jacobi solver on the whole float64 matrix in global memory (one block per
+// matrix: simple and exact, but bound by L2 traffic for large n; see the report in the op's docstring). No step
 // reads anything back to the host (no cuSOLVER, fixed sweep cap, convergence decided per block), so the
 // op can be captured in a CUDA graph.
 #include <ATen/ATen.h>
@@ -43,9 +45,15 @@ struct BlockTeam {
 constexpr int kCholeskyThreads = 256;
 constexpr int kJacobiThreads = 512;  // a multiple of 32: BlockTeam::sum assumes whole warps
 
-__global__ void __launch_bounds__(kCholeskyThreads) cholesky_upper_inverse_kernel(double* gram, int64_t n) {
-  extern __shared__ double column[];
-  eigen_refresh::cholesky_upper_inverse(BlockTeam{}, gram + static_cast<int64_t>(blockIdx.x) * n * n, n, column);
+// One block per matrix of a [batch, b, b] stack (b <= kCholeskyBlock): the matrix is staged in shared memory.
+__global__ void __launch_bounds__(kCholeskyThreads) cholesky_inverse_blocks_kernel(double* blocks, int64_t n) {
+  extern __shared__ double shared[];
+  double* matrix = shared;
+  double* column = shared + n * n;
+  double* global = blocks + static_cast<int64_t>(blockIdx.x) * n * n;
+  for (int64_t index = threadIdx.x; index < n * n; index += blockDim.x) matrix[index] = global[index];
+  eigen_refresh::cholesky_upper_inverse(BlockTeam{}, matrix, n, column);  // starts and ends with a barrier
+  for (int64_t index = threadIdx.x; index < n * n; index += blockDim.x) global[index] = matrix[index];
 }
 
 __global__ void __launch_bounds__(kJacobiThreads) jacobi_kernel(double* b, double* v_t, int64_t n, int64_t max_sweeps) {
@@ -61,14 +69,18 @@ __global__ void __launch_bounds__(kJacobiThreads) jacobi_kernel(double* b, doubl
   eigen_refresh::jacobi_eigen(BlockTeam{}, b + offset, v_t + offset, n, max_sweeps, scratch);
 }
 
-std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cuda(at::Tensor& gram, const at::Tensor& x) {
-  const int64_t batch = gram.size(0), n = gram.size(1);
-  const size_t shared_bytes = static_cast<size_t>(n) * sizeof(double);
-  TORCH_CHECK(shared_bytes <= 48 * 1024, "soap_kernels.refresh_eigenbasis: n = ", n, " is too large for the CUDA kernel");
-  cholesky_upper_inverse_kernel<<<static_cast<unsigned>(batch), kCholeskyThreads, shared_bytes,
-                                  c10::cuda::getCurrentCUDAStream()>>>(gram.data_ptr<double>(), n);
+void cholesky_inverse_blocks_cuda(at::Tensor& blocks) {
+  const int64_t batch = blocks.size(0), n = blocks.size(1);
+  TORCH_CHECK(n <= kCholeskyBlock, "soap_kernels: Cholesky diagonal block of size ", n, " > ", kCholeskyBlock);
+  const size_t shared_bytes = static_cast<size_t>(n * n + n) * sizeof(double);  // <= 33 KiB
+  cholesky_inverse_blocks_kernel<<<static_cast<unsigned>(batch), kCholeskyThreads, shared_bytes,
+                                   c10::cuda::getCurrentCUDAStream()>>>(blocks.data_ptr<double>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {at::matmul(x, gram), at::ones({batch}, x.options().dtype(at::kBool))};
+}
+
+std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cuda(at::Tensor& gram, const at::Tensor& x) {
+  return {blocked_right_cholesky_solve(gram, x, cholesky_inverse_blocks_cuda),
+          at::ones({gram.size(0)}, x.options().dtype(at::kBool))};
 }
 
 void jacobi_cuda(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps) {

@@ -8,15 +8,15 @@ Everything is computed in float64 and returned in the input dtype (float32 or fl
 method="qr" (SOAP's reference refresh: sort, one power step, orthonormalise)::
 
     d = diag(Q^T L Q);  order = stable argsort(d, descending);  Q_s = Q[:, order]
-    X = L Q_s / ||L||_F + 1e-12 Q_s
-    three CholeskyQR passes (the first shifted by s = 11 (n^2 + n (n + 1)) u ||X||_F^2):
+    X = L Q_s / ||L||_F + delta Q_s              (delta = 1e-12 for float64, 2^-24 for float32)
+    CholeskyQR passes, 3 for float64 and 2 for float32, the first shifted by s = 11 (n^2 + n (n + 1)) u ||X||_F^2:
         G = X^T X (+ s I) = R^T R,  X <- X R^{-1}
     new basis = X
 
-  R has a positive diagonal, so column k of X spans the same nested subspace span(X[:, :k+1]) as
-  ``torch.linalg.qr(L @ Q_s)[0]``: equal columns up to sign and rounding. The 1e-12 ||L||_F shift (a
-  backward perturbation of L) keeps X full rank, so a rank-deficient factor's null space is filled with
-  the old basis's directions instead of rounding noise.
+  R has a positive diagonal, so X[:, :k+1] spans the same nested subspaces as ``torch.linalg.qr(L @ Q_s)[0]``:
+  equal columns up to sign and rounding. The delta ||L||_F shift (a backward perturbation of L at or below
+  the input dtype's rounding) keeps X full rank, so a rank-deficient factor's null space is filled with the
+  old basis's directions instead of rounding noise.
 
 method="exact" (warm-started parallel-order Jacobi)::
 
@@ -37,8 +37,13 @@ does one whose computed basis would not be orthonormal (a Cholesky breakdown). N
 
 Implementations: refresh_eigenbasis_ref (torch ops, the same algorithm: the specification and oracle; its
 Jacobi loop reads a convergence flag on the host once per sweep), the C++ CPU kernel and the CUDA kernel
-(csrc/include/soap_kernels/{eigen_refresh_core.h, refresh_eigenbasis_driver.h}; the CUDA path has no host
-synchronisation and no cuSOLVER call, so it can be captured in a CUDA graph).
+(csrc/include/soap_kernels/{eigen_refresh_core.h, refresh_eigenbasis_driver.h}). The CUDA path has no host
+synchronisation and no cuSOLVER call (cuBLAS GEMMs; the Cholesky of 64 x 64 diagonal blocks and the Jacobi
+solver are the shared core run by one thread block each), so it is meant to be captured in a CUDA graph.
+The CPU kernel computes the same "qr" result with LAPACK's Householder R instead of CholeskyQR passes
+(SOAP_KERNELS_REFRESH_QR_CPU=cholesky selects the CUDA algorithm there). Status: the CUDA kernel compiles
+but has not run on a GPU yet; its Jacobi keeps the whole matrix in global memory (one block per matrix),
+which is exact but not the issue's shared-memory block-Jacobi design, so "exact" is not yet fast for n=256.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ DEFAULT_MAX_SWEEPS = 30
 # Constants shared with csrc/include/soap_kernels/eigen_refresh_core.h.
 _UNIT_ROUNDOFF = 2.0**-53
 _EPSILON = 2.0**-52
-_QR_REGULARISATION = 1e-12
+_QR_REGULARISATION = {torch.float64: 1e-12, torch.float32: 2.0**-24}
+_QR_PASSES = {torch.float64: 3, torch.float32: 2}  # one shifted pass, then plain ones
 
 
 def _cholesky_qr_shift(n: int) -> float:
@@ -150,8 +156,9 @@ def refresh_eigenbasis_ref(
         order = torch.sort((q0 * power).sum(-2), dim=-1, descending=True, stable=True).indices
         norm = torch.linalg.vector_norm(l0, dim=(-2, -1), keepdim=True)
         inverse_norm = torch.where(norm > 0, norm.reciprocal(), torch.ones_like(norm))
-        x = torch.gather(power * inverse_norm + _QR_REGULARISATION * q0, 2, order.unsqueeze(1).expand(-1, n, n))
-        for pass_index in range(3):
+        regularised = power * inverse_norm + _QR_REGULARISATION[factor.dtype] * q0
+        x = torch.gather(regularised, 2, order.unsqueeze(1).expand(-1, n, n))
+        for pass_index in range(_QR_PASSES[factor.dtype]):
             gram = x.mT @ x  # cholesky_ex reads only its upper triangle, as the kernels do
             if pass_index == 0:
                 shift = _cholesky_qr_shift(n) * x.square().sum((-2, -1))

@@ -30,15 +30,19 @@ namespace eigen_refresh {
 constexpr double kUnitRoundoff = 1.1102230246251565e-16;
 constexpr double kEpsilon = 2.220446049250313e-16;
 
-// "qr": the matrix orthonormalised is X = L Q_sorted / ||L||_F + kQrRegularisation * Q_sorted, i.e. the
-// power step of L + delta I with delta = 1e-12 ||L||_F. The shift is a backward perturbation of L far
-// below float32 rounding and at 1e-12 of float64 scale; it makes X full rank (cond(X) <= 1e12) so that
-// Cholesky-based QR completes the basis of a rank-deficient factor with the old basis instead of noise.
-constexpr double kQrRegularisation = 1e-12;
+// "qr": the matrix orthonormalised is X = L Q_sorted / ||L||_F + delta * Q_sorted, i.e. the power step of
+// L + delta ||L||_F I. The shift is a backward perturbation of L at (float32: below) the rounding of the
+// input dtype; it makes X full rank (cond(X) <= 1 / delta) so that Cholesky-based QR completes the basis
+// of a rank-deficient factor with the old basis's directions instead of noise.
+constexpr double kQrRegularisationFloat64 = 1e-12;
+constexpr double kQrRegularisationFloat32 = 5.9604644775390625e-08;  // 2^-24, float32's unit roundoff
 
-// Shifted CholeskyQR (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa 2020): the first of the three
-// passes factors X^T X + s I with s = 11 (m n + n (n + 1)) u ||X||_F^2, which bounds cond(X R^{-1}) by
-// about u^{-1/2}; the two plain passes that follow then reach orthogonality at the level of u.
+// Shifted CholeskyQR (Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa 2020): the first pass factors
+// X^T X + s I with s = 11 (m n + n (n + 1)) u ||X||_F^2, which bounds cond(X R^{-1}) by about u^{-1/2}
+// (and by 1 / delta); plain passes then square the orthogonality error away: float64 inputs take two
+// (cond(X) up to 1e12 -> ~u), float32 inputs one (cond(X) <= 1.7e7 -> ~1e-7, within float32 rounding).
+constexpr int kQrPlainPassesFloat64 = 2;
+constexpr int kQrPlainPassesFloat32 = 1;
 SOAP_KERNELS_HOST_DEVICE double cholesky_qr_shift(int64_t n, double frobenius_squared) {
   const double m = static_cast<double>(n);
   return 11.0 * (m * m + m * (m + 1.0)) * kUnitRoundoff * frobenius_squared;
@@ -118,6 +122,16 @@ SOAP_KERNELS_HOST_DEVICE int64_t round_robin_player(int64_t position, int64_t ro
   return position == 0 ? 0 : 1 + (position - 1 + round) % (m - 1);
 }
 
+// (x, y) <- (c x - s y, s x + c y) elementwise over two rows of length n.
+SOAP_KERNELS_HOST_DEVICE void rotate_rows(double* __restrict__ x, double* __restrict__ y, int64_t n, double c,
+                                          double s) {
+  for (int64_t j = 0; j < n; ++j) {
+    const double xj = x[j], yj = y[j];
+    x[j] = c * xj - s * yj;
+    y[j] = s * xj + c * yj;
+  }
+}
+
 // Scratch for one matrix's Jacobi rounds: m / 2 entries each.
 struct JacobiScratch {
   double* cosine;
@@ -182,31 +196,56 @@ SOAP_KERNELS_HOST_DEVICE int64_t jacobi_eigen(const Team& team, double* b, doubl
         rotated = true;
       }
       team.sync();
-      // Rows p, q of B (B <- J^T B) and of V^T (V <- V J): contiguous, one element per worker step.
-      for (int64_t index = rank; index < pairs * n; index += size) {
-        const int64_t k = index / n, j = index % n;
-        const int64_t p = scratch.p[k];
-        if (p < 0) continue;
-        const int64_t q = scratch.q[k];
-        const double c = scratch.cosine[k], s = scratch.sine[k];
-        const double bp = b[p * n + j], bq = b[q * n + j];
-        b[p * n + j] = c * bp - s * bq;
-        b[q * n + j] = s * bp + c * bq;
-        const double vp = v_t[p * n + j], vq = v_t[q * n + j];
-        v_t[p * n + j] = c * vp - s * vq;
-        v_t[q * n + j] = s * vp + c * vq;
+      // Rows p, q of B (B <- J^T B) and of V^T (V <- V J). A team spreads single elements over its workers;
+      // one worker runs the same arithmetic as plain nested loops (no index division, vectorisable).
+      if (size == 1) {
+        for (int64_t k = 0; k < pairs; ++k) {
+          const int64_t p = scratch.p[k];
+          if (p < 0) continue;
+          rotate_rows(b + p * n, b + scratch.q[k] * n, n, scratch.cosine[k], scratch.sine[k]);
+          rotate_rows(v_t + p * n, v_t + scratch.q[k] * n, n, scratch.cosine[k], scratch.sine[k]);
+        }
+      } else {
+        for (int64_t index = rank; index < pairs * n; index += size) {
+          const int64_t k = index / n, j = index % n;
+          const int64_t p = scratch.p[k];
+          if (p < 0) continue;
+          const int64_t q = scratch.q[k];
+          const double c = scratch.cosine[k], s = scratch.sine[k];
+          const double bp = b[p * n + j], bq = b[q * n + j];
+          b[p * n + j] = c * bp - s * bq;
+          b[q * n + j] = s * bp + c * bq;
+          const double vp = v_t[p * n + j], vq = v_t[q * n + j];
+          v_t[p * n + j] = c * vp - s * vq;
+          v_t[q * n + j] = s * vp + c * vq;
+        }
       }
       team.sync();
       // Columns p, q of B (B <- B J), row by row so that the host walks memory in order.
-      for (int64_t index = rank; index < n * pairs; index += size) {
-        const int64_t i = index / pairs, k = index % pairs;
-        const int64_t p = scratch.p[k];
-        if (p < 0) continue;
-        const int64_t q = scratch.q[k];
-        const double c = scratch.cosine[k], s = scratch.sine[k];
-        const double bp = b[i * n + p], bq = b[i * n + q];
-        b[i * n + p] = c * bp - s * bq;
-        b[i * n + q] = s * bp + c * bq;
+      if (size == 1) {
+        for (int64_t i = 0; i < n; ++i) {
+          double* row = b + i * n;
+          for (int64_t k = 0; k < pairs; ++k) {
+            const int64_t p = scratch.p[k];
+            if (p < 0) continue;
+            const int64_t q = scratch.q[k];
+            const double c = scratch.cosine[k], s = scratch.sine[k];
+            const double bp = row[p], bq = row[q];
+            row[p] = c * bp - s * bq;
+            row[q] = s * bp + c * bq;
+          }
+        }
+      } else {
+        for (int64_t index = rank; index < n * pairs; index += size) {
+          const int64_t i = index / pairs, k = index % pairs;
+          const int64_t p = scratch.p[k];
+          if (p < 0) continue;
+          const int64_t q = scratch.q[k];
+          const double c = scratch.cosine[k], s = scratch.sine[k];
+          const double bp = b[i * n + p], bq = b[i * n + q];
+          b[i * n + p] = c * bp - s * bq;
+          b[i * n + q] = s * bp + c * bq;
+        }
       }
       team.sync();
       for (int64_t k = rank; k < pairs; k += size) {

@@ -8,8 +8,8 @@
 //
 // method "qr" (the SOAP reference's refresh, one power step):
 //   d = diag(Q^T L Q); order = stable argsort of d, descending; Q_s = Q[:, order]
-//   X = L Q_s / ||L||_F + 1e-12 Q_s                               (full-rank regularisation, see core)
-//   three CholeskyQR passes, the first shifted: G = X^T X (+ s I); G = R^T R; X <- X R^{-1}
+//   X = L Q_s / ||L||_F + delta Q_s       (delta = 1e-12, float32: 2^-24; full-rank regularisation, see core)
+//   CholeskyQR passes (3 for float64, 2 for float32), the first shifted: G = X^T X (+ s I) = R^T R; X <- X R^{-1}
 //   returns (X, order). R has a positive diagonal, so X spans the same nested column subspaces as
 //   torch.linalg.qr(L Q_s): equal columns up to sign and rounding.
 // method "exact" (warm-started Jacobi):
@@ -26,7 +26,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <functional>
+#include <vector>
 #include <string_view>
 #include <tuple>
 
@@ -34,11 +36,56 @@
 
 namespace soap_kernels {
 
-// X R^{-1} where G = R^T R (G: [batch, n, n] float64 contiguous, may be overwritten), plus a [batch] bool
+// X R^{-1} where G = R^T R (G: [batch, n, n] float64 contiguous, overwritten), plus a [batch] bool
 // mask of the matrices whose factorisation succeeded.
 using RightCholeskySolve = std::function<std::tuple<at::Tensor, at::Tensor>(at::Tensor& gram, const at::Tensor& x)>;
+// The "qr" method's orthonormalisation of X (float64 [batch, n, n]) when a device has a better one than the
+// CholeskyQR passes: returns (Q, ok) with X = Q R, R upper triangular with a positive diagonal.
+using Orthonormalise = std::function<std::tuple<at::Tensor, at::Tensor>(const at::Tensor& x, bool single)>;
 // In place: B ([batch, n, n] float64 contiguous) becomes diagonal, v_t receives V^T.
 using BatchedJacobi = std::function<void(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps)>;
+
+// In place on a [batch, b, b] float64 contiguous stack (b <= kCholeskyBlock): G = R^T R, G <- R^{-1} (upper).
+using BatchedCholeskyInverse = std::function<void(at::Tensor& blocks)>;
+
+// Column width of the diagonal blocks of blocked_right_cholesky_solve: a 64 x 64 float64 block (32 KiB) fits
+// a CUDA block's default shared memory, and the off-diagonal work becomes GEMMs.
+constexpr int64_t kCholeskyBlock = 64;
+
+// X R^{-1} with G = R^T R by blocked right-looking Cholesky (diagonal blocks factored and inverted by
+// `diagonal`, panels and trailing updates by batched GEMMs) and a blocked right triangular solve:
+//   R_kk^{-1} = W_kk from G_kk;  R_k,rest = W_kk^T G_k,rest;  G_rest,rest -= R_k,rest^T R_k,rest
+//   Y_j = (X_j - sum_{i<j} Y_i R_ij) W_jj  over column blocks j.
+// Every flop outside the diagonal blocks is a GEMM, and nothing is read back to the host.
+inline at::Tensor blocked_right_cholesky_solve(at::Tensor& gram, const at::Tensor& x,
+                                               const BatchedCholeskyInverse& diagonal) {
+  const int64_t n = gram.size(1);
+  if (n <= kCholeskyBlock) {  // one diagonal block: W = R^{-1} in place, then one GEMM
+    diagonal(gram);
+    return at::matmul(x, gram);
+  }
+  at::Tensor& g = gram;  // overwritten: the caller's scratch
+  at::Tensor upper = at::zeros_like(gram);  // R above its diagonal blocks; W_kk on them
+  for (int64_t start = 0; start < n; start += kCholeskyBlock) {
+    const int64_t end = std::min(start + kCholeskyBlock, n);
+    at::Tensor block = g.slice(1, start, end).slice(2, start, end).contiguous();
+    diagonal(block);
+    upper.slice(1, start, end).slice(2, start, end).copy_(block);
+    if (end < n) {
+      at::Tensor panel = at::matmul(block.mT(), g.slice(1, start, end).slice(2, end, n));
+      g.slice(1, end, n).slice(2, end, n).sub_(at::matmul(panel.mT(), panel));
+      upper.slice(1, start, end).slice(2, end, n).copy_(panel);
+    }
+  }
+  at::Tensor y = at::empty_like(x);
+  for (int64_t start = 0; start < n; start += kCholeskyBlock) {
+    const int64_t end = std::min(start + kCholeskyBlock, n);
+    at::Tensor right = x.slice(2, start, end);
+    if (start > 0) right = right - at::matmul(y.slice(2, 0, start), upper.slice(1, 0, start).slice(2, start, end));
+    y.slice(2, start, end).copy_(at::matmul(right, upper.slice(1, start, end).slice(2, start, end)));
+  }
+  return y;
+}
 
 inline void check_refresh_arguments(const at::Tensor& factor, const at::Tensor& basis, std::string_view method,
                                     int64_t max_sweeps) {
@@ -63,7 +110,8 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
                                                                     const at::Tensor& basis,
                                                                     std::string_view method, int64_t max_sweeps,
                                                                     const RightCholeskySolve& right_cholesky_solve,
-                                                                    const BatchedJacobi& jacobi) {
+                                                                    const BatchedJacobi& jacobi,
+                                                                    const Orthonormalise& orthonormalise = nullptr) {
   check_refresh_arguments(factor, basis, method, max_sweeps);
   const int64_t batch = factor.size(0), n = factor.size(1);
   const auto index_options = factor.options().dtype(at::kLong);
@@ -75,8 +123,15 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
   const at::Tensor identity = at::eye(n, work_options).expand({batch, n, n});
   const at::Tensor factor_finite = at::isfinite(l).flatten(1).all(1);
   const at::Tensor basis_finite = at::isfinite(q).flatten(1).all(1);
-  const at::Tensor q0 = at::where(basis_finite.view({batch, 1, 1}), q, identity).contiguous();
-  const at::Tensor l0 = at::where(factor_finite.view({batch, 1, 1}), l, at::zeros({}, work_options));
+  // On the CPU the masks may be read on the host, which skips the masking passes when all is finite; on a
+  // GPU the masks stay on the device (no synchronisation) and are always applied.
+  const bool on_host = factor.device().is_cpu();
+  const at::Tensor q0 = on_host && basis_finite.all().item<bool>()
+                            ? q.contiguous()
+                            : at::where(basis_finite.view({batch, 1, 1}), q, identity).contiguous();
+  const at::Tensor l0 = on_host && factor_finite.all().item<bool>()
+                            ? l
+                            : at::where(factor_finite.view({batch, 1, 1}), l, at::zeros({}, work_options));
 
   at::Tensor result, order;
   at::Tensor solved = factor_finite;
@@ -86,8 +141,17 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
     const at::Tensor columns = order.unsqueeze(1).expand({batch, n, n});
     const at::Tensor norm = at::linalg_vector_norm(l0, 2, at::IntArrayRef{-2, -1}, /*keepdim=*/true);
     const at::Tensor inverse_norm = at::where(norm > 0, norm.reciprocal(), at::ones({}, work_options));
-    at::Tensor x = at::gather(power * inverse_norm + eigen_refresh::kQrRegularisation * q0, 2, columns);
-    for (int pass = 0; pass < 3; ++pass) {
+    const bool single = factor.scalar_type() == at::kFloat;
+    const double regularisation =
+        single ? eigen_refresh::kQrRegularisationFloat32 : eigen_refresh::kQrRegularisationFloat64;
+    const int passes = 1 + (single ? eigen_refresh::kQrPlainPassesFloat32 : eigen_refresh::kQrPlainPassesFloat64);
+    at::Tensor x = at::gather(power * inverse_norm + regularisation * q0, 2, columns);
+    if (orthonormalise) {
+      auto [orthonormal, ok] = orthonormalise(x, single);
+      x = orthonormal;
+      solved = solved & ok;
+    }
+    for (int pass = 0; pass < (orthonormalise ? 0 : passes); ++pass) {
       at::Tensor gram = at::matmul(x.mT(), x).contiguous();  // only its upper triangle is read
       if (pass == 0) {
         const at::Tensor shift = eigen_refresh::cholesky_qr_shift(n, 1.0) * x.square().sum({-2, -1});
@@ -113,8 +177,10 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
   const at::Tensor column_norms_squared = result.square().sum(-2);
   const at::Tensor orthonormal = (column_norms_squared - 1.0).abs().lt(1e-3).all(-1);
   const at::Tensor ok = solved & at::isfinite(result).flatten(1).all(1) & orthonormal;
-  result = at::where(ok.view({batch, 1, 1}), result, q0);
-  order = at::where(ok.view({batch, 1}), order, at::arange(n, index_options).expand({batch, n}));
+  if (!(on_host && ok.all().item<bool>())) {
+    result = at::where(ok.view({batch, 1, 1}), result, q0);
+    order = at::where(ok.view({batch, 1}), order, at::arange(n, index_options).expand({batch, n}));
+  }
   return {result.to(basis.scalar_type()).contiguous(), order.contiguous()};
 }
 
