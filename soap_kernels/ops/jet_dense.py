@@ -119,6 +119,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, activation, layout, use_triton = inputs
     _, z = output
     ctx.mark_non_differentiable(z)
+    ctx.set_materialize_grads(False)  # z never receives a gradient: don't allocate a [K, N, F] of zeros for it
     ctx.save_for_backward(x, weight, z)
     ctx.options = (activation, layout, use_triton, bias is not None)
 
