@@ -138,6 +138,7 @@ def test_unknown_model_falls_back_to_autograd_with_one_warning():
         (torch.zeros(4, 2), [(2,)], ValueError, "axis 2 is out of range"),
         (torch.zeros(4, 2), [(0, 0, 0, 0, 0)], ValueError, "order 5"),
         (torch.zeros(4, 2), (0, 1), TypeError, "list of index tuples"),
+        (torch.zeros(4, 2), None, TypeError, "derivatives must be a list"),
         (torch.zeros(4, 2, dtype=torch.float64), [(0,)], TypeError, "model's parameters are torch.float32"),
     ],
 )
@@ -145,6 +146,11 @@ def test_bad_input_raises_naming_it(x, derivatives, error, match):
     model = snn.MLP(2, 1, 3, 1)
     with pytest.raises(error, match=match):
         soap_kernels.jet(model, x, derivatives)
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        soap_kernels.jet(lambda x: x, torch.zeros(3, 2), [(0,)])
 
 
 def test_bad_laplacian_axes():

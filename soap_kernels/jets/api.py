@@ -34,6 +34,8 @@ def _use_triton(x: torch.Tensor, backend: str) -> bool:
 
 
 def _check_input(model: torch.nn.Module, x: object) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape [N, d], got {type(x).__name__}")
     if x.dim() != 2:
@@ -73,6 +75,8 @@ def jet(
         raise TypeError(
             f"derivatives={derivatives!r} must be a list of index tuples, e.g. [{derivatives!r}]"
         )
+    if not isinstance(derivatives, list | tuple):
+        raise TypeError(f"derivatives must be a list of index tuples such as [(0,), (1, 1)], got {derivatives!r}")
     derivatives = list(derivatives)
     plan = JetPlan.build(x.shape[1], derivatives, laplacian_axes)
     if not isinstance(model, JetModule):
