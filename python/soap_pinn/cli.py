@@ -94,6 +94,9 @@ def _train(args, parser) -> int:
         if fixed:
             parser.error(f"--resume continues the saved configuration; {', '.join(fixed)} cannot change "
                          "(only --steps, --threads and --no-plots can)")
+        if args.steps is not None and args.steps != config.steps and config.time_windows > 1:
+            parser.error(f"--steps cannot change on resume for {config.pde!r}: its {config.time_windows} time windows "
+                         f"split the saved {config.steps} steps")
         if args.steps is not None:
             config.steps = args.steps
         if args.no_plots:
@@ -113,6 +116,8 @@ def _train(args, parser) -> int:
         except (ValueError, NotImplementedError) as error:
             parser.error(str(error))
         out, resume = args.out or Path("runs") / f"{config.pde}-{config.optimizer}", False
+        if (out / "checkpoint.pt").exists():
+            parser.error(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
     trainer = Trainer(config, out, resume=resume)
     try:
         summary = trainer.run(time_limit_s=None if args.max_minutes is None else 60.0 * args.max_minutes)

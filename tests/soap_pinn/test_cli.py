@@ -78,6 +78,9 @@ def test_train_resume_compare(tiny_runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(out), "--optimizer", "soap"])
     assert "--optimizer cannot change" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv)  # the same --out again without --resume
+    assert "already holds a run" in capsys.readouterr().err
     capsys.readouterr()
     report = tmp_path / "report.json"
     assert main(["compare", str(out), "--json", "--save", str(report)]) == 0
