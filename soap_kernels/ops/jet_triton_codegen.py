@@ -29,7 +29,7 @@ def _constant(value: float, dtype: str) -> str:
 def _horner(coefficients: tuple[float, ...], t: str, dtype: str) -> str:
     expression = _constant(coefficients[-1], dtype)
     for c in reversed(coefficients[:-1]):
-        expression = f"({expression}) * {t} + {_constant(c, dtype)}"
+        expression = f"({expression}) * {t}" + (f" + {_constant(c, dtype)}" if c else "")
     return expression
 
 
