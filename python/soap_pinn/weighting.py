@@ -2,7 +2,9 @@
 
 Causal training (Wang, Sankaran, Perdikaris 2024): sort the residual points by t, split them into M
 chunks, L_i = mean of r^2 in chunk i, w_i = exp(-tol * sum_{j<i} L_j) (no gradient through w), and the
-residual loss is mean_i(w_i L_i): later times count only once earlier ones are fitted.
+residual loss is mean_i(w_i L_i): later times count only once earlier ones are fitted. With several
+residual terms (a system), each term's weights are computed and the elementwise minimum is shared by
+all terms (as jaxpi's Ginzburg-Landau example).
 
 Grad-norm weighting (jaxpi "grad_norm"): with g_k = d(loss_k)/d(theta),
     w_k_new = mean_j ||g_j|| / (||g_k|| + 1e-5 mean_j ||g_j||),  w_k <- m w_k + (1 - m) w_k_new
@@ -29,8 +31,8 @@ def causal_residual_losses(
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Residual losses for residual terms [N] whose points are sorted by t.
 
-    tol None: plain mean squares. Otherwise causal: one weight vector shared by all terms, computed from
-    their summed chunk losses. Returns (losses, weights [M] or None).
+    tol None: plain mean squares. Otherwise causal: one weight vector shared by all terms, the elementwise
+    minimum of the terms' own causal weights. Returns (losses, weights [M] or None).
     """
     if tol is None:
         return [(r**2).mean() for r in residuals], None
@@ -38,7 +40,7 @@ def causal_residual_losses(
     if n % chunks:
         raise ValueError(f"batch size {n} is not divisible by the number of causal chunks {chunks}")
     chunk_losses = [(r.reshape(chunks, -1) ** 2).mean(dim=1) for r in residuals]
-    weights = causal_weights(torch.stack(chunk_losses).sum(dim=0), tol)
+    weights = torch.stack([causal_weights(loss, tol) for loss in chunk_losses]).amin(dim=0)
     return [(weights * loss).mean() for loss in chunk_losses], weights
 
 

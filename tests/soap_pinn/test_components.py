@@ -79,6 +79,10 @@ def test_causal_weights():
     assert loss.item() == pytest.approx((3.5 + math.exp(-0.35) * 31.5) / 2)
     (plain,), none = causal_residual_losses([r], chunks=2, tol=None)
     assert none is None and plain.item() == pytest.approx((r**2).mean().item())
+    # a system: the elementwise minimum of the terms' weights, shared by both terms
+    other = torch.tensor([3.0, 3.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # chunk losses 4.5 and 1
+    (_, _), shared = causal_residual_losses([r, other], chunks=2, tol=0.1)
+    torch.testing.assert_close(shared, torch.tensor([1.0, math.exp(-0.45)]))
     with pytest.raises(ValueError, match="not divisible"):
         causal_residual_losses([torch.ones(7)], chunks=2, tol=1.0)
 
