@@ -121,8 +121,10 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
   const at::Tensor q = basis.to(at::kDouble);
   const auto work_options = l.options();
   const at::Tensor identity = at::eye(n, work_options).expand({batch, n, n});
-  const at::Tensor factor_finite = at::isfinite(l).flatten(1).all(1);
-  const at::Tensor basis_finite = at::isfinite(q).flatten(1).all(1);
+  // One reduction per matrix: a NaN or Inf entry makes the sum non-finite (so would finite entries near
+  // 1e300 that overflow it, which are treated as non-finite too).
+  const at::Tensor factor_finite = at::isfinite(l.sum({-2, -1}));
+  const at::Tensor basis_finite = at::isfinite(q.sum({-2, -1}));
   // On the CPU the masks may be read on the host, which skips the masking passes when all is finite; on a
   // GPU the masks stay on the device (no synchronisation) and are always applied.
   const bool on_host = factor.device().is_cpu();
@@ -145,7 +147,7 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
     const double regularisation =
         single ? eigen_refresh::kQrRegularisationFloat32 : eigen_refresh::kQrRegularisationFloat64;
     const int passes = 1 + (single ? eigen_refresh::kQrPlainPassesFloat32 : eigen_refresh::kQrPlainPassesFloat64);
-    at::Tensor x = at::gather(power * inverse_norm + regularisation * q0, 2, columns);
+    at::Tensor x = at::gather(at::addcmul(regularisation * q0, power, inverse_norm), 2, columns);
     if (orthonormalise) {
       auto [orthonormal, ok] = orthonormalise(x, single);
       x = orthonormal;
@@ -173,10 +175,11 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
     result = at::matmul(polished, at::gather(v_t, 1, rows).mT());
   }
   // Keep the old basis wherever the factor was not finite or the result is not an orthonormal basis
-  // (a Cholesky breakdown the regularisation did not prevent): column norms must be 1 to rounding.
+  // (a Cholesky breakdown the regularisation did not prevent): column norms must be 1 to rounding, which
+  // NaN and Inf fail too.
   const at::Tensor column_norms_squared = result.square().sum(-2);
   const at::Tensor orthonormal = (column_norms_squared - 1.0).abs().lt(1e-3).all(-1);
-  const at::Tensor ok = solved & at::isfinite(result).flatten(1).all(1) & orthonormal;
+  const at::Tensor ok = solved & orthonormal;
   if (!(on_host && ok.all().item<bool>())) {
     result = at::where(ok.view({batch, 1, 1}), result, q0);
     order = at::where(ok.view({batch, 1}), order, at::arange(n, index_options).expand({batch, n}));
