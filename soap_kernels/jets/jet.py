@@ -43,13 +43,6 @@ class Jet:
     def dense(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None) -> Jet:
         """s(x W^T + b) as a jet; with activation None, just the affine map."""
         if activation is None:
-            if weight.shape[0] == 1:
-                # one output feature: a weighted sum, whose backward is a broadcast multiply rather than
-                # the rank-1 GEMM autograd would run for stack @ W^T
-                z = (self.stack * weight[0]).sum(-1, keepdim=True)
-                if bias is not None:
-                    z = torch.cat([(z[0] + bias).unsqueeze(0), z[1:]], dim=0)
-                return self._like(z)
             return self._like(linear_jet_ref(self.stack, weight, bias))
         from soap_kernels.ops.jet_dense import jet_dense_activation
 
