@@ -125,6 +125,26 @@ def test_native_op_checks_its_arguments_too():
         torch.ops.soap_kernels.refresh_eigenbasis(factor.half(), factor.half(), "qr", 10)
 
 
+@needs_native
+def test_backend_environment_variable_selects_the_implementation(monkeypatch):
+    factor = _factor("gram", 1, 4)
+    basis = torch.eye(4, dtype=torch.float64).expand(1, 4, 4).clone()
+    calls = []
+    monkeypatch.setattr(
+        "soap_kernels.ops.refresh_eigenbasis.refresh_eigenbasis_ref",
+        lambda *args: calls.append("reference") or refresh_eigenbasis_ref(*args),
+    )
+    monkeypatch.setenv("SOAP_KERNELS_BACKEND", "torch")
+    refresh_eigenbasis(factor, basis)
+    assert calls == ["reference"]
+    monkeypatch.setenv("SOAP_KERNELS_BACKEND", "auto")
+    refresh_eigenbasis(factor, basis)
+    assert calls == ["reference"]  # the native kernel ran
+    monkeypatch.setenv("SOAP_KERNELS_BACKEND", "cuda")  # CPU tensors: the CUDA-only kernel cannot run them
+    with pytest.raises(RuntimeError):
+        refresh_eigenbasis(factor, basis)
+
+
 def test_unbatched_call_drops_the_batch_dimension():
     factor = _factor("gram", 1, 5)[0]
     basis, order = refresh_eigenbasis(factor, torch.eye(5, dtype=torch.float64))

@@ -54,7 +54,7 @@ import functools
 
 import torch
 
-from soap_kernels._backend import native_kernels_for
+from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
 
 _OP_NAME = "soap_kernels::refresh_eigenbasis"
 METHODS = ("qr", "exact")
@@ -222,15 +222,19 @@ def refresh_eigenbasis(
     torch.linalg.qr) or "exact" (eigenvectors of L by warm-started Jacobi, descending eigenvalues).
     Returns new_basis (input dtype) and order (int64, [batch, n]): new column j derives from old column
     order[j], so the caller permutes Adam's second moment with ``v.index_select(axis, order)``.
-    use_native: None runs the C++/CUDA kernel where it is built for the device, else the torch reference;
-    True forces the kernel (RuntimeError if absent), False the reference. See the module docstring.
+    use_native: None follows SOAP_KERNELS_BACKEND ("torch": the reference; "cuda": the native kernel, a
+    RuntimeError off CUDA or without it; "auto" or "triton", which has no kernel for this op: the C++/CUDA
+    kernel where it is built for the device, else the reference); True forces the kernel, False the reference.
+    See the module docstring for the math.
     """
     unbatched = isinstance(factor, torch.Tensor) and factor.dim() == 2
     if unbatched and isinstance(basis, torch.Tensor):
         factor, basis = factor.unsqueeze(0), basis.unsqueeze(0)
     _check_arguments(factor, basis, method, max_sweeps)
     if use_native is None:
-        use_native = native_kernels_for(factor.device)
+        backend = requested_backend()
+        resolve_backend(factor.device)  # a forced backend that cannot run on this device raises here
+        use_native = backend == "cuda" or (backend != "torch" and native_kernels_for(factor.device))
     if use_native:
         if not native_kernels_for(factor.device):
             raise RuntimeError(f"soap_kernels: no native refresh_eigenbasis kernel for device {factor.device}")
