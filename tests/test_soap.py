@@ -382,7 +382,7 @@ def test_triton_backend_matches_torch_backend(dtype):
         torch.testing.assert_close(a.detach(), b.detach(), **tol)
 
 
-@pytest.mark.parametrize("refresh", ["qr", "eigh"])
+@pytest.mark.parametrize("refresh", ["qr", "eigh", "exact"])
 def test_soap_reduces_a_least_squares_loss(refresh):
     torch.manual_seed(0)
     a = torch.randn(64, 16)
@@ -399,9 +399,10 @@ def test_soap_reduces_a_least_squares_loss(refresh):
     assert losses[-1] < 0.02 * losses[0]
 
 
-def test_eigh_refresh_gives_the_exact_eigenbasis():
+@pytest.mark.parametrize("refresh", ["eigh", "exact"])
+def test_exact_refreshes_give_the_exact_eigenbasis(refresh):
     p = torch.nn.Parameter(torch.randn(6, 6, dtype=torch.float64))
-    optimizer = SOAP([p], refresh="eigh", precondition_frequency=2)
+    optimizer = SOAP([p], refresh=refresh, precondition_frequency=2)
     _train([p], optimizer, torch.Generator().manual_seed(2), 5)  # refreshes at t = 2 and 4
     factor, basis = optimizer.state[p]["GG"][0], optimizer.state[p]["Q"][0]
     rotated = basis.T @ factor @ basis

@@ -4,7 +4,10 @@ Both methods first order the current basis by its Rayleigh quotients, descending
     est = diag(Q^T L Q),  order = argsort(est, descending)
 (the caller permutes Adam's second moment along the factor's axis with `order`), then
 - "qr"   (the reference): one power iteration, Q <- orthonormal factor of L Q[:, order] (torch.linalg.qr);
-- "eigh" (exact):          Q <- eigenvectors of L, descending eigenvalues.
+- "eigh" (exact):          Q <- eigenvectors of L, descending eigenvalues (torch.linalg.eigh, cold start);
+- "exact" (exact, warm):   soap_kernels::refresh_eigenbasis(method="exact"): Jacobi sweeps on Q^T L Q from the
+          current basis, in C++/CUDA without cuSOLVER or host syncs (graph-safe on CUDA), returning its own
+          column order (new column j grew out of old column order[j]). Slow on CPU (a scalar solver); for GPUs.
 The first basis comes from initial_basis: eigenvectors of (L + 1e-30 I), descending.
 """
 
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-REFRESH_METHODS = ("qr", "eigh")
+from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
+
+REFRESH_METHODS = ("qr", "eigh", "exact")
 
 
 def initial_basis(factor: torch.Tensor) -> torch.Tensor:
@@ -24,6 +29,8 @@ def initial_basis(factor: torch.Tensor) -> torch.Tensor:
 
 def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring)."""
+    if method == "exact":
+        return refresh_eigenbasis(factor, basis, "exact")
     factor_times_basis = factor @ basis
     rayleigh = (basis * factor_times_basis).sum(dim=-2)  # diag(Q^T L Q) without forming Q^T L Q
     order = torch.argsort(rayleigh, dim=-1, descending=True, stable=True)

@@ -7,7 +7,7 @@ p <- p - lr wd p, then move the factors toward G G^T and, every precondition_fre
 the bases (m~ carried across, v permuted with the columns).
 
 Extensions: parameters of one shape, dtype and device in a group are stacked (one batched call per phase
-and shape, see stack.py); refresh="qr" (the reference) or "eigh" (exact); a step whose gradients hold NaN
+and shape, see stack.py); refresh="qr" (the reference), "eigh" or "exact" (exact bases); a step whose gradients hold NaN
 or Inf leaves parameters and state unchanged, decided on the device, and counts in `skipped_steps`.
 """
 
@@ -67,7 +67,8 @@ class SOAP(torch.optim.Optimizer):
     """SOAP: Adam in the eigenbasis of Shampoo's Kronecker factors (Vyas et al. 2024, arXiv 2409.11321).
 
     Same constructor and trajectory as the reference implementation, plus:
-        refresh: "qr" (reference: one power iteration + QR) or "eigh" (exact eigenbasis);
+        refresh: "qr" (reference: one power iteration + QR), "eigh" (exact eigenbasis, torch.linalg.eigh) or
+            "exact" (exact, warm-started Jacobi in C++/CUDA: graph-safe on GPUs, slow on CPUs);
         backend: "auto" (native C++/CUDA kernels where built), "torch" (pure torch), "cuda" (native,
             required), "triton" (fused Triton kernels: CUDA, or CPU under TRITON_INTERPRET=1); env
             SOAP_KERNELS_BACKEND overrides; a forced backend that cannot run raises RuntimeError.
