@@ -16,11 +16,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SOAP_KERNELS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SOAP_KERNELS_HOST_DEVICE inline
-#endif
+#include "soap_kernels/host_device.h"
 
 namespace soap_kernels {
 namespace eigen_refresh {
