@@ -246,17 +246,29 @@ def _train(params, optimizer, generator, steps):
         optimizer.step()
 
 
-def test_resumed_run_equals_uninterrupted_run():
-    shapes = [(6, 6), (3, 4, 5), (7,), ()]
-    settings = dict(precondition_frequency=3, precondition_1d=True)
-    init = [torch.randn(s, dtype=torch.float64) for s in shapes]
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_resumed_run_equals_uninterrupted_run(dtype):
+    """Bitwise: a checkpointed and reloaded optimizer continues exactly like one that never stopped (the learning
+    rate changes every step, as under a scheduler; (1, 64) caught a basis layout that differed after loading)."""
+    shapes = [(6, 6), (3, 4, 5), (7,), (), (1, 64), (64,), (64,)]
+    settings = dict(precondition_frequency=2, precondition_1d=True)
+
+    def train(params, optimizer, generator, steps, start):
+        for step in range(start, start + steps):
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-3 * 0.9**step
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            optimizer.step()
+
+    init = [torch.randn(s, dtype=dtype) for s in shapes]
     straight = [torch.nn.Parameter(x.clone()) for x in init]
-    _train(straight, SOAP(straight, **settings), torch.Generator().manual_seed(5), 20)
+    train(straight, SOAP(straight, **settings), torch.Generator().manual_seed(5), 20, 0)
 
     first = [torch.nn.Parameter(x.clone()) for x in init]
     generator = torch.Generator().manual_seed(5)
     optimizer = SOAP(first, **settings)
-    _train(first, optimizer, generator, 11)
+    train(first, optimizer, generator, 11, 0)
     buffer = io.BytesIO()
     torch.save({"params": [p.detach() for p in first], "optimizer": optimizer.state_dict()}, buffer)
     buffer.seek(0)
@@ -264,7 +276,7 @@ def test_resumed_run_equals_uninterrupted_run():
     resumed = [torch.nn.Parameter(x.clone()) for x in saved["params"]]
     optimizer = SOAP(resumed, **settings)
     optimizer.load_state_dict(saved["optimizer"])
-    _train(resumed, optimizer, generator, 9)
+    train(resumed, optimizer, generator, 9, 11)
     for a, b in zip(straight, resumed):
         assert torch.equal(a, b)
 

@@ -24,7 +24,9 @@ def initial_basis(factor: torch.Tensor) -> torch.Tensor:
     """Q[b] = eigenvectors of L[b] + 1e-30 I with eigenvalues in descending order, [B, n, n]."""
     eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
     _, vectors = torch.linalg.eigh(factor + 1e-30 * eye)
-    return vectors.flip(-1)
+    # LAPACK returns column-major eigenvectors; the stacked state is row-major, so that a basis rebuilt from a
+    # checkpoint has the same layout (and the same matmul rounding) as one that never left memory.
+    return vectors.flip(-1).contiguous()
 
 
 def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
