@@ -344,7 +344,7 @@ def test_complex_parameters_are_rejected():
 def test_sparse_gradient_is_rejected_without_touching_state():
     dense = torch.nn.Parameter(torch.randn(4, 4))
     sparse = torch.nn.Parameter(torch.randn(4, 4))
-    optimizer = SOAP([dense, sparse])
+    optimizer = SOAP([{"params": [dense]}, {"params": [sparse]}])  # the bad one in a later group
     dense.grad = torch.randn(4, 4)
     sparse.grad = torch.randn(4, 4).to_sparse()
     before = dense.detach().clone()

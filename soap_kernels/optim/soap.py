@@ -153,8 +153,11 @@ class SOAP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
         """One optimisation step for every parameter with a gradient; returns closure's loss if given."""
-        devices = {p.device for group in self.param_groups for p in group["params"] if p.grad is not None}
-        for device in devices:  # a forced backend that cannot run fails before any state changes
+        with_grads = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for p in with_grads:  # bad input fails before any state changes
+            if p.grad.is_sparse:
+                raise TypeError(f"SOAP does not support sparse gradients (parameter of shape {tuple(p.shape)})")
+        for device in {p.device for p in with_grads}:  # so does a forced backend that cannot run here
             self._implementation(device)
         loss = None
         if closure is not None:
@@ -163,9 +166,6 @@ class SOAP(torch.optim.Optimizer):
         work = []
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                if p.grad.is_sparse:
-                    raise TypeError(f"SOAP does not support sparse gradients (parameter of shape {tuple(p.shape)})")
             for stack in self._stacks_for(index, group, params):
                 work.append((group, stack, stack.stacked_grads()))
         if not work:
