@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+from soap_kernels._backend import triton_available
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -13,3 +17,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def triton_device():
+    """Where Triton kernels run here: CUDA when present, else CPU under TRITON_INTERPRET=1; skip otherwise."""
+    if not triton_available():
+        pytest.skip("needs Triton with a CUDA device or TRITON_INTERPRET=1")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1")

@@ -3,12 +3,9 @@ CPU tensors, or a CUDA GPU."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from soap_kernels._backend import triton_available
 from soap_kernels.ops import factor_update as fu
 from soap_kernels.ops.factor_update import factor_update_, factor_update_ref
 from soap_kernels.optim.projection import gram
@@ -17,14 +14,8 @@ OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "
 
 
 @pytest.fixture
-def device():
-    if not triton_available():
-        pytest.skip("needs Triton with a CUDA device or TRITON_INTERPRET=1")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return torch.device("cpu")
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+def device(triton_device):
+    return triton_device
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The jet Triton kernels against the torch reference: TRITON_INTERPRET=1 on CPU, or a CUDA GPU."""
 
-import os
 
 import pytest
 import torch
@@ -17,12 +16,8 @@ from soap_kernels.ops.jet_dense import (
 
 
 @pytest.fixture
-def device():
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return torch.device("cpu")
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+def device(triton_device):
+    return triton_device
 
 
 LAYOUTS = {

@@ -3,12 +3,9 @@ optimizer's projection math: TRITON_INTERPRET=1 on CPU tensors, or a CUDA GPU.""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from soap_kernels._backend import triton_available
 from soap_kernels.ops import rotated_adam as ra
 from soap_kernels.ops.rotated_adam import rotate_momentum_, rotate_momentum_ref, rotated_adam_, rotated_adam_ref
 from soap_kernels.optim.projection import project, project_back
@@ -20,14 +17,8 @@ _CARRY_REF = rotate_momentum_ref
 
 
 @pytest.fixture
-def device():
-    if not triton_available():
-        pytest.skip("needs Triton with a CUDA device or TRITON_INTERPRET=1")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return torch.device("cpu")
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+def device(triton_device):
+    return triton_device
 
 
 @pytest.fixture
