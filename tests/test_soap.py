@@ -355,7 +355,6 @@ def test_sparse_gradient_is_rejected_without_touching_state():
 
 def test_forced_triton_backend_that_cannot_run_raises_before_touching_state(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr("soap_kernels.optim.soap.triton_interpreted", lambda: False)
     p = torch.nn.Parameter(torch.randn(3, 3))
     optimizer = SOAP([p], backend="triton")
     p.grad = torch.randn(3, 3)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from soap_kernels import profile
-from soap_kernels._backend import native_kernels_for, requested_backend, triton_available, triton_interpreted
+from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
 from soap_kernels.optim.layout import precondition_plan
 from soap_kernels.optim.refresh import REFRESH_METHODS
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
@@ -109,7 +109,7 @@ class SOAP(torch.optim.Optimizer):
             normalize_grads=normalize_grads, correct_bias=correct_bias, refresh=refresh,
         )  # fmt: skip
         self._backend = backend
-        self._check_backend()
+        requested_backend(backend)  # an unknown SOAP_KERNELS_BACKEND fails here, not at the first step
         self._shard_refresh = bool(shard_refresh)
         self._stacks: dict[tuple, ParamStack] = {}  # (group index, parameter ids) -> stack
         self._stack_of: dict[int, tuple] = {}  # parameter id -> its stack's key
@@ -200,30 +200,15 @@ class SOAP(torch.optim.Optimizer):
         for k, (stack, stack_ok, _, impl) in enumerate(due):
             stack.apply_refresh({d: results[(k, d)] for d, _, _ in stack.refresh_requests()}, stack_ok, impl)
 
-    def _check_backend(self) -> str:
-        return requested_backend(self._backend)
-
     def _implementation(self, device: torch.device) -> str:
         """"torch", "native" or "triton" for stacks on `device` (see stack.py); a forced backend that cannot
         run there raises RuntimeError. "auto" uses the native kernels where built; the Triton ops run only when
         asked for until they are validated on a GPU (bench/gpu_check.sh)."""
-        backend = self._check_backend()
-        if backend == "torch":
-            return "torch"
-        if backend == "cuda":
-            if device.type != "cuda" or not native_kernels_for(device):
-                raise RuntimeError(
-                    f"SOAP: backend 'cuda' needs CUDA tensors and soap_kernels._C built with CUDA (got {device})"
-                )
-            return "native"
-        if backend == "triton":
-            if not (triton_available() and (device.type == "cuda" or triton_interpreted())):
-                raise RuntimeError(
-                    f"SOAP: backend 'triton' cannot run on {device}: it needs Triton and a CUDA device, or "
-                    "TRITON_INTERPRET=1 for CPU tensors"
-                )
-            return "triton"
-        return "native" if native_kernels_for(device) else "torch"
+        requested = requested_backend(self._backend)
+        resolve_backend(device, requested)  # raises when a forced backend cannot run on this device
+        if requested in ("torch", "triton"):
+            return requested
+        return "native" if native_kernels_for(device) else "torch"  # "cuda" (checked above) or "auto"
 
     @staticmethod
     def _all_finite(stacked_grads: list[torch.Tensor]) -> torch.Tensor:

@@ -25,8 +25,6 @@ from soap_kernels.optim.layout import PreconditionPlan
 from soap_kernels.optim.projection import gram, project, project_back
 from soap_kernels.optim.refresh import initial_basis, refresh_basis
 
-STATE_TENSOR_KEYS = ("exp_avg", "exp_avg_sq", "t")
-
 
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
     """Optimizer state dtype: float64 for float64 parameters, float32 otherwise (bf16/fp16 included)."""
