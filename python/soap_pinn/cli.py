@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/<pde>-<optimizer>)")
     train.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
+    train.add_argument("--reference", type=Path, default=None,
+                       help="reference solution file instead of the generated one (required by ldc: the paper's "
+                            "ldc_Re*.mat with x, y, u, v, nu; 1-D PDEs: t, x, usol[t, x])")
 
     commands.add_parser("list", help="list PDEs and presets")
 
@@ -90,6 +93,7 @@ def _train(args, parser) -> int:
             ("--dtype", args.dtype), ("--seed", args.seed), ("--batch-size", args.batch_size),
             ("--log-every", args.log_every), ("--save-every", args.save_every),
             ("--architecture", args.architecture), ("--derivatives", args.derivatives), ("--out", args.out),
+            ("--reference", args.reference),
         ) if value is not None]  # fmt: skip
         if fixed:
             parser.error(f"--resume continues the saved configuration; {', '.join(fixed)} cannot change "
@@ -110,6 +114,7 @@ def _train(args, parser) -> int:
             optimizer=args.optimizer, steps=args.steps, device=args.device, dtype=args.dtype, seed=args.seed,
             batch_size=args.batch_size, log_every=args.log_every, save_every=args.save_every,
             architecture=args.architecture, derivatives=args.derivatives, plots=False if args.no_plots else None,
+            reference_settings=None if args.reference is None else {"file": str(args.reference.resolve())},
         )  # fmt: skip
         try:
             config = make_config(args.pde, args.preset or "small", **overrides)

@@ -1,6 +1,6 @@
 """Run configuration: a preset ('paper' or 'small') applied to a PDE's recipe, then explicit overrides.
 
-paper: the paper's settings (PirateNet 3x256, Fourier features 256, batch 8192 or the PDE's, warm-up
+paper: the paper's settings (PirateNet 3x256 (LDC 4x256), Fourier features 256, batch 8192 or the PDE's, warm-up
 5000 steps, decay per PDE, grad-norm weights every 1000 steps, the PDE's steps per time window).
 small: the same recipe shrunk to finish in minutes on a laptop CPU (PirateNet 2x64, batch 1024, warm-up
 100, decay every 500 steps, weights every 100 steps, 2000 steps in all); everything else as the paper.
@@ -72,7 +72,8 @@ def make_config(pde_name: str, preset: str = "small", **overrides) -> TrainConfi
     recipe = pde.recipe
     if preset == "paper":
         base = dict(
-            hidden_features=256, hidden_layers=3, fourier_features=256, batch_size=recipe.batch_size,
+            hidden_features=256, hidden_layers=recipe.hidden_layers, fourier_features=256,
+            batch_size=recipe.batch_size,
             warmup_steps=5000, decay_steps=recipe.decay_steps, weight_update_every=1000,
             steps=recipe.max_steps * recipe.time_windows, log_every=100, save_every=10000,
             eval_stride_t=1, eval_stride_x=2 if pde.input_dim > 2 else 1,
@@ -87,6 +88,7 @@ def make_config(pde_name: str, preset: str = "small", **overrides) -> TrainConfi
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     base.update(
         causal_tol=recipe.causal_tol, causal_chunks=recipe.causal_chunks, time_windows=recipe.time_windows,
+        causal=recipe.causal, physics_informed_init=recipe.physics_informed_init,
         initial_weights={name: recipe.initial_weights.get(name, 1.0) for name in pde.loss_terms},
     )
     base.update({k: v for k, v in overrides.items() if v is not None})
@@ -99,7 +101,7 @@ def validate(config: TrainConfig) -> None:
     """ValueError naming the first bad setting."""
     from .optimizers import OPTIMIZERS
 
-    get_pde(config.pde)
+    get_pde(config.pde).check_reference_settings(config.reference_settings)
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if config.dtype not in ("float32", "float64"):

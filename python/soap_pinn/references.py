@@ -8,6 +8,8 @@ periodic points and evaluate the trigonometric interpolant on the output grid.
 
 A Reference holds t [nt], coordinates (x,) or (x, y), and solution [nt, nx, out] or [nt, ny, nx, out]
 (for 2-D, axis 1 is y and axis 2 is x, as the published meshgrid(X, Y) files).
+
+The lid-driven cavity has no generator: read_ldc_file reads the paper authors' published files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from .spectral import fourier_interpolate, integrate_etdrk4, wavenumbers
 
-__all__ = ["Reference", "GENERATORS", "generate_reference"]
+__all__ = ["Reference", "GENERATORS", "generate_reference", "read_ldc_file"]
 
 
 @dataclass
@@ -164,6 +166,46 @@ def wave(nt: int = 200, nx: int = 128) -> Reference:
     x = np.linspace(0.0, 1.0, nx)
     tt, xx = np.meshgrid(t, x, indexing="ij")
     return Reference(t=t, coordinates=(x,), solution=wave_exact(tt, xx)[..., None])
+
+
+LDC_KEYS = ("x", "y", "u", "v", "nu")
+
+
+def read_ldc_file(path) -> tuple[Reference, float]:
+    """A lid-driven cavity reference from a MATLAB file as the paper authors publish (jaxpi examples/ldc/data):
+
+    x [nx], y [ny] on [0, 1], u[x, y] and v[x, y] of shape [nx, ny] (axis 0 is x), nu = 1 / Re.
+    Returns (Reference with t = [0], coordinates (x, y), solution [1, ny, nx, 2] = (u, v)), nu.
+    ValueError naming the first missing key or bad value.
+    """
+    from scipy.io import loadmat
+
+    try:
+        data = loadmat(str(path))
+    except (OSError, ValueError) as error:  # not a MATLAB file
+        raise ValueError(f"{path}: cannot read as a MATLAB .mat file ({error})") from error
+    for key in LDC_KEYS:
+        if key not in data:
+            raise ValueError(f"{path}: missing key {key!r} (a lid-driven cavity file has x, y, u[x, y], v[x, y], nu)")
+    x = np.asarray(data["x"], dtype=np.float64).ravel()
+    y = np.asarray(data["y"], dtype=np.float64).ravel()
+    for key, axis in (("x", x), ("y", y)):
+        if len(axis) < 2 or np.any(np.diff(axis) <= 0) or abs(axis[0]) > 1e-9 or abs(axis[-1] - 1.0) > 1e-9:
+            span = f"{axis[0]} .. {axis[-1]}" if len(axis) else "nothing"
+            raise ValueError(f"{path}: {key} must increase from 0 to 1 (unit square), got {len(axis)} values {span}")
+    fields = []
+    for key in ("u", "v"):
+        value = np.asarray(data[key], dtype=np.float64)
+        if value.shape != (len(x), len(y)):
+            raise ValueError(f"{path}: {key} has shape {value.shape}, expected (len(x), len(y)) = {(len(x), len(y))}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{path}: {key} has non-finite values")
+        fields.append(value.T)  # [ny, nx]: axis 1 of the solution is y, axis 2 is x
+    nu = np.asarray(data["nu"], dtype=np.float64).ravel()
+    if nu.size != 1 or not np.isfinite(nu[0]) or nu[0] <= 0:
+        raise ValueError(f"{path}: nu must be one positive number (1 / Re), got {nu.tolist()}")
+    solution = np.stack(fields, axis=-1)[None]
+    return Reference(t=np.zeros(1), coordinates=(x, y), solution=solution), float(nu[0])
 
 
 GENERATORS = {

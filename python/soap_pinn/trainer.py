@@ -277,7 +277,7 @@ class Trainer:
         """Whole-domain error from all windows, prediction file, plots and summary.json."""
         prediction = self.full_prediction()
         reference = self._eval_reference()
-        rel_l2 = _relative_l2(prediction, reference.solution)
+        rel_l2 = self.pde.relative_error(prediction, reference.solution)
         np.savez(self.out / "prediction.npz", t=reference.t, prediction=prediction, reference=reference.solution,
                  **{f"coordinate_{i}": c for i, c in enumerate(reference.coordinates)})  # fmt: skip
         summary = {
@@ -317,7 +317,7 @@ class Trainer:
         """Relative L2 error of the current model on the current window's part of the reference grid."""
         reference = self._eval_reference(self.window_slices[self.window.index])
         prediction = self._predict(self.model, reference.t - self.window.t_start, reference.coordinates)
-        return _relative_l2(prediction, reference.solution)
+        return self.pde.relative_error(prediction, reference.solution)
 
     def full_prediction(self) -> np.ndarray:
         """The prediction on the (strided) reference grid, each time from the window that owns it."""
@@ -401,10 +401,6 @@ def _box_sampler(pde, duration: float, config: TrainConfig):
     from .sampling import BoxSampler
 
     return BoxSampler([(0.0, duration), *pde.spatial_bounds], config.batch_size, seed=config.seed + 1)
-
-
-def _relative_l2(prediction: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.linalg.norm(prediction - reference) / np.linalg.norm(reference))
 
 
 def _alignment(vectors) -> float | None:

@@ -8,16 +8,17 @@ from .burgers import Burgers
 from .ginzburg_landau import GinzburgLandau
 from .kdv import KdV
 from .kuramoto_sivashinsky import KuramotoSivashinsky
+from .lid_driven_cavity import LidDrivenCavity
 from .wave import Wave
 
 __all__ = ["PDE", "Recipe", "Window", "grid_points", "PDES", "NOT_IMPLEMENTED", "get_pde"]
 
 PDES: dict[str, PDE] = {pde.name: pde for pde in
-                        (AllenCahn(), Burgers(), KdV(), KuramotoSivashinsky(), Wave(), GinzburgLandau())}
+                        (AllenCahn(), Burgers(), KdV(), KuramotoSivashinsky(), Wave(), GinzburgLandau(),
+                         LidDrivenCavity())}
 
 # named in the issue but not built yet: get_pde raises NotImplementedError with this reason
 NOT_IMPLEMENTED = {
-    "ldc": "lid-driven cavity (steady Navier-Stokes with a user-supplied reference file) is not implemented yet",
     "gray_scott": "Gray-Scott is not implemented (Ginzburg-Landau is the 2-D system)",
 }
 

@@ -8,6 +8,7 @@ code runs on torch tensors from soap_kernels.jet and on numpy arrays from finite
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ class Recipe:
     max_steps: int = 200_000  # per time window in the paper
     time_windows: int = 1
     rwf_mean: float = 1.0  # random weight factorisation: log-scales ~ N(rwf_mean, 0.1^2)
+    hidden_layers: int = 3  # PirateNet blocks of the paper preset
+    causal: bool = True  # causal residual weighting (meaningless for a steady problem)
+    physics_informed_init: bool = True  # fit the output layer to the initial condition (needs one)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class PDE:
     periodic: tuple[bool, ...] = (True,)  # per spatial axis, for finite-difference checks
     recipe: Recipe = Recipe(fourier_scale=1.0)
     reference_settings: dict = {}  # generator settings of the training reference (the published grids)
+    needs_reference_file: bool = False  # no generator: the user passes reference_settings={"file": PATH}
 
     @property
     def input_dim(self) -> int:
@@ -90,9 +95,44 @@ class PDE:
         return ()
 
     def reference(self, use_cache: bool = True, **overrides) -> Reference:
-        """The reference solution (generated once, then cached; overrides change the generator settings)."""
+        """The reference solution (generated once, then cached; overrides change the generator settings).
+
+        overrides["file"] = PATH reads the reference from that file instead (read_reference_file).
+        """
         settings = {**self.reference_settings, **overrides}
+        if settings.get("file") is not None:
+            return self.read_reference_file(settings["file"])
+        if self.needs_reference_file:
+            raise ValueError(self._missing_file_message())
+        settings.pop("file", None)
         return load_reference(self.name, use_cache=use_cache, **settings)
+
+    def read_reference_file(self, path) -> Reference:
+        """A reference from a file: for 1-D PDEs the paper authors' MATLAB format (keys t, x, usol[t, x])."""
+        if len(self.spatial_bounds) != 1:
+            raise ValueError(f"PDE {self.name!r} cannot read a reference file (only 1-D files t, x, usol)")
+        from ..cache import load_mat_reference
+
+        return load_mat_reference(path)
+
+    def check_reference_settings(self, settings: dict) -> None:
+        """ValueError when the reference file is required but not given, absent, or unreadable (bad keys)."""
+        path = settings.get("file")
+        if path is None:
+            if self.needs_reference_file:
+                raise ValueError(self._missing_file_message())
+            return
+        if not Path(path).is_file():
+            raise ValueError(f"reference file {path} does not exist")
+        self.read_reference_file(path)  # small files: reading them here reports bad contents before training
+
+    def _missing_file_message(self) -> str:
+        return (f"PDE {self.name!r} needs a reference file: pass --reference PATH "
+                f"(Python: reference_settings={{'file': PATH}})")
+
+    def relative_error(self, prediction: np.ndarray, reference: np.ndarray) -> float:
+        """||prediction - reference|| / ||reference|| over the grid and all outputs (the rel L2 metric)."""
+        return float(np.linalg.norm(prediction - reference) / np.linalg.norm(reference))
 
     def residual(self, d: dict) -> tuple:
         """The residual terms, one per name in residual_terms, from a jet dict (torch or numpy)."""
