@@ -8,6 +8,9 @@ Both methods first order the current basis by its Rayleigh quotients, descending
 - "exact" (exact, warm):   soap_kernels::refresh_eigenbasis(method="exact"): Jacobi sweeps on Q^T L Q from the
           current basis, in C++/CUDA without cuSOLVER or host syncs (graph-safe on CUDA), returning its own
           column order (new column j grew out of old column order[j]). Slow on CPU (a scalar solver); for GPUs.
+- "qr_kernel" (internal, used by capturable steps): the "qr" refresh computed by
+          soap_kernels::refresh_eigenbasis(method="qr") (CholeskyQR on CUDA, no cuSOLVER or host syncs): the same
+          nested subspaces as "qr", so the same trajectory up to column signs and rounding.
 The first basis comes from initial_basis: eigenvectors of (L + 1e-30 I), descending.
 """
 
@@ -18,6 +21,12 @@ import torch
 from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
 
 REFRESH_METHODS = ("qr", "eigh", "exact")
+CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
+
+
+def capturable_method(method: str) -> str:
+    """The refresh a capturable step runs for `method`: no cuSOLVER, no host synchronisation."""
+    return "qr_kernel" if method == "qr" else method
 
 
 def initial_basis(factor: torch.Tensor) -> torch.Tensor:
@@ -33,6 +42,8 @@ def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tup
     """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring)."""
     if method == "exact":
         return refresh_eigenbasis(factor, basis, "exact")
+    if method == "qr_kernel":
+        return refresh_eigenbasis(factor, basis, "qr")
     factor_times_basis = factor @ basis
     rayleigh = (basis * factor_times_basis).sum(dim=-2)  # diag(Q^T L Q) without forming Q^T L Q
     order = torch.argsort(rayleigh, dim=-1, descending=True, stable=True)

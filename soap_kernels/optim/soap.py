@@ -21,7 +21,7 @@ import torch
 from soap_kernels import profile
 from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
 from soap_kernels.optim.layout import precondition_plan
-from soap_kernels.optim.refresh import REFRESH_METHODS
+from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, capturable_method
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
 from soap_kernels.optim.stack import ParamStack
 
@@ -43,9 +43,20 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"SOAP: {name} must be >= {low}, got {value!r}")
 
 
+def _check_lr(lr) -> None:
+    """lr: a real number >= 0, or a 0-d floating tensor >= 0 (updated in place by schedulers, read on the device)."""
+    if not isinstance(lr, torch.Tensor):
+        _check_number("lr", lr, 0.0)
+        return
+    if lr.dim() != 0 or not lr.is_floating_point():
+        raise TypeError(f"SOAP: a tensor lr must be a 0-d floating tensor, got {lr.dtype} shape {tuple(lr.shape)}")
+    if not bool(lr >= 0):  # read once here, at construction, never in step()
+        raise ValueError(f"SOAP: lr must be >= 0, got {lr!r}")
+
+
 def _validate_group(group: dict) -> None:
     """Raise ValueError/TypeError naming the first bad hyper-parameter of a param group."""
-    _check_number("lr", group["lr"], 0.0)
+    _check_lr(group["lr"])
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"SOAP: betas must be a pair (beta1, beta2), got {betas!r}")
@@ -58,6 +69,13 @@ def _validate_group(group: dict) -> None:
     _check_int("max_precond_dim", group["max_precond_dim"], 1)
     if group["refresh"] not in REFRESH_METHODS:
         raise ValueError(f"SOAP: refresh must be one of {REFRESH_METHODS}, got {group['refresh']!r}")
+    if not isinstance(group["capturable"], bool):
+        raise TypeError(f"SOAP: capturable must be a bool, got {group['capturable']!r}")
+    if group["capturable"] and group["refresh"] not in CAPTURABLE_REFRESH_METHODS:
+        raise ValueError(
+            f"SOAP: refresh={group['refresh']!r} reads results back to the host (torch.linalg.eigh checks its "
+            f"status) and cannot run in a capturable step; use one of {CAPTURABLE_REFRESH_METHODS}"
+        )
     for param in group["params"]:
         if param.is_complex():
             raise TypeError(f"SOAP: complex parameters are not supported (got dtype {param.dtype})")
@@ -75,6 +93,14 @@ class SOAP(torch.optim.Optimizer):
         shard_refresh: under torch.distributed with several ranks, divide the refresh work among the ranks
             (one all_reduce per refresh step, identical state everywhere; every rank must see the same
             gradients, as under DistributedDataParallel). Without it every rank refreshes everything.
+        capturable: steps can be captured in a CUDA graph (torch.cuda.graph) and replayed: the step counters
+            live on the device, lr may be a 0-d tensor on the parameters' device (schedulers update it in place;
+            a float lr is baked into a captured graph), and no step after the first (initialising, eigh) one
+            reads anything back to the host. The refresh is computed on every step and installed only where the
+            device step count is a multiple of precondition_frequency, so one captured step is right at every
+            replay; that costs precondition_frequency - 1 extra refresh computations per refresh. On devices
+            with the native kernels "qr" runs as soap_kernels::refresh_eigenbasis (CholeskyQR, no cuSOLVER):
+            the reference's subspaces, equal up to column signs and rounding. refresh "eigh" is refused.
         data_format: only "channels_first" (the reference default) is supported.
     Attributes: skipped_steps (device tensor): steps skipped because a gradient was not finite.
     """
@@ -97,6 +123,7 @@ class SOAP(torch.optim.Optimizer):
         refresh: str = "qr",
         backend: str = "auto",
         shard_refresh: bool = False,
+        capturable: bool = False,
     ):
         if data_format != "channels_first":
             raise NotImplementedError(f"SOAP: data_format={data_format!r} is not supported; use 'channels_first'")
@@ -106,7 +133,7 @@ class SOAP(torch.optim.Optimizer):
             lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, shampoo_beta=shampoo_beta,
             eps=eps, weight_decay=weight_decay, precondition_frequency=precondition_frequency,
             max_precond_dim=max_precond_dim, merge_dims=merge_dims, precondition_1d=precondition_1d,
-            normalize_grads=normalize_grads, correct_bias=correct_bias, refresh=refresh,
+            normalize_grads=normalize_grads, correct_bias=correct_bias, refresh=refresh, capturable=capturable,
         )  # fmt: skip
         self._backend = backend
         requested_backend(backend)  # an unknown SOAP_KERNELS_BACKEND fails here, not at the first step
@@ -141,6 +168,8 @@ class SOAP(torch.optim.Optimizer):
         for saved_id, param in zip(saved_ids, params):
             if saved_id in saved_state:
                 self.state[param] = _to_device(saved_state[saved_id], param.device)
+        for group in self.param_groups:  # checkpoints from before the option existed
+            group.setdefault("capturable", False)
         extra = state_dict.get("soap_kernels", {})
         self._skipped = extra["skipped_steps"].clone() if "skipped_steps" in extra else None
         self._forget_stacks()
@@ -170,17 +199,23 @@ class SOAP(torch.optim.Optimizer):
                 work.append((group, stack, stack.stacked_grads()))
         if not work:
             return loss
+        for group, stack, _ in work:
+            if group["capturable"]:
+                _check_capturable(group, stack)
         ok = self._all_finite([grads for _, _, grads in work])
         due = []
         for group, stack, grads in work:
             stack_ok = ok.to(stack.device, non_blocking=True)
             impl = self._implementation(stack.device)
             if stack.step_(grads, stack_ok, group, impl):
-                due.append((stack, stack_ok, group["refresh"], impl))
+                method = capturable_method(group["refresh"]) if group["capturable"] else group["refresh"]
+                due.append((stack, stack.refresh_mask(stack_ok, group), method, impl))
         with profile.range("soap/refresh"):
             self._refresh(due)
-        skipped = (~ok).to(torch.int64)
-        self._skipped = skipped if self._skipped is None else self._skipped + skipped.to(self._skipped.device)
+        if self._skipped is None or self._skipped.device != ok.device:  # a loaded counter may be on the CPU
+            previous = 0 if self._skipped is None else self._skipped
+            self._skipped = torch.zeros((), dtype=torch.int64, device=ok.device) + previous
+        self._skipped.add_((~ok).to(torch.int64))  # in place: a captured graph replays it
         return loss
 
     def _refresh(self, due: list[tuple[ParamStack, torch.Tensor, str, str]]) -> None:
@@ -224,7 +259,7 @@ class SOAP(torch.optim.Optimizer):
         """Stacks of the parameters with gradients: same shape, dtype, device and step count share one."""
         buckets: dict[tuple, list[torch.Tensor]] = {}
         for p in params:
-            key = (tuple(p.shape), p.dtype, p.device, self.state[p].get("step"))
+            key = (tuple(p.shape), p.dtype, p.device, self._host_step(p))
             buckets.setdefault(key, []).append(p)
         stacks = []
         for members in buckets.values():
@@ -235,6 +270,15 @@ class SOAP(torch.optim.Optimizer):
             stacks.append(stack)
         return stacks
 
+    def _host_step(self, p: torch.Tensor) -> int | None:
+        """p's step count as a host int: its stack's, else its state's (a device tensor in capturable state is
+        read once, after load_state_dict, never in a step of a built stack)."""
+        key = self._stack_of.get(id(p))
+        if key in self._stacks:
+            return self._stacks[key].step
+        step = self.state[p].get("step")
+        return None if step is None else int(step)
+
     def _build_stack(self, key: tuple, group: dict, members: list[torch.Tensor]) -> ParamStack:
         for p in members:  # a parameter leaving a stack makes that stack stale
             old_key = self._stack_of.pop(id(p), None)
@@ -243,11 +287,25 @@ class SOAP(torch.optim.Optimizer):
         plan = precondition_plan(
             tuple(members[0].shape), group["max_precond_dim"], group["merge_dims"], group["precondition_1d"]
         )
-        stack = ParamStack(members, plan, [self.state[p] for p in members])
+        stack = ParamStack(members, plan, [self.state[p] for p in members], group["capturable"])
         self._stacks[key] = stack
         for p in members:
             self._stack_of[id(p)] = key
         return stack
+
+
+def _check_capturable(group: dict, stack: ParamStack) -> None:
+    """A capturable step reads lr on the stack's device and cannot capture the initialising (eigh) step."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor) and lr.device != stack.device:
+        raise ValueError(
+            f"SOAP(capturable=True): a tensor lr must be on the parameters' device {stack.device}, got {lr.device}"
+        )
+    if stack.step is None and stack.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "SOAP(capturable=True): the first step initialises the bases with torch.linalg.eigh, which "
+            "synchronises with the host; run it (and a warm-up step) eagerly before capturing"
+        )
 
 
 def _to_device(value, device: torch.device):

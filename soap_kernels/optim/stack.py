@@ -34,8 +34,9 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
 class ParamStack:
     """Batched SOAP state and step for B same-shape parameters (see module docstring)."""
 
-    def __init__(self, params: list[torch.Tensor], plan: PreconditionPlan, states: list[dict]):
+    def __init__(self, params: list[torch.Tensor], plan: PreconditionPlan, states: list[dict], capturable: bool = False):
         self.params = params
+        self.capturable = capturable
         self.plan = plan
         first = params[0]
         self.dtype = state_dtype(first.dtype)
@@ -56,6 +57,7 @@ class ParamStack:
         self.exp_avg = torch.zeros((self.batch, *self.shape), **zeros)
         self.exp_avg_sq = torch.zeros((self.batch, *self.shape), **zeros)
         self.t = torch.zeros(self.batch, dtype=torch.int64, device=self.device)
+        self.step_count = torch.zeros(self.batch, dtype=torch.int64, device=self.device) if self.capturable else None
         self.factors = [
             torch.zeros(self.batch, n, n, **zeros) if has else None
             for n, has in zip(self.plan.view_shape, self.plan.factored)
@@ -72,6 +74,9 @@ class ParamStack:
         self.exp_avg = stacked([s["exp_avg"] for s in states], self.dtype).reshape(self.batch, *self.shape)
         self.exp_avg_sq = stacked([s["exp_avg_sq"] for s in states], self.dtype).reshape(self.batch, *self.shape)
         self.t = stacked([torch.as_tensor(s["t"]) for s in states], torch.int64).reshape(self.batch)
+        self.step_count = None
+        if self.capturable:
+            self.step_count = stacked([torch.as_tensor(s["step"]) for s in states], torch.int64).reshape(self.batch)
         self.factors, self.bases = [], []
         for d, has in enumerate(self.plan.factored):
             if not has:
@@ -86,7 +91,7 @@ class ParamStack:
         for i, state in enumerate(self.states):
             state.clear()
             if self.step is not None:
-                state["step"] = self.step
+                state["step"] = self.step if self.step_count is None else self.step_count[i]
             state["t"] = self.t[i]
             state["exp_avg"] = self.exp_avg[i]
             state["exp_avg_sq"] = self.exp_avg_sq[i]
@@ -119,14 +124,24 @@ class ParamStack:
             self.step = 0  # the first step only initialises: the parameters do not move
             self._write_views()
             return False
-        self.step += 1
+        self.step += 1  # host count: which stacks share a step count (on replays of a captured graph it stays)
         with profile.range("soap/update_params"):
             self._update_params(grads, ok, group, impl)
         with profile.range("soap/update_factors"):
             self._update_factors(grads, ok, group, impl)
+        if self.step_count is not None:
+            self.step_count.add_(1)
+            return any(self.plan.factored)  # refresh computed every step, installed per refresh_mask
         for state in self.states:
             state["step"] = self.step
         return self.step % group["precondition_frequency"] == 0 and any(self.plan.factored)
+
+    def refresh_mask(self, ok: torch.Tensor, group: dict) -> torch.Tensor:
+        """Where a computed refresh is installed: ok, and in a capturable stack also a refresh step by the device
+        step count (all members share it)."""
+        if self.step_count is None:
+            return ok
+        return ok & (self.step_count[0] % group["precondition_frequency"] == 0)
 
     def _fused(self, impl: str) -> bool:
         """Whether the Triton ops handle this stack (they take 1-D and 2-D views)."""
@@ -135,8 +150,10 @@ class ParamStack:
     def _step_size(self, group: dict) -> torch.Tensor:
         """[B] step sizes on the device: lr sqrt(1 - b2^t) / (1 - b1^t) at the next t (or lr), state dtype."""
         beta1, beta2 = group["betas"]
-        lr = float(group["lr"])
+        lr = group["lr"].to(self.device) if isinstance(group["lr"], torch.Tensor) else group["lr"]
         if not group["correct_bias"]:
+            if isinstance(lr, torch.Tensor):
+                return lr.to(self.dtype).reshape(1).expand(self.batch).contiguous()
             return torch.full((self.batch,), lr, dtype=self.dtype, device=self.device)
         t = (self.t + 1).to(torch.float64)
         return (lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)).to(self.dtype)
@@ -144,15 +161,19 @@ class ParamStack:
     def _update_params(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> None:
         """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
         beta1, beta2 = (float(b) for b in group["betas"])
-        lr, weight_decay, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
+        weight_decay, eps = float(group["weight_decay"]), float(group["eps"])
+        lr = group["lr"]
+        lr = lr.to(self.device) if isinstance(lr, torch.Tensor) else float(lr)  # a tensor lr is read on the device
         step_size = self._step_size(group)
         params = torch.stack(self.params).to(self.dtype)
         if self._fused(impl):
+            fused_decay = 0.0 if isinstance(lr, torch.Tensor) else lr * weight_decay  # the kernel takes a number
             rotated_adam_(
                 self._view(params), self._view(self.exp_avg), self._view(self.exp_avg_sq), grads, self.bases, ok,
-                step_size, beta1=beta1, beta2=beta2, eps=eps, decay=lr * weight_decay,
-                normalize=group["normalize_grads"],
+                step_size, beta1=beta1, beta2=beta2, eps=eps, decay=fused_decay, normalize=group["normalize_grads"],
             )  # fmt: skip
+            if isinstance(lr, torch.Tensor) and weight_decay > 0.0:
+                params.copy_(torch.where(ok, params - (lr * weight_decay).to(self.dtype) * params, params))
             new = params
         else:
             use_native = impl != "torch" and native_kernels_for(self.device)
