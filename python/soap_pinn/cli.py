@@ -2,6 +2,7 @@
 
     soap-pinn train allen_cahn --optimizer soap --steps 2000 --preset small --out runs/ac-soap
     soap-pinn train --resume runs/ac-soap [--steps N]
+    torchrun --standalone --nproc_per_node 2 -m soap_pinn train allen_cahn   (data parallel, see README)
     soap-pinn list
     soap-pinn compare runs/ac-soap runs/ac-adam
 """
@@ -38,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--derivatives", choices=("jet", "autograd"), default=None,
                        help="input derivatives by soap_kernels.jet (default) or nested autograd (baseline)")
     train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    train.add_argument("--sample-chunks", type=_positive_int, default=None,
+                       help="draw the batch in this many seeded chunks (default 8); under torchrun the number "
+                            "of processes must divide it")  # fmt: skip
+    train.add_argument("--shard-refresh", action="store_true",
+                       help="under torchrun: divide SOAP's eigenbasis refresh among the ranks")  # fmt: skip
+    train.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                       help="under torchrun: how long a rank waits for its peers before failing (default "
+                            "300)")  # fmt: skip
     train.add_argument("--max-minutes", type=float, default=None,
                        help="stop after this much training wall time and finish (summary, plots)")
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
@@ -76,9 +85,16 @@ def _positive_int(text: str) -> int:
 def _train(args, parser) -> int:
     import torch
 
+    from . import distributed
     from .config import TrainConfig, make_config, validate
     from .trainer import NonFiniteLossError, Trainer
 
+    if args.dist_timeout is not None and args.dist_timeout <= 0:
+        parser.error(f"--dist-timeout must be positive, got {args.dist_timeout}")
+    try:
+        world = distributed.env_world()
+    except ValueError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume is not None:
@@ -93,11 +109,12 @@ def _train(args, parser) -> int:
             ("--dtype", args.dtype), ("--seed", args.seed), ("--batch-size", args.batch_size),
             ("--log-every", args.log_every), ("--save-every", args.save_every),
             ("--architecture", args.architecture), ("--derivatives", args.derivatives), ("--out", args.out),
+            ("--sample-chunks", args.sample_chunks),
             ("--reference", args.reference),
         ) if value is not None]  # fmt: skip
         if fixed:
             parser.error(f"--resume continues the saved configuration; {', '.join(fixed)} cannot change "
-                         "(only --steps, --threads and --no-plots can)")
+                         "(only --steps, --threads, --no-plots, --shard-refresh and --dist-timeout can)")
         if args.steps is not None and args.steps != config.steps and config.time_windows > 1:
             parser.error(f"--steps cannot change on resume for {config.pde!r}: its {config.time_windows} time windows "
                          f"split the saved {config.steps} steps")
@@ -105,7 +122,12 @@ def _train(args, parser) -> int:
             config.steps = args.steps
         if args.no_plots:
             config.plots = False
-        validate(config)
+        if args.shard_refresh:
+            config.shard_refresh = True
+        try:
+            validate(config)
+        except ValueError as error:
+            parser.error(str(error))
         out, resume = args.resume, True
     else:
         if args.pde is None:
@@ -114,6 +136,7 @@ def _train(args, parser) -> int:
             optimizer=args.optimizer, steps=args.steps, device=args.device, dtype=args.dtype, seed=args.seed,
             batch_size=args.batch_size, log_every=args.log_every, save_every=args.save_every,
             architecture=args.architecture, derivatives=args.derivatives, plots=False if args.no_plots else None,
+            sample_chunks=args.sample_chunks, shard_refresh=True if args.shard_refresh else None,
             reference_settings=None if args.reference is None else {"file": str(args.reference.resolve())},
         )  # fmt: skip
         try:
@@ -123,13 +146,24 @@ def _train(args, parser) -> int:
         out, resume = args.out or Path("runs") / f"{config.pde}-{config.optimizer}", False
         if (out / "checkpoint.pt").exists():
             parser.error(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-    trainer = Trainer(config, out, resume=resume)
+    if config.sample_chunks % world.world_size:
+        parser.error(f"{world.world_size} processes (WORLD_SIZE) must divide --sample-chunks {config.sample_chunks}")
+    timeout = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
+    context = distributed.init_from_env(config.device, timeout)
     try:
+        trainer = Trainer(config, out, resume=resume, progress=context.is_main)
         summary = trainer.run(time_limit_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
     except NonFiniteLossError as error:
-        print(f"soap-pinn: {error}", file=sys.stderr)
+        if context.is_main:
+            print(f"soap-pinn: {error}", file=sys.stderr)
         return 3
-    print(json.dumps(summary, indent=2))
+    except distributed.DistributedError as error:
+        print(str(error), file=sys.stderr)
+        return 4
+    finally:
+        distributed.shutdown()
+    if context.is_main:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -25,6 +25,7 @@ class TrainConfig:
     pde: str
     preset: str = "small"
     optimizer: str = "soap"
+    shard_refresh: bool = False  # SOAP(shard_refresh=True): divide the eigenbasis refresh among the ranks
     steps: int = 2000  # optimizer steps in all (split evenly over the time windows)
     seed: int = 42
     device: str = "cpu"
@@ -34,7 +35,8 @@ class TrainConfig:
     hidden_features: int = 64
     hidden_layers: int = 2
     fourier_features: int = 64
-    batch_size: int = 1024
+    batch_size: int = 1024  # residual points per step in all (summed over ranks)
+    sample_chunks: int = 8  # the batch is drawn in this many seeded chunks; the world size must divide it
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     decay_steps: int = 500
@@ -111,10 +113,14 @@ def validate(config: TrainConfig) -> None:
     if config.weighting not in ("grad_norm", "none"):
         raise ValueError(f"weighting must be grad_norm or none, got {config.weighting!r}")
     for name in ("steps", "batch_size", "log_every", "save_every", "weight_update_every", "time_windows",
-                 "ic_stride", "eval_stride_t", "eval_stride_x", "causal_chunks", "decay_steps"):
+                 "ic_stride", "eval_stride_t", "eval_stride_x", "causal_chunks", "decay_steps", "sample_chunks"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if config.causal and config.batch_size % config.causal_chunks:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by causal_chunks {config.causal_chunks}")
+    if config.batch_size % config.sample_chunks:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by sample_chunks {config.sample_chunks}")
+    if config.shard_refresh and config.optimizer != "soap":
+        raise ValueError(f"shard_refresh applies to the soap optimizer only, not {config.optimizer!r}")
     if config.steps < config.time_windows:
         raise ValueError(f"steps ({config.steps}) must be at least the number of time windows ({config.time_windows})")

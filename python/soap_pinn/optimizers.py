@@ -16,9 +16,14 @@ __all__ = ["OPTIMIZERS", "build_optimizer"]
 OPTIMIZERS = ("soap", "adam")
 
 
-def build_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
-    """The optimizer `name` ('soap' or 'adam') over parameters with base learning rate lr."""
+def build_optimizer(name: str, parameters, lr: float, shard_refresh: bool = False) -> torch.optim.Optimizer:
+    """The optimizer `name` ('soap' or 'adam') over parameters with base learning rate lr.
+
+    shard_refresh (soap only): divide SOAP's eigenbasis refresh among the torch.distributed ranks.
+    """
     if name == "adam":
+        if shard_refresh:
+            raise ValueError("shard_refresh applies to the soap optimizer only, not 'adam'")
         return torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     if name == "soap":
         try:
@@ -27,6 +32,7 @@ def build_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
             raise NotImplementedError(
                 "optimizer 'soap' needs soap_kernels.SOAP, which this build does not provide"
             ) from error
+        extra = {"shard_refresh": True} if shard_refresh else {}
         return soap(parameters, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                    precondition_frequency=2, precondition_1d=True)
+                    precondition_frequency=2, precondition_1d=True, **extra)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")

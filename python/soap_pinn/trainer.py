@@ -1,7 +1,7 @@
 """The training loop: one PINN, one PDE, time-marching windows, metrics, checkpoints and resume.
 
 Per step s (window w, local time t in [0, T/windows]):
-    points ~ U(box), sorted by t            (sampling.BoxSampler)
+    points ~ U(box), sorted by t            (sampling.BoxSampler: chunks seeded by (seed, s, chunk))
     jet = u and its input derivatives       (derivatives.evaluate -> soap_kernels.jet)
     losses = {initial/boundary terms, causal residual terms}   (pdes/*, weighting.py)
     loss = sum_k w_k loss_k;  optimizer step;  scheduler step
@@ -11,6 +11,18 @@ Per step s (window w, local time t in [0, T/windows]):
 Time windows (KS, Ginzburg-Landau): the window's initial condition is the previous window's prediction at
 its end; as in the paper's code, each window starts from the same freshly initialised network (same seed),
 physics-informed-initialised to its own initial condition, with a fresh optimizer, schedule and weights.
+
+Data parallelism (torch.distributed initialised, e.g. under torchrun; see distributed.py): the global batch
+of batch_size points is drawn as sample_chunks seeded chunks and rank r evaluates chunks r, r + W, ...; the
+initial/boundary terms (fixed grids) are computed on rank 0 only. One all_reduce of the per-chunk residual
+square sums and condition losses gives every rank the global loss values (causal weights, the non-finite
+check, logs); one all_reduce of the flat gradient (on weighting/logging steps: of the per-term gradients,
+stacked) gives every rank the global gradient, so parameters, optimizer state and loss weights stay
+identical on all ranks without a parameter broadcast. A W-rank run follows the 1-rank trajectory up to
+rounding. Only rank 0 writes logs, checkpoints and plots; a checkpoint holds global state only (the points
+of step s depend on (seed, s, chunk) alone), so a run resumes at any world size that divides sample_chunks.
+Not DDP: the per-term gradients come from torch.autograd.grad, which DDP's backward hooks do not reduce,
+and the network runs through soap_kernels.jet rather than the module's forward.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import torch
 
 from soap_kernels import alignment_score
 
-from . import derivatives
+from . import derivatives, distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
 from .models import ModelSpec, build_model, describe_model
@@ -34,8 +46,9 @@ from .optimizers import build_optimizer
 from .pdes import Window, get_pde, grid_points
 from .progress import ProgressBar
 from .references import Reference
+from .sampling import BoxSampler
 from .schedule import build_scheduler
-from .weighting import causal_residual_losses, grad_norm_weights, update_weights
+from .weighting import chunk_square_sums, grad_norm_weights, residual_losses_from_sums, update_weights
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -44,17 +57,28 @@ _EVAL_CHUNK = 16384
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the last good state is in the checkpoint."""
+    """The loss became NaN or Inf (on every rank alike); the last good state is in the checkpoint."""
 
 
 class Trainer:
-    """Train config.pde into out_dir; `resume=True` continues from out_dir/checkpoint.pt."""
+    """Train config.pde into out_dir; `resume=True` continues from out_dir/checkpoint.pt.
+
+    Under an initialised torch.distributed process group every rank builds a Trainer with the same config
+    and out_dir (on storage every rank can read, for resume); rank 0 alone writes into out_dir.
+    """
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
         validate(config)
         self.config = config
+        self.dist = distributed.current()
+        if config.sample_chunks % self.dist.world_size:
+            raise ValueError(
+                f"world size {self.dist.world_size} must divide sample_chunks {config.sample_chunks} "
+                "(each rank evaluates the same number of sample chunks)"
+            )
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.pde = get_pde(config.pde)
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -75,6 +99,7 @@ class Trainer:
         )  # fmt: skip
         self.model = build_model(self.model_spec, seed=config.seed, architecture=config.architecture)
         self.model.to(device=self.device, dtype=self.dtype)
+        self._sync_model("the initial parameters")
         # every window starts from these initial parameters (before physics-informed initialisation)
         self.initial_model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -92,9 +117,11 @@ class Trainer:
             self._start_window(0, self.reference.solution[0])
             if config.physics_informed_init:
                 self._physics_informed_init()
-            (self.out / "config.json").write_text(config.to_json())
-            (self.out / METRICS_NAME).write_text("")
-        self._write_run_info()
+            if self.dist.is_main:
+                (self.out / "config.json").write_text(config.to_json())
+                (self.out / METRICS_NAME).write_text("")
+        if self.dist.is_main:
+            self._write_run_info()
 
     # ----- windows -------------------------------------------------------------------------------
     def _window_of(self, step: int) -> int:
@@ -108,7 +135,7 @@ class Trainer:
         )
         self.window = Window(index, window_reference, np.asarray(initial_state))
         config = self.config
-        self.optimizer = build_optimizer(config.optimizer, self.parameters, config.learning_rate)
+        self.optimizer = build_optimizer(config.optimizer, self.parameters, config.learning_rate, config.shard_refresh)
         self.scheduler = build_scheduler(self.optimizer, config.warmup_steps, config.decay_steps, config.decay_rate)
         self.weights = {name: torch.tensor(float(config.initial_weights[name]), device=self.device, dtype=self.dtype)
                         for name in self.pde.loss_terms}  # fmt: skip
@@ -132,6 +159,16 @@ class Trainer:
         """
         if not hasattr(self.model, "physics_informed_init"):
             return
+        try:
+            self._fit_initial_condition()
+        finally:  # rank 0's result for all: a least-squares fit need not give the same bits on every GPU
+            self._sync_model("the physics-informed initialisation")
+
+    def _sync_model(self, what: str) -> None:
+        """Every rank takes rank 0's parameters and buffers (a no-op on one rank)."""
+        distributed.broadcast_(list(self.model.state_dict().values()), what)
+
+    def _fit_initial_condition(self) -> None:
         stride = self.config.ic_stride
         coordinates = tuple(c[::stride] for c in self.reference.coordinates)
         state = self.window.initial_state
@@ -162,24 +199,45 @@ class Trainer:
         return float(sum(self.weights[name] * losses[name].detach() for name in self.pde.loss_terms))
 
     # ----- one step ------------------------------------------------------------------------------
-    def _losses(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        config = self.config
-        points = self.sampler.sample(self.dtype, self.device)
+    def _losses(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+        """(this rank's loss terms with gradient, the global terms detached, causal weights or None).
+
+        The local terms add up over the ranks to the global ones (weighting.residual_losses_from_sums);
+        one all_reduce shares the per-chunk residual square sums and the condition losses.
+        """
+        config, rank = self.config, self.dist
+        chunks = config.causal_chunks if config.causal else 1
+        points, chunk_index = self.sampler.sample(
+            self.step, self.dtype, self.device, rank.rank, rank.world_size, causal_chunks=chunks
+        )
         jet = derivatives.evaluate(self.model, points, self.pde.derivatives, config.derivatives)
-        residuals = self.pde.residual(jet)
+        local_sums = chunk_square_sums(self.pde.residual(jet), chunk_index, chunks)
+        condition_names = [name for name in self.pde.loss_terms if name not in self.pde.residual_terms]
+        zero = torch.zeros((), dtype=local_sums.dtype, device=self.device)
+        # fixed grids, the same on every rank: rank 0 alone contributes them
+        conditions = self.pde.condition_losses(self.model, self.window, config.ic_stride) if rank.is_main else {}
+        local_conditions = [conditions.get(name, zero) for name in condition_names]
+        shared = torch.cat([local_sums.detach().reshape(-1), *(c.detach().reshape(1) for c in local_conditions)])
+        distributed.all_reduce_sum(shared, "the loss sums")
+        global_sums = shared[: local_sums.numel()].view_as(local_sums)
         tol = config.causal_tol if config.causal else None
-        residual_losses, causal = causal_residual_losses(residuals, config.causal_chunks, tol)
-        losses = self.pde.condition_losses(self.model, self.window, config.ic_stride)
-        losses.update(zip(self.pde.residual_terms, residual_losses))
-        return {name: losses[name] for name in self.pde.loss_terms}, causal
+        local_residual, global_residual, causal = residual_losses_from_sums(
+            local_sums, global_sums, config.batch_size, tol
+        )
+        local = dict(zip(self.pde.residual_terms, local_residual))
+        local.update(zip(condition_names, local_conditions))
+        total = dict(zip(self.pde.residual_terms, global_residual))
+        total.update(zip(condition_names, shared[local_sums.numel() :]))
+        return {name: local[name] for name in self.pde.loss_terms}, {n: total[n] for n in self.pde.loss_terms}, causal
 
     def _train_step(self, log: bool) -> dict | None:
         config, step = self.config, self.step
-        losses, causal = self._losses()
-        total = sum(self.weights[name] * loss for name, loss in losses.items())
+        local, losses, causal = self._losses()
+        total = sum(self.weights[name] * loss for name, loss in losses.items())  # global: the same on every rank
         if not torch.isfinite(total).item():
             # parameters are still those of the last finite step: keep them as the checkpoint
-            self._save()
+            if self.dist.is_main:
+                self._save()
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
                 f"stopped; the last good state is in {self.out / 'checkpoint.pt'}"
@@ -189,23 +247,30 @@ class Trainer:
         if log or update_weights_now:
             # per-term gradients (for grad-norm weights and the intra-step alignment); their weighted sum
             # is the gradient of the total loss, so no second backward is needed
-            term_gradients = {}
-            for name, loss in losses.items():
-                grads = torch.autograd.grad(loss, self.parameters, retain_graph=True, allow_unused=True)
-                term_gradients[name] = [torch.zeros_like(p) if g is None else g
-                                        for p, g in zip(self.parameters, grads)]  # fmt: skip
+            flat = []
+            for loss in local.values():
+                grads = (torch.autograd.grad(loss, self.parameters, retain_graph=True, allow_unused=True)
+                         if loss.requires_grad else [None] * len(self.parameters))  # fmt: skip
+                flat.append(_flatten(grads, self.parameters))
+            stacked = distributed.all_reduce_sum(torch.stack(flat), "the per-term gradients")
+            term_gradients = {name: _unflatten(row, self.parameters) for name, row in zip(local, stacked)}
             for index, parameter in enumerate(self.parameters):
                 parameter.grad = sum(self.weights[name] * grads[index] for name, grads in term_gradients.items())
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            sum(self.weights[name] * loss for name, loss in local.items()).backward()
+            if self.dist.active:
+                gradient = _flatten([p.grad for p in self.parameters], self.parameters)
+                distributed.all_reduce_sum(gradient, "the gradient")
+                for parameter, reduced in zip(self.parameters, _unflatten(gradient, self.parameters)):
+                    parameter.grad = reduced
         before = [p.detach().clone() for p in self.parameters]
         learning_rate = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         update = torch._foreach_sub([p.detach() for p in self.parameters], before)
         record = None
-        if log:
+        if log and self.dist.is_main:
             record = {
                 "step": step,
                 "window": self.window.index,
@@ -235,7 +300,8 @@ class Trainer:
         config = self.config
         time_limited = False
         target = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
-        bar = ProgressBar(config.steps, start=self.step) if self.show_progress else None
+        main = self.dist.is_main
+        bar = ProgressBar(config.steps, start=self.step) if self.show_progress and main else None
         clock = time.perf_counter()
         try:
             while self.step < target:
@@ -256,14 +322,17 @@ class Trainer:
                 if self.step % config.save_every == 0 or self.step == target:
                     self.elapsed += time.perf_counter() - clock
                     clock = time.perf_counter()
-                    self._save()
+                    if main:
+                        self._save()
                 if bar is not None:
                     fields = {"loss": f"{self.last_record['loss']:.3e}", "rel_l2": f"{self.last_record['rel_l2']:.3e}"}
                     bar.update(self.step, fields, force=self.step == target)
-                if time_limit_s is not None and self.elapsed + time.perf_counter() - clock >= time_limit_s:
+                running = self.elapsed + time.perf_counter() - clock
+                if time_limit_s is not None and self._time_is_up(running, time_limit_s):
                     self.elapsed += time.perf_counter() - clock
                     clock = time.perf_counter()
-                    self._save()
+                    if main:
+                        self._save()
                     time_limited = True
                     break
         finally:
@@ -273,8 +342,16 @@ class Trainer:
             return {"step": self.step, "completed": False}
         return self._finish(time_limited)
 
+    def _time_is_up(self, elapsed: float, limit_s: float) -> bool:
+        """Whether any rank's clock reached the limit (one all_reduce(MAX): all ranks stop at the same step)."""
+        flag = torch.tensor([1.0 if elapsed >= limit_s else 0.0], device=self.device)
+        return bool(distributed.all_reduce_max(flag, "the time-limit flag").item() > 0)
+
     def _finish(self, time_limited: bool = False) -> dict:
-        """Whole-domain error from all windows, prediction file, plots and summary.json."""
+        """Whole-domain error from all windows, prediction file, plots and summary.json (rank 0 only; the
+        other ranks return {"step", "completed", "rank", "time_limited"})."""
+        if not self.dist.is_main:
+            return {"step": self.step, "completed": True, "rank": self.dist.rank, "time_limited": time_limited}
         prediction = self.full_prediction()
         reference = self._eval_reference()
         rel_l2 = self.pde.relative_error(prediction, reference.solution)
@@ -285,7 +362,7 @@ class Trainer:
             "steps": self.step, "rel_l2": rel_l2, "final_loss": self.last_record["loss"] if self.last_record else None,
             "wall_time_s": self.elapsed, "steps_per_s": self.step / self.elapsed if self.elapsed else None,
             "model": describe_model(self.model), "derivatives": derivatives.backend_name(self.config.derivatives),
-            "time_limited": time_limited,
+            "time_limited": time_limited, "world_size": self.dist.world_size,
         }  # fmt: skip
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.config.plots:
@@ -349,7 +426,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "weights": self.weights,
-            "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "previous_update": self.previous_update,
             "finished_windows": self.finished_windows,
@@ -364,11 +440,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.weights = state["weights"]
-        self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.previous_update = state["previous_update"]
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.last_record = state["last_record"]
+        if not self.dist.is_main:
+            return
         # records logged after this checkpoint belong to the lost part of the interrupted run
         path = self.out / METRICS_NAME
         lines = path.read_text().splitlines() if path.exists() else []
@@ -385,6 +462,7 @@ class Trainer:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "device": str(self.device),
+            "world_size": self.dist.world_size,
         }
         (self.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
@@ -397,10 +475,19 @@ def _window_slices(nt: int, windows: int) -> list[slice]:
     return [slice(i * per, (i + 1) * per + 1) for i in range(windows)]
 
 
-def _box_sampler(pde, duration: float, config: TrainConfig):
-    from .sampling import BoxSampler
+def _box_sampler(pde, duration: float, config: TrainConfig) -> BoxSampler:
+    bounds = [(0.0, duration), *pde.spatial_bounds]
+    return BoxSampler(bounds, config.batch_size, seed=config.seed + 1, chunks=config.sample_chunks)
 
-    return BoxSampler([(0.0, duration), *pde.spatial_bounds], config.batch_size, seed=config.seed + 1)
+
+def _flatten(tensors, parameters) -> torch.Tensor:
+    """One flat vector of the per-parameter tensors (None as zeros)."""
+    return torch.cat([(torch.zeros_like(p) if t is None else t).reshape(-1) for t, p in zip(tensors, parameters)])
+
+
+def _unflatten(flat: torch.Tensor, parameters) -> list[torch.Tensor]:
+    """Views of flat shaped like the parameters (the inverse of _flatten)."""
+    return [part.view_as(p) for part, p in zip(flat.split([p.numel() for p in parameters]), parameters)]
 
 
 def _alignment(vectors) -> float | None:

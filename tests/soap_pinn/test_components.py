@@ -10,7 +10,14 @@ from soap_pinn.models import EmbeddedMLP, ModelSpec, build_model
 from soap_pinn.pdes import grid_points
 from soap_pinn.sampling import BoxSampler
 from soap_pinn.schedule import lr_factor
-from soap_pinn.weighting import causal_residual_losses, causal_weights, grad_norm_weights, update_weights
+from soap_pinn.weighting import (
+    causal_residual_losses,
+    causal_weights,
+    chunk_square_sums,
+    grad_norm_weights,
+    residual_losses_from_sums,
+    update_weights,
+)
 
 SPEC = ModelSpec(input_dim=2, output_dim=1, hidden_features=8, hidden_layers=2, periodic_axes={1: math.pi},
                  fourier_features=8, fourier_scale=1.0)
@@ -96,16 +103,45 @@ def test_grad_norm_weights():
     assert moved["a"].item() == pytest.approx(0.9 + 0.1 * weights["a"].item())
 
 
-def test_sampler_bounds_order_and_state():
-    sampler = BoxSampler([(0.0, 0.5), (-1.0, 1.0)], batch_size=256, seed=0)
-    first = sampler.sample(torch.float32, torch.device("cpu"))
+def test_sampler_bounds_order_and_chunks():
+    sampler = BoxSampler([(0.0, 0.5), (-1.0, 1.0)], batch_size=256, seed=0, chunks=8)
+    first, causal = sampler.sample(3, torch.float32, torch.device("cpu"), causal_chunks=4)
     assert first.shape == (256, 2)
     assert torch.all(first[1:, 0] >= first[:-1, 0])  # sorted by t
     assert first[:, 0].min() >= 0 and first[:, 0].max() <= 0.5 and first[:, 1].abs().max() <= 1
-    state = sampler.state_dict()
-    second = sampler.sample(torch.float32, torch.device("cpu"))
-    sampler.load_state_dict(state)
-    assert torch.equal(sampler.sample(torch.float32, torch.device("cpu")), second)
+    assert causal.tolist() == [i // 64 for i in range(256)]
+    # no state: step 3 again gives the same points, step 4 others
+    assert torch.equal(sampler.sample(3, torch.float32, torch.device("cpu"))[0], first)
+    assert not torch.equal(sampler.sample(4, torch.float32, torch.device("cpu"))[0], first)
+    # ranks 0 and 1 of 2 split the same global batch, keeping each point's causal chunk
+    parts = [sampler.sample(3, torch.float64, torch.device("cpu"), r, 2, causal_chunks=4) for r in range(2)]
+    assert sum(len(p) for p, _ in parts) == 256
+    merged = torch.cat([p for p, _ in parts])
+    order = torch.argsort(merged[:, 0])
+    torch.testing.assert_close(merged[order].float(), first, rtol=0, atol=0)
+    assert torch.equal(torch.cat([c for _, c in parts])[order], causal)
+    with pytest.raises(ValueError, match="world size 3 must divide the sample chunk count 8"):
+        sampler.sample(3, torch.float32, torch.device("cpu"), 0, 3)
+    with pytest.raises(ValueError, match="batch_size 100 must be divisible by the sample chunk count 8"):
+        BoxSampler([(0.0, 1.0)], batch_size=100, seed=0, chunks=8)
+
+
+def test_chunk_sums_reproduce_the_causal_losses_and_add_up_over_ranks():
+    generator = torch.Generator().manual_seed(0)
+    r = torch.randn(16, dtype=torch.float64, generator=generator)
+    index = torch.arange(16) // 4
+    sums = chunk_square_sums([r], index, 4)
+    (expected,), weights = causal_residual_losses([r], chunks=4, tol=0.5)
+    local, total, shared = residual_losses_from_sums(sums, sums, 16, tol=0.5)
+    torch.testing.assert_close(total[0], expected)
+    torch.testing.assert_close(shared, weights)
+    # two "ranks" holding alternate points: their local losses add up to the global loss
+    halves = [chunk_square_sums([r[k::2]], index[k::2], 4) for k in range(2)]
+    parts = [residual_losses_from_sums(h, halves[0] + halves[1], 16, tol=0.5)[0] for h in halves]
+    torch.testing.assert_close(parts[0] + parts[1], expected.reshape(1))
+    plain, _, none = residual_losses_from_sums(sums, sums, 16, tol=None)
+    torch.testing.assert_close(plain[0], (r**2).mean())
+    assert none is None
 
 
 def test_grid_points_layout_matches_reference_arrays():
