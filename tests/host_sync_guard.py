@@ -3,7 +3,8 @@
 On a CPU there is no device-to-host copy to catch, so the guard flags the operations that perform one on CUDA:
 - at the aten level (a TorchDispatchMode): scalar reads (item, bool, int, float, tolist go through
   _local_scalar_dense), ops whose output size depends on the data (nonzero, masked_select, unique, ...), status
-  checks (_linalg_check_errors), boolean-mask indexing and the cuSOLVER/MAGMA decompositions that check their status on the host;
+  checks (_linalg_check_errors), boolean-mask indexing and the cuSOLVER/MAGMA decompositions that check their
+  status on the host;
 - at the Python level: Tensor.item/tolist/numpy/cpu/__bool__/__int__/__float__/__index__, also inside custom
   ops' Python bodies, which a dispatch mode does not see.
 Ops inside a C++ kernel are invisible to both, so a native kernel's own host reads must be checked on a GPU

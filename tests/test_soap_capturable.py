@@ -64,7 +64,11 @@ def test_capturable_steps_read_nothing_back_to_the_host(backend, refresh, reques
     params = _params(dtype, device)
     lr = torch.tensor(1e-2, dtype=torch.float64, device=device)
     optimizer = SOAP(params, **{**SETTINGS, "lr": lr}, refresh=refresh, backend=backend, capturable=True)
-    _run(optimizer, params, _gradients(8, dtype), guard_after=1)
+    gradients = _gradients(8, dtype)
+    _run(optimizer, params, gradients[:4], guard_after=1)
+    for stack in optimizer._stacks.values():  # as after a CUDA graph capture: a refresh computed every step
+        stack.graph_captured = True
+    _run(optimizer, params, gradients[4:], guard_after=0)
     assert all(torch.isfinite(p).all() for p in params)
 
 
@@ -76,15 +80,20 @@ def test_a_default_step_is_caught_reading_back():
         _run(optimizer, params, _gradients(4), guard_after=1)
 
 
+@pytest.mark.parametrize("after_capture", [False, True], ids=["eager", "as-after-a-graph-capture"])
 @pytest.mark.parametrize("refresh", ["qr", "exact"])
 @pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_capturable_follows_the_default_trajectory(backend, refresh):
-    """Refreshes computed every step but installed on refresh steps only: the same trajectory as the default."""
+def test_capturable_follows_the_default_trajectory(backend, refresh, after_capture):
+    """Eager capturable steps, and steps as after a capture (the refresh computed every step, installed on
+    refresh steps of the device count only), follow the default trajectory."""
     gradients = _gradients(14)
     ours, theirs = _params(), _params()
     capturable = SOAP(ours, **SETTINGS, refresh=refresh, backend=backend, capturable=True)
     default = SOAP(theirs, **SETTINGS, refresh=refresh, backend=backend)
-    _run(capturable, ours, gradients)
+    _run(capturable, ours, gradients[:1])
+    for stack in capturable._stacks.values():  # what capturing a step in a CUDA graph sets (CPU has no graphs)
+        stack.graph_captured = after_capture
+    _run(capturable, ours, gradients[1:])
     _run(default, theirs, gradients)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-9, atol=1e-11)

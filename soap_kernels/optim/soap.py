@@ -96,11 +96,12 @@ class SOAP(torch.optim.Optimizer):
         capturable: steps can be captured in a CUDA graph (torch.cuda.graph) and replayed: the step counters
             live on the device, lr may be a 0-d tensor on the parameters' device (schedulers update it in place;
             a float lr is baked into a captured graph), and no step after the first (initialising, eigh) one
-            reads anything back to the host. The refresh is computed on every step and installed only where the
-            device step count is a multiple of precondition_frequency, so one captured step is right at every
-            replay; that costs precondition_frequency - 1 extra refresh computations per refresh. On devices
-            with the native kernels "qr" runs as soap_kernels::refresh_eigenbasis (CholeskyQR, no cuSOLVER):
-            the reference's subspaces, equal up to column signs and rounding. refresh "eigh" is refused.
+            reads anything back to the host. Eager steps refresh on the reference schedule; a step captured in a
+            graph (and, as the host cannot count replays, every eager step after a capture) computes the refresh
+            and installs it only where the device step count is a multiple of precondition_frequency, so one
+            captured step is right at every replay, at the price of precondition_frequency - 1 extra refresh
+            computations per refresh. "qr" runs as soap_kernels::refresh_eigenbasis (on CUDA CholeskyQR, no
+            cuSOLVER): the reference's subspaces, equal up to column signs and rounding. "eigh" is refused.
         data_format: only "channels_first" (the reference default) is supported.
     Attributes: skipped_steps (device tensor): steps skipped because a gradient was not finite.
     """

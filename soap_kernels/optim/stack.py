@@ -34,9 +34,14 @@ def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
 class ParamStack:
     """Batched SOAP state and step for B same-shape parameters (see module docstring)."""
 
-    def __init__(self, params: list[torch.Tensor], plan: PreconditionPlan, states: list[dict], capturable: bool = False):
+    def __init__(
+        self, params: list[torch.Tensor], plan: PreconditionPlan, states: list[dict], capturable: bool = False
+    ):
         self.params = params
         self.capturable = capturable
+        # Set once a step of this stack is captured in a CUDA graph: replays advance the device step count
+        # without the host knowing, so from then on every step computes the refresh (installed when due).
+        self.graph_captured = False
         self.plan = plan
         first = params[0]
         self.dtype = state_dtype(first.dtype)
@@ -111,7 +116,8 @@ class ParamStack:
     def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> bool:
         """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite).
 
-        Returns True when this step is a refresh step: the caller then computes new bases for
+        Returns True when this step computes a refresh (a refresh step; in a capturable stack also every step
+        captured in or run after a CUDA graph, see refresh_mask): the caller then computes new bases for
         refresh_requests() and hands them to apply_refresh (so refreshes of all stacks can be batched or
         divided among ranks).
         """
@@ -129,12 +135,15 @@ class ParamStack:
             self._update_params(grads, ok, group, impl)
         with profile.range("soap/update_factors"):
             self._update_factors(grads, ok, group, impl)
-        if self.step_count is not None:
-            self.step_count.add_(1)
-            return any(self.plan.factored)  # refresh computed every step, installed per refresh_mask
-        for state in self.states:
-            state["step"] = self.step
-        return self.step % group["precondition_frequency"] == 0 and any(self.plan.factored)
+        due_on_host = self.step % group["precondition_frequency"] == 0 and any(self.plan.factored)
+        if self.step_count is None:
+            for state in self.states:
+                state["step"] = self.step
+            return due_on_host
+        self.step_count.add_(1)
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            self.graph_captured = True
+        return due_on_host or (self.graph_captured and any(self.plan.factored))  # installed per refresh_mask
 
     def refresh_mask(self, ok: torch.Tensor, group: dict) -> torch.Tensor:
         """Where a computed refresh is installed: ok, and in a capturable stack also a refresh step by the device
