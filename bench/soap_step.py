@@ -3,7 +3,14 @@
 Parameter sets: the paper's PirateNet 3x256 (Wang et al. 2025) and a 4x512 tanh MLP. Settings: the paper's
 (lr 1e-3, betas (0.9, 0.999), weight_decay 0, precondition_frequency 2, precondition_1d True).
 Every provider steps on the same precomputed gradients. A timed block is `precondition_frequency` steps, so
-block time / frequency is the mean step time including refreshes.
+block time / frequency is the mean step time including refreshes. Providers:
+    soap_kernels (backend auto), soap_kernels_torch, soap_kernels_triton (CUDA), soap_kernels_capturable (eager,
+    tensor lr), soap_kernels_graph / soap_kernels_triton_graph (CUDA: one capturable step captured in a CUDA
+    graph and replayed; a captured step computes the refresh every time, see SOAP's capturable), the
+    *_no_refresh variants (precondition_frequency 10^9: the step without refresh that the issue compares with
+    fused Adam), pytorch_optimizer_soap (the baseline), heavyball_soap, adam (fused on CUDA).
+Graph providers copy each gradient into the captured .grad buffers, which the others do not need to.
+Launches per step (the torch profiler: device kernels on CUDA, aten calls on CPU) are recorded beside times.
 
     python bench/soap_step.py [--device cpu|cuda] [--sizes paper|small|smoke] [--providers a,b]
     python -m bench soap_step
@@ -23,8 +30,12 @@ from bench.harness import SuiteConfig, record, save_results  # noqa: E402
 
 PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
 PROVIDERS = (
-    "soap_kernels", "soap_kernels_triton", "soap_kernels_torch", "pytorch_optimizer_soap", "heavyball_soap", "adam",
+    "soap_kernels", "soap_kernels_triton", "soap_kernels_torch", "soap_kernels_capturable", "soap_kernels_graph",
+    "soap_kernels_triton_graph", "soap_kernels_no_refresh", "soap_kernels_triton_no_refresh",
+    "pytorch_optimizer_soap", "heavyball_soap", "adam",
 )  # fmt: skip
+CUDA_ONLY = ("soap_kernels_triton", "soap_kernels_graph", "soap_kernels_triton_graph", "soap_kernels_triton_no_refresh")
+NO_REFRESH_FREQUENCY = 10**9
 BASELINE = "pytorch_optimizer_soap"
 
 
@@ -62,20 +73,19 @@ def cases(sizes: str) -> dict[str, list[tuple]]:
 
 def make_optimizer(provider: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The provider's optimizer with the paper's settings (ImportError when its package is missing)."""
-    if provider == "soap_kernels":
+    if provider.startswith("soap_kernels"):
         from soap_kernels import SOAP
 
-        return SOAP(params, **PAPER_SETTINGS)
-    if provider == "soap_kernels_triton":
-        from soap_kernels import SOAP
-
-        if not params[0].is_cuda:
-            raise ImportError("the Triton backend is benchmarked on CUDA only (the CPU interpreter is a test path)")
-        return SOAP(params, backend="triton", **PAPER_SETTINGS)
-    if provider == "soap_kernels_torch":
-        from soap_kernels import SOAP
-
-        return SOAP(params, backend="torch", **PAPER_SETTINGS)
+        if provider in CUDA_ONLY and not params[0].is_cuda:
+            raise ImportError(f"{provider} runs on CUDA only (Triton's CPU interpreter and graphs are not timed)")
+        settings = dict(PAPER_SETTINGS, backend="triton" if "triton" in provider else "auto")
+        if provider == "soap_kernels_torch":
+            settings["backend"] = "torch"
+        if provider.endswith("_no_refresh"):
+            settings["precondition_frequency"] = NO_REFRESH_FREQUENCY
+        if provider.endswith(("_graph", "_capturable")):
+            settings.update(capturable=True, lr=torch.tensor(settings["lr"], device=params[0].device))
+        return SOAP(params, **settings)
     if provider == "pytorch_optimizer_soap":
         from pytorch_optimizer import SOAP as PytorchOptimizerSOAP
 
@@ -109,7 +119,46 @@ def step_block(shapes: list[tuple], provider: str, device: torch.device, frequen
             optimizer.step()
 
     block()  # the initialising first step and one refresh happen before timing
+    if not provider.endswith("_graph"):
+        return block
+    return _graph_block(params, pool, optimizer)
+
+
+def _graph_block(params: list[torch.nn.Parameter], pool: list[list[torch.Tensor]], optimizer) -> Callable[[], None]:
+    """Capture one optimizer step in a CUDA graph (after eager warm-up on a side stream); the block copies each
+    pool entry into the static .grad buffers and replays it."""
+    for p, g in zip(params, pool[0]):
+        p.grad = g.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        optimizer.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        optimizer.step()
+
+    def block() -> None:
+        for grads in pool:
+            torch._foreach_copy_([p.grad for p in params], grads)
+            graph.replay()
+
+    block()
     return block
+
+
+def launches_per_step(block: Callable[[], None], device: torch.device, steps: int) -> tuple[float, str]:
+    """Kernels (CUDA) or aten calls (CPU) per step of one profiled block (see bench.trace.launch_count)."""
+    from bench.trace import launch_count
+
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        block()
+        if cuda:
+            torch.cuda.synchronize(device)
+    count, unit = launch_count(prof.key_averages(), cuda)
+    return count / steps, unit
 
 
 def run(config: SuiteConfig) -> dict:
@@ -128,8 +177,12 @@ def run(config: SuiteConfig) -> dict:
                 continue
             timing = config.time(block, repeats=10 if config.device.type == "cpu" else 20)
             per_step = {k: (v / frequency if k.endswith("_ms") else v) for k, v in timing.items()}
-            rows.append(record(name, provider, per_step, tensors=len(shapes), values=values))
-            print(f"{name:16s} {provider:24s} {per_step['median_ms']:9.2f} ms/step", flush=True)
+            launches, unit = launches_per_step(block, config.device, frequency)
+            rows.append(record(
+                name, provider, per_step, tensors=len(shapes), values=values, launches_per_step=launches,
+                launch_unit=unit,
+            ))  # fmt: skip
+            print(f"{name:16s} {provider:30s} {per_step['median_ms']:9.2f} ms/step {launches:8.0f} {unit}", flush=True)
     return {
         "records": rows,
         "baseline_provider": BASELINE,
@@ -153,11 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
     baselines = {r["case"]: r["median_ms"] for r in records if r["provider"] == BASELINE and "median_ms" in r}
     for row in results["records"]:
         if "median_ms" not in row:
-            print(f"  {row['case']:16s} {row['provider']:24s} {row['error']}")
+            print(f"  {row['case']:16s} {row['provider']:30s} {row['error']}")
             continue
         ratio = baselines.get(row["case"], float("nan")) / row["median_ms"]
-        print(f"  {row['case']:16s} {row['provider']:24s} {row['median_ms']:9.2f} ms  (p10 {row['p10_ms']:.2f}, "
-              f"p90 {row['p90_ms']:.2f})  {ratio:6.2f}x")  # fmt: skip
+        print(f"  {row['case']:16s} {row['provider']:30s} {row['median_ms']:9.2f} ms  (p10 {row['p10_ms']:.2f}, "
+              f"p90 {row['p90_ms']:.2f})  {ratio:6.2f}x  {row['launches_per_step']:6.0f} launches")  # fmt: skip
     print(f"saved {path}")
     return results
 

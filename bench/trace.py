@@ -20,6 +20,19 @@ import torch
 from bench import harness
 
 
+def launch_count(events, cuda: bool) -> tuple[int, str]:
+    """(count, unit) from profiler key_averages: device activities on CUDA (kernels, Triton's and CUDA C++'s
+    alike, memcpy and memset; the launch calls if the profiler lists no activities), aten calls on CPU."""
+    if cuda:
+        device_type = torch.autograd.DeviceType.CUDA
+        launched = sum(e.count for e in events if getattr(e, "device_type", None) == device_type)
+        if launched:
+            return launched, "device kernels (memcpy/memset included)"
+        launches = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC", "cudaGraphLaunch")
+        return sum(e.count for e in events if e.key in launches), "kernel launch calls"
+    return sum(e.count for e in events if e.key.startswith("aten::")), "aten operator calls (nested ones included)"
+
+
 def profile_provider(provider: str, config: harness.SuiteConfig, rows: int, chrome_dir: Path | None) -> dict:
     """Profile two steps of one train_step provider; returns {"table", "per_step", "unit"}."""
     import copy
@@ -47,17 +60,8 @@ def profile_provider(provider: str, config: harness.SuiteConfig, rows: int, chro
     finally:
         profile.enable_ranges(False)
     events = prof.key_averages()
-    if cuda:  # device activities: kernels (Triton's and CUDA C++'s alike), memcpy and memset
-        device_type = torch.autograd.DeviceType.CUDA
-        launched = sum(e.count for e in events if getattr(e, "device_type", None) == device_type)
-        unit, sort_by = "device kernels (memcpy/memset included)", "self_cuda_time_total"
-        if launched == 0:  # a profiler that does not list device activities: count the launch calls
-            launches = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
-            launched = sum(e.count for e in events if e.key in launches)
-            unit = "kernel launch calls"
-    else:
-        launched = sum(e.count for e in events if e.key.startswith("aten::"))
-        unit, sort_by = "aten operator calls (nested ones included)", "self_cpu_time_total"
+    launched, unit = launch_count(events, cuda)
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     return {
         "case": case,
         "table": events.table(sort_by=sort_by, row_limit=rows),
