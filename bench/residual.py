@@ -7,6 +7,9 @@ loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients)
 jets_torch under torch.compile (inductor; its compile time is reported as first_call_s). Providers are timed
 interleaved, one repetition each per round, so background load hits them alike; medians and ratios are
 of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated).
+matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
+second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
+the elementwise work.
 
     python bench/residual.py                       # the CPU goal case: MLP 4x256, N=4096, allen_cahn
     python bench/residual.py --sizes 2048 8192 32768 --models mlp piratenet --problems allen_cahn laplacian
@@ -106,6 +109,17 @@ def available(provider: str, device: torch.device) -> str | None:
     return None
 
 
+def matmul_gflop(step) -> float | None:
+    """GFLOP of the matmuls (mm, addmm, bmm, ...) one step runs, counted by torch.profiler(with_flops=True):
+    what a provider's time is bound by on a CPU (for MLP 4x256, N=4096, Allen-Cahn: 19.46 GFLOP for nested
+    autograd and jets alike), so a speedup there can only come from the elementwise work and overheads.
+    None when the profiler does not count (a compiled step's inductor kernels, for one)."""
+    with torch.profiler.profile(with_flops=True, record_shapes=True) as prof:
+        step()
+    flops = sum(e.flops for e in prof.key_averages() if e.flops and "mm" in e.key)
+    return flops / 1e9 if flops else None
+
+
 def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> dict:
     model = build_model(model_name, device).to(dtype)
     torch.manual_seed(1)
@@ -145,6 +159,7 @@ def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> di
             "loss": value.item(),
             "first_call_s": first_call_s,
             "peak_memory_mib": peak,
+            "matmul_gflop": matmul_gflop(step),
             "samples_ms": [],
             "cpu_samples_ms": [],  # process CPU time, all threads: less sensitive to other jobs than wall time
         }
