@@ -151,6 +151,50 @@ def ginzburg_landau(
     return Reference(t=t_out, coordinates=(out, out), solution=solution)
 
 
+# Gray-Scott coefficients of the paper's script (jaxpi examples/grey_scott/data/gen_grey_scott.m: k = 1000)
+GRAY_SCOTT = {"eps1": 0.2, "eps2": 0.1, "b1": 40.0, "c1": 1000.0, "b2": 100.0, "c2": 1000.0}
+
+
+def gray_scott_initial(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """u0 = 1 - exp(-10 ((x + 0.05)^2 + (y + 0.02)^2)),  v0 = exp(-10 ((x - 0.05)^2 + (y - 0.02)^2))."""
+    u0 = 1.0 - np.exp(-10.0 * ((x + 0.05) ** 2 + (y + 0.02) ** 2))
+    return u0, np.exp(-10.0 * ((x - 0.05) ** 2 + (y - 0.02) ** 2))
+
+
+def gray_scott(
+    modes: int = 200, steps_per_output: int = 20, nt: int = 101, n_out: int = 200, t_end: float = 2.0
+) -> Reference:
+    """Gray-Scott on [-1, 1)^2 periodic, t in [0, t_end = 2] (GRAY_SCOTT coefficients, gray_scott_initial):
+
+        u_t = eps1 lap u + b1 (1 - u) - c1 u v^2
+        v_t = eps2 lap v - b2 v + c2 u v^2.
+
+    As spin2 in the paper's script: diffusion in the linear part, reactions in the nonlinear part, 200
+    modes, dt = 1e-3 (t_end / (nt - 1) / steps_per_output). Output: solution[..., 0] = u, [..., 1] = v on a
+    meshgrid(x, y) of n_out points per axis (axis 1 is y, axis 2 is x).
+    """
+    g = GRAY_SCOTT
+    grid = -1.0 + 2.0 * np.arange(modes) / modes
+    y, x = np.meshgrid(grid, grid, indexing="ij")
+    k = wavenumbers(modes, 2.0)
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    laplacian = -(kx**2 + ky**2)
+    linear = np.stack([g["eps1"] * laplacian, g["eps2"] * laplacian])  # [2, modes, modes]: (u, v)
+
+    def nonlinear(coefficients):
+        u, v = np.fft.ifft2(coefficients).real  # over the last two axes
+        uv2 = u * v * v
+        return np.fft.fft2(np.stack([g["b1"] * (1.0 - u) - g["c1"] * uv2, -g["b2"] * v + g["c2"] * uv2]))
+
+    t_out = np.linspace(0.0, t_end, nt)
+    snapshots = np.stack(integrate_etdrk4(np.fft.fft2(np.stack(gray_scott_initial(x, y))), linear, nonlinear,
+                                          t_out, steps_per_output))  # [nt, 2, modes, modes]
+    out = np.linspace(-1.0, 1.0, n_out)
+    values = fourier_interpolate(snapshots, out, -1.0, 2.0, axis=3)  # along x
+    values = fourier_interpolate(values, out, -1.0, 2.0, axis=2).real  # along y
+    return Reference(t=t_out, coordinates=(out, out), solution=np.moveaxis(values, 1, -1))
+
+
 WAVE_SPEED = 2.0
 
 
@@ -214,6 +258,7 @@ GENERATORS = {
     "kdv": kdv,
     "ks": kuramoto_sivashinsky,
     "ginzburg_landau": ginzburg_landau,
+    "gray_scott": gray_scott,
     "wave": wave,
 }
 
