@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--steps-per-round", type=_positive_int, default=10)
     timing.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     timing.add_argument("--save", type=Path, default=None, help="write the JSON result to this file")
+    timing.add_argument("--reference", type=Path, default=None, help="reference solution file (required by ldc)")
 
     compare = commands.add_parser("compare", help="tabulate runs")
     compare.add_argument("runs", nargs="+", type=Path, help="run folders")
@@ -176,7 +177,8 @@ def _time_step(args, parser) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [dict(optimizer=o, derivatives=d, device=args.device)
+    reference = {} if args.reference is None else {"reference_settings": {"file": str(args.reference.resolve())}}
+    variants = [dict(optimizer=o, derivatives=d, device=args.device, **reference)
                 for o in ("soap", "adam") for d in ("jet", "autograd")]  # fmt: skip
     try:
         results = time_variants(args.pde, variants, args.preset, args.rounds, args.steps_per_round)

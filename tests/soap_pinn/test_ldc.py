@@ -132,6 +132,9 @@ def test_missing_reference_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "PDE 'ldc' needs a reference file: pass --reference PATH" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["time-step", "ldc", "--rounds", "1"])  # time-step takes --reference too
+    assert "needs a reference file: pass --reference PATH" in capsys.readouterr().err
 
 
 def test_reference_file_that_does_not_exist(tmp_path, capsys):
