@@ -9,7 +9,7 @@ the band y > 0.9 next to the lid, whose corner singularities the grid does not r
     momentum   rms(curl r) / rms(curl of u.grad u): Re 100 2.4e-3, Re 400 6.0e-3
 They come from the published data, not from the differencing: on every 2nd or 4th grid point the
 continuity value falls (8.8e-4, 4.4e-4) instead of rising 16x. Tolerances are ~3x the measured values;
-doubling nu (negative control) gives ~1.0, as does any wrong coefficient of the same size.
+doubling nu (negative control) gives ~1.0.
 """
 
 import json
