@@ -36,6 +36,9 @@ SUITES: dict[str, SuiteSpec] = {
     "refresh": SuiteSpec("bench.refresh", "eigenbasis refresh of Kronecker factors: qr / eigh / faster solvers"),
     "residual": SuiteSpec("bench.residual", "PINN residual + backward: jets vs nested autograd and torch.func"),
     "train_step": SuiteSpec("bench.train_step", "end-to-end PINN training step (residual + SOAP step)"),
+    "distributed": SuiteSpec(
+        "bench.distributed", "data-parallel SOAP step on CPU processes: sharded vs redundant refresh"
+    ),
     "ceilings": SuiteSpec(None, "this machine's measured matmul TFLOP/s per dtype and copy GB/s"),
 }
 DEFAULT_SUITES = ("soap_step", "refresh", "residual", "train_step")
