@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from soap_kernels._native import has_native_cpu, has_native_cuda
+from soap_kernels.ops import block_jacobi
 from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis, refresh_eigenbasis_ref
 
 needs_native = pytest.mark.skipif(not has_native_cpu(), reason="soap_kernels._C is not built")
@@ -505,14 +506,18 @@ def test_solver_cores_with_a_parallel_team(tmp_path):
 @needs_cuda
 @pytest.mark.parametrize("method", ["qr", "exact"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# n = 1, 7, 64: Jacobi staged in shared memory with its vectors; 128: the matrix only; 256, 300: global memory.
+# n = 1, 7, 64: Jacobi staged in shared memory with its vectors; 128: the matrix only; 256, 300: "exact" runs
+# block-Jacobi on CUDA (ops/block_jacobi.py), compared with the same algorithm on the CPU.
 @pytest.mark.parametrize(("batch", "n"), [(1, 1), (3, 7), (2, 64), (2, 128), (4, 256), (1, 300)])
 def test_cuda_kernel_matches_cpu_kernel(method, dtype, batch, n):
     factor = _factor("gram", batch, n, seed=n)
     basis = _warm_basis(factor)
     factor, basis = factor.to(dtype), basis.to(dtype)
     ours, order = refresh_eigenbasis(factor.cuda(), basis.cuda(), method, use_native=True)
-    expected, expected_order = refresh_eigenbasis(factor, basis, method, use_native=True)
+    if method == "exact" and block_jacobi.uses_block_jacobi(n, torch.device("cuda")):
+        expected, expected_order = block_jacobi.block_jacobi_refresh(factor, basis, 30)
+    else:
+        expected, expected_order = refresh_eigenbasis(factor, basis, method, use_native=True)
     assert torch.equal(order.cpu(), expected_order)
     tolerance = 1e-4 if dtype == torch.float32 else 1e-9
     torch.testing.assert_close(ours.cpu(), expected, atol=tolerance, rtol=0)

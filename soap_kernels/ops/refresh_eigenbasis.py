@@ -43,9 +43,13 @@ Jacobi loop reads a convergence flag on the host once per sweep), the C++ CPU ke
 synchronisation and no cuSOLVER call (cuBLAS GEMMs; the Cholesky of 64 x 64 diagonal blocks and the Jacobi
 solver are the shared core run by one thread block each), so it is meant to be captured in a CUDA graph.
 The CPU kernel computes the same "qr" result with LAPACK's Householder R instead of CholeskyQR passes
-(SOAP_KERNELS_REFRESH_QR_CPU=cholesky selects the CUDA algorithm there). Status: the CUDA kernel compiles
-but has not run on a GPU yet; its Jacobi keeps the whole matrix in global memory (one block per matrix),
-which is exact but not the issue's shared-memory block-Jacobi design, so "exact" is not yet fast for n=256.
+(SOAP_KERNELS_REFRESH_QR_CPU=cholesky selects the CUDA algorithm there). For "exact" on CUDA with n above
+block_jacobi.MIN_N["cuda"] (128), the native path runs the block-Jacobi driver of block_jacobi.py instead:
+torch ops around one batched call of this kernel per round on 2b x 2b sub-problems (2b <= 64, solved in
+shared memory), same result and guarantees, still free of host synchronisation; on CUDA it issues all
+max_sweeps sweeps (converged matrices get identity rotations), so warm-started callers should pass a small cap.
+On the CPU the scalar kernel stays (it measured faster there). Status: the CUDA kernel compiles but has not
+run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import functools
 import torch
 
 from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
+from soap_kernels.ops import block_jacobi
 
 _OP_NAME = "soap_kernels::refresh_eigenbasis"
 METHODS = ("qr", "exact")
@@ -238,7 +243,10 @@ def refresh_eigenbasis(
     if use_native:
         if not native_kernels_for(factor.device):
             raise RuntimeError(f"soap_kernels: no native refresh_eigenbasis kernel for device {factor.device}")
-        new_basis, order = torch.ops.soap_kernels.refresh_eigenbasis(factor, basis, method, max_sweeps)
+        if method == "exact" and block_jacobi.uses_block_jacobi(factor.shape[-1], factor.device):
+            new_basis, order = block_jacobi.block_jacobi_refresh(factor, basis, max_sweeps)
+        else:
+            new_basis, order = torch.ops.soap_kernels.refresh_eigenbasis(factor, basis, method, max_sweeps)
     else:
         new_basis, order = refresh_eigenbasis_ref(factor, basis, method, max_sweeps)
     if unbatched:
