@@ -25,11 +25,12 @@ import torch.multiprocessing as mp
 from soap_pinn import distributed
 from soap_pinn.checkpoint import load_checkpoint
 from soap_pinn.config import make_config
-from soap_pinn.trainer import Trainer
+from soap_pinn.trainer import NonFiniteLossError, Trainer
 
 COARSE = dict(modes=64, steps_per_output=2, nt=21, nx=33)
 STEPS, STOP = 10, 5
 STALL_TIMEOUT_S = 3
+NAN_STEP = 3
 TOLERANCE = dict(rtol=1e-9, atol=1e-12)
 HELPER = Path(__file__).with_name("tiny_cli.py")
 
@@ -63,6 +64,7 @@ def _worker(rank: int, world: int, out: str) -> None:
     """Three 2-rank scenarios in one spawn (starting processes costs ~10 s here):
     adam: train to STOP (checkpoint), copy that run folder to adam-at-stop/, train on to STEPS;
     soap with shard_refresh: each rank saves its final parameters;
+    a NaN residual on rank 1 only at step NAN_STEP: each rank writes the error it gets;
     a stalled, then dead rank: rank 1 stops after 2 steps, sleeps past the 5 s timeout and exits; rank 0
     writes the error it gets."""
     torch.set_num_threads(1)
@@ -77,6 +79,19 @@ def _worker(rank: int, world: int, out: str) -> None:
         trainer = Trainer(tiny_config(optimizer="soap", shard_refresh=True, steps=4), out / "soap", progress=False)
         trainer.run()
         torch.save([p.detach() for p in trainer.model.parameters()], out / f"soap-rank{rank}.pt")
+        trainer = Trainer(tiny_config(), out / "nan", progress=False)
+        trainer.run(stop_after=NAN_STEP)
+        original = trainer.pde.residual
+        if rank == 1:
+            trainer.pde.residual = lambda jet: tuple(r * float("nan") for r in original(jet))
+        try:
+            trainer.run()
+            outcome = "no error"
+        except NonFiniteLossError as error:
+            outcome = str(error)
+        finally:
+            trainer.pde.residual = original
+        (out / f"nan-rank{rank}.txt").write_text(outcome)
     finally:
         dist.destroy_process_group()
     _init(rank, world, out / "store-2", STALL_TIMEOUT_S)
@@ -145,6 +160,12 @@ def test_soap_with_sharded_refresh_keeps_the_ranks_identical(runs):
     assert json.loads((runs / "soap" / "summary.json").read_text())["steps"] == 4
 
 
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(runs):
+    for rank in range(2):
+        assert f"non-finite loss at step {NAN_STEP}" in (runs / f"nan-rank{rank}.txt").read_text()
+    assert load_checkpoint(runs / "nan", torch.device("cpu"))["step"] == NAN_STEP  # rank 0 kept the good state
+
+
 def test_a_stalled_rank_is_reported_not_hung(runs):
     report = json.loads((runs / "dying.json").read_text())
     assert "all_reduce of the loss sums failed on rank 0 of 2" in report["message"]
@@ -166,6 +187,10 @@ def test_world_size_must_divide_the_sample_chunks(tmp_path, monkeypatch, capsys)
     assert "3 processes (WORLD_SIZE) must divide --sample-chunks 8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="batch_size 60 must be divisible by sample_chunks 8"):
         tiny_config(batch_size=60, causal_chunks=4)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit):
+        main(["train", "allen_cahn", "--optimizer", "adam", "--shard-refresh", "--out", str(tmp_path / "c")])
+    assert "shard_refresh applies to the soap optimizer only, not 'adam'" in capsys.readouterr().err
 
 
 def test_torchrun_runs_the_command_line(tmp_path):
