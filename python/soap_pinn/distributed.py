@@ -3,7 +3,8 @@ collectives that say which rank and which collective failed instead of hanging s
 
 Under torchrun every process has RANK, WORLD_SIZE and LOCAL_RANK in its environment; `init_from_env` starts
 the process group from them (NCCL for CUDA, gloo for CPU) with a timeout, so a dead or stuck peer turns into
-a DistributedError on the others after at most that long. Without those variables (or with WORLD_SIZE 1)
+a DistributedError on the others after at most that long (gloo; NCCL reports errors asynchronously, and
+torch's watchdog aborts the process after the timeout instead). Without those variables (or with WORLD_SIZE 1)
 nothing is started and every collective here is a no-op.
 """
 
