@@ -19,10 +19,10 @@ SETTINGS = dict(precondition_frequency=2, precondition_1d=True, lr=1e-2)
 STEPS = 11
 
 
-def _train(shard: bool) -> list[torch.Tensor]:
+def _train(shard: bool, capturable: bool = False) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=generator, dtype=torch.float64)) for s in SHAPES]
-    optimizer = SOAP(params, shard_refresh=shard, **SETTINGS)
+    optimizer = SOAP(params, shard_refresh=shard, capturable=capturable, **SETTINGS)
     for _ in range(STEPS):
         for p in params:
             p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64)
@@ -37,19 +37,20 @@ def _init(rank: int, world: int, store_file: str, timeout_s: float) -> None:
     )  # fmt: skip
 
 
-def _sharded_worker(rank: int, world: int, store_file: str, out_dir: str) -> None:
+def _sharded_worker(rank: int, world: int, store_file: str, out_dir: str, capturable: bool) -> None:
     torch.set_num_threads(1)
     _init(rank, world, store_file, 60)
     try:
-        torch.save(_train(shard=True), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(_train(shard=True, capturable=capturable), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_sharded_refresh_equals_single_process(tmp_path, world):
-    mp.spawn(_sharded_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
-    expected = _train(shard=False)
+@pytest.mark.parametrize("world, capturable", [(2, False), (3, False), (2, True)])
+def test_sharded_refresh_equals_single_process(tmp_path, world, capturable):
+    args = (world, str(tmp_path / "store"), str(tmp_path), capturable)
+    mp.spawn(_sharded_worker, args=args, nprocs=world, join=True)
+    expected = _train(shard=False, capturable=capturable)
     for rank in range(world):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert len(got) == len(expected)
