@@ -24,11 +24,10 @@ class BoxSampler:
     """Draws [batch, d] points uniform in prod_i [low_i, high_i] for step s, sorted by the first column (t).
 
     `sample(step, ...)` returns the whole global batch; `sample(step, ..., rank=r, world_size=W)` the rows
-    of the sampling chunks r, r + W, ... (W must divide `chunks`), still in the order of the global
-    t-sort, with each row's causal chunk: its position in the global t-sort // (batch / causal_chunks).
-    Every rank draws the whole batch's coordinates (batch x d uniforms on the CPU: microseconds) because
-    causal weighting needs each point's rank in time among all points; it evaluates the network only on
-    its own rows.
+    of the sampling chunks r, r + W, ... (W must divide `chunks`), ordered by t, with each row's causal
+    chunk: its position among all batch points sorted by t, // (batch / causal_chunks). Each chunk's
+    generator gives its times first, then its spatial coordinates, so a rank draws the times of every chunk
+    (batch uniforms, sorted on `device`) but the spatial coordinates of its own chunks only.
     """
 
     def __init__(self, bounds: list[tuple[float, float]], batch_size: int, seed: int, chunks: int = 8):
@@ -37,19 +36,6 @@ class BoxSampler:
         self.low = torch.tensor([b[0] for b in bounds], dtype=torch.float64)
         self.width = torch.tensor([b[1] - b[0] for b in bounds], dtype=torch.float64)
         self.batch_size, self.chunks, self.seed = batch_size, chunks, seed
-
-    def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(points [batch, d] sorted by t, sampling chunk of each row [batch]) in float64 on the CPU."""
-        per_chunk = self.batch_size // self.chunks
-        blocks = []
-        for chunk in range(self.chunks):
-            generator = torch.Generator().manual_seed(chunk_seed(self.seed, step, chunk))
-            blocks.append(torch.rand(per_chunk, len(self.low), generator=generator, dtype=torch.float64))
-        points = self.low + self.width * torch.cat(blocks)
-        owner = torch.arange(self.chunks).repeat_interleave(per_chunk)
-        # sorting by t makes consecutive rows time chunks for causal weighting
-        order = torch.argsort(points[:, 0], stable=True)
-        return points[order], owner[order]
 
     def sample(
         self,
@@ -67,9 +53,21 @@ class BoxSampler:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         if causal_chunks <= 0 or self.batch_size % causal_chunks:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by causal_chunks {causal_chunks}")
-        points, owner = self._draw(step)
-        causal = torch.arange(self.batch_size) // (self.batch_size // causal_chunks)
-        if world_size > 1:
-            mine = owner % world_size == rank
-            points, causal = points[mine], causal[mine]
-        return points.to(dtype=dtype, device=device), causal.to(device=device)
+        per_chunk, dims = self.batch_size // self.chunks, len(self.low)
+        own = range(rank, self.chunks, world_size)
+        times, spaces = [], []
+        for chunk in range(self.chunks):
+            generator = torch.Generator().manual_seed(chunk_seed(self.seed, step, chunk))
+            times.append(torch.rand(per_chunk, generator=generator, dtype=torch.float64))
+            if chunk % world_size == rank:
+                spaces.append(torch.rand(per_chunk, dims - 1, generator=generator, dtype=torch.float64))
+        all_times = (self.low[0] + self.width[0] * torch.cat(times)).to(device)
+        # position of every point in the global t-order (sorting by t makes consecutive rows time chunks)
+        position = torch.empty(self.batch_size, dtype=torch.int64, device=device)
+        position[torch.argsort(all_times, stable=True)] = torch.arange(self.batch_size, device=device)
+        rows = torch.cat([torch.arange(c * per_chunk, (c + 1) * per_chunk) for c in own]).to(device)
+        space = (self.low[1:] + self.width[1:] * torch.cat(spaces)).to(device)
+        points = torch.cat([all_times[rows].unsqueeze(1), space], dim=1)
+        mine = position[rows]
+        order = torch.argsort(mine)
+        return points[order].to(dtype=dtype), mine[order] // (self.batch_size // causal_chunks)
