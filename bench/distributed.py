@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import sys
@@ -163,7 +164,7 @@ def measure(world: int, providers: list[str], sizes: str, warmup: int, steps: in
         timings[provider] = {
             "median_ms": statistics.median(blocks),
             "p10_ms": blocks[int(0.1 * (len(blocks) - 1))],
-            "p90_ms": blocks[int(0.9 * (len(blocks) - 1))],
+            "p90_ms": blocks[math.ceil(0.9 * (len(blocks) - 1))],  # ceil: never below the median
             "repeats": len(blocks),
             "method": f"wall, slowest rank, blocks of {frequency} steps interleaved between providers",
             "refresh_step_median_ms": statistics.median(refresh),
