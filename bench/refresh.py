@@ -4,11 +4,18 @@ Providers (each refreshes a [batch, n, n] stack of factors from the previous bas
   torch_qr_path       the SOAP reference: diag(Q^T L Q), argsort, L @ Q_sorted, torch.linalg.qr (baseline)
   torch_eigh          torch.linalg.eigh of every factor (an exact refresh without warm start)
   soap_kernels_qr     refresh_eigenbasis(method="qr"): the same result, shifted CholeskyQR3 in float64
-  soap_kernels_exact  refresh_eigenbasis(method="exact"): warm-started Jacobi (exact eigenvectors)
+  soap_kernels_exact  refresh_eigenbasis(method="exact"): warm-started Jacobi (exact eigenvectors), as dispatched
+                      (the scalar kernel, or block-Jacobi on CUDA above n = block_jacobi.MIN_N["cuda"])
+  soap_kernels_exact_scalar      the scalar Jacobi kernel forced (only where the dispatch picks block-Jacobi)
+  soap_kernels_exact_block       block-Jacobi forced, max_sweeps 30 (n >= 256; where the dispatch does not pick it)
+  soap_kernels_exact_block_cap8  block-Jacobi, max_sweeps 8: on CUDA every capped sweep is issued, so a warm
+                      start's cap sets the cost (n >= 256)
+Block-Jacobi rows also carry `sweeps`: the most sweeps any matrix of the case rotated in.
 Factors drift like SOAP's between two refreshes (precondition_frequency 2, shampoo beta 0.95), and the bases
 are the previous factor's eigenvectors, so "exact" runs from the warm start it gets in training.
 
     python bench/refresh.py [--device cpu|cuda] [--sizes paper|small|smoke] [--dtype float32|float64]
+                            [--n 256 384] [--batch 1 8]   (only these cases of the grid)
     python -m bench refresh --device cpu
 """
 
@@ -23,12 +30,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import SuiteConfig, record, save_results  # noqa: E402
 
-PROVIDERS = ("torch_qr_path", "torch_eigh", "soap_kernels_qr", "soap_kernels_exact")
+PROVIDERS = (
+    "torch_qr_path",
+    "torch_eigh",
+    "soap_kernels_qr",
+    "soap_kernels_exact",
+    "soap_kernels_exact_scalar",
+    "soap_kernels_exact_block",
+    "soap_kernels_exact_block_cap8",
+)
 BASELINE = "torch_qr_path"
 SHAMPOO_BETA = 0.95
-# On a CPU the Jacobi solver of "exact" is a correctness path (about 9 n^3 scalar flops per sweep): cases
-# with more work than this are recorded as skipped there instead of taking minutes each.
-CPU_EXACT_MAX_WORK = 384**3
+# On a CPU the Jacobi solvers of "exact" are correctness paths (about 9 n^3 scalar flops per sweep): cases
+# with more work than this (batch 8 at n = 256) are recorded as skipped there instead of taking minutes each.
+CPU_EXACT_MAX_WORK = 8 * 256**3
+BLOCK_MIN_N = 256  # the block-Jacobi rows: the paper's widths
 
 
 def cases(sizes: str) -> list[tuple[int, int]]:
@@ -68,23 +84,64 @@ def make(provider: str, factor: torch.Tensor, basis: torch.Tensor):
         return lambda: torch_qr_path(factor, basis)
     if provider == "torch_eigh":
         return lambda: torch.linalg.eigh(factor)
+    from soap_kernels.ops.block_jacobi import block_jacobi_refresh
     from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
 
+    if provider == "soap_kernels_exact_scalar":
+        return lambda: torch.ops.soap_kernels.refresh_eigenbasis(factor, basis, "exact", 30)
+    if provider.startswith("soap_kernels_exact_block"):
+        max_sweeps = 8 if provider.endswith("cap8") else 30
+        return lambda: block_jacobi_refresh(factor, basis, max_sweeps)
     method = provider.removeprefix("soap_kernels_")
     return lambda: refresh_eigenbasis(factor, basis, method, use_native=True)
 
 
+def applies(provider: str, n: int, device: torch.device, block_min_n: int = BLOCK_MIN_N) -> bool:
+    """Whether a provider has a row for this size: the forced-kernel variants only where they differ from the
+    dispatched soap_kernels_exact, the block-Jacobi ones at the paper's widths (any size in smoke runs)."""
+    from soap_kernels.ops.block_jacobi import uses_block_jacobi
+
+    if provider == "soap_kernels_exact_scalar":
+        return uses_block_jacobi(n, device)
+    if provider == "soap_kernels_exact_block":
+        return n >= block_min_n and not uses_block_jacobi(n, device)
+    if provider == "soap_kernels_exact_block_cap8":
+        return n >= block_min_n
+    return True
+
+
+def block_sweeps(provider: str, factor: torch.Tensor, basis: torch.Tensor) -> int | None:
+    """The most sweeps any matrix rotated in, for the block-Jacobi providers (None for the others)."""
+    from soap_kernels.ops.block_jacobi import block_jacobi_refresh_with_sweeps, uses_block_jacobi
+
+    n = factor.shape[-1]
+    if provider == "soap_kernels_exact" and uses_block_jacobi(n, factor.device):
+        max_sweeps = 30
+    elif provider.startswith("soap_kernels_exact_block"):
+        max_sweeps = 8 if provider.endswith("cap8") else 30
+    else:
+        return None
+    return int(block_jacobi_refresh_with_sweeps(factor, basis, max_sweeps)[2].max())
+
+
 def run(config: SuiteConfig) -> dict:
+    from soap_kernels.ops import block_jacobi
+
     device = torch.device(config.device)
     dtype = getattr(torch, config.extra.get("dtype", "float32"))
     rows = []
+    only_n, only_batch = config.extra.get("n"), config.extra.get("batch")
     for batch, n in cases(config.sizes):
+        if (only_n and n not in only_n) or (only_batch and batch not in only_batch):
+            continue
         factor, basis = drifting_factors(batch, n, dtype, device)
         name = f"batch={batch} n={n}"
         for provider in PROVIDERS:
-            if not config.wants(provider):
+            block_min_n = 1 if config.sizes == "smoke" else BLOCK_MIN_N
+            if not config.wants(provider) or not applies(provider, n, device, block_min_n):
                 continue
-            if provider == "soap_kernels_exact" and device.type == "cpu" and batch * n**3 > CPU_EXACT_MAX_WORK:
+            exact = provider.startswith("soap_kernels_exact")
+            if exact and device.type == "cpu" and batch * n**3 > CPU_EXACT_MAX_WORK:
                 rows.append(record(name, provider, None, error="skipped on CPU: Jacobi is the GPU design"))
                 continue
             try:
@@ -95,11 +152,21 @@ def run(config: SuiteConfig) -> dict:
                 rows.append(record(name, provider, None, error=f"{type(error).__name__}: {error}"))
                 continue
             flops = batch * (2 + 8 / 3) * n**3 if provider.endswith("qr_path") or provider.endswith("_qr") else None
-            rows.append(record(name, provider, timing, flops=flops, peak_dtype="fp64", batch=batch, n=n))
+            extra = {"batch": batch, "n": n}
+            sweeps = block_sweeps(provider, factor, basis) if exact else None
+            if sweeps is not None:
+                extra["sweeps"] = sweeps
+            rows.append(record(name, provider, timing, flops=flops, peak_dtype="fp64", **extra))
     return {
         "records": rows,
         "baseline_provider": BASELINE,
-        "settings": {"dtype": str(dtype), "shampoo_beta": SHAMPOO_BETA, "torch_threads": torch.get_num_threads()},
+        "settings": {
+            "dtype": str(dtype),
+            "shampoo_beta": SHAMPOO_BETA,
+            "torch_threads": torch.get_num_threads(),
+            "block_jacobi_min_n": dict(block_jacobi.MIN_N),
+            "block_jacobi_max_block": block_jacobi.MAX_BLOCK,
+        },
     }
 
 
@@ -110,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--providers", nargs="*", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--n", type=int, nargs="*", default=None, help="only these sizes of the grid")
+    parser.add_argument("--batch", type=int, nargs="*", default=None, help="only these batch sizes of the grid")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,19 +186,20 @@ def main(argv: list[str] | None = None) -> None:
         device=torch.device(args.device),
         sizes=args.sizes,
         providers=tuple(args.providers) if args.providers else None,
-        extra={"dtype": args.dtype},
+        extra={"dtype": args.dtype, "n": args.n, "batch": args.batch},
     )
     result = run(config)
     baseline = {row["case"]: row.get("median_ms") for row in result["records"] if row["provider"] == BASELINE}
-    print(f"{'case':<18} {'provider':<20} {'median ms':>10} {'p10-p90 ms':>18} {'vs qr path':>10}")
+    print(f"{'case':<18} {'provider':<30} {'median ms':>10} {'p10-p90 ms':>18} {'vs qr path':>10} {'sweeps':>6}")
     for row in result["records"]:
         if "median_ms" not in row:
-            print(f"{row['case']:<18} {row['provider']:<20} {row.get('error', '')}")
+            print(f"{row['case']:<18} {row['provider']:<30} {row.get('error', '')}")
             continue
         base = baseline.get(row["case"])
         ratio = f"{base / row['median_ms']:.2f}x" if base else ""
         spread = f"{row['p10_ms']:.2f}-{row['p90_ms']:.2f}"
-        print(f"{row['case']:<18} {row['provider']:<20} {row['median_ms']:>10.2f} {spread:>18} {ratio:>10}")
+        sweeps = row.get("sweeps", "")
+        print(f"{row['case']:<18} {row['provider']:<30} {row['median_ms']:>10.2f} {spread:>18} {ratio:>10} {sweeps:>6}")
     path = save_results("refresh", result, config.device)
     print(f"saved {path}")
 

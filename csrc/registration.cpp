@@ -13,6 +13,10 @@ TORCH_LIBRARY(soap_kernels, m) {
   // diag(Q^T L Q), one power step, orthonormalise) or "exact" (warm-started Jacobi eigendecomposition).
   // Returns the new bases and the column permutation `order` [batch, n] to apply to Adam's second moment.
   m.def("refresh_eigenbasis(Tensor factor, Tensor basis, str method, int max_sweeps) -> (Tensor, Tensor)");
+  // The Jacobi solver of "exact" alone, in place on a float64 stack of symmetric B[b] (n x n, contiguous): B
+  // becomes diagonal (its eigenvalues, unsorted) and vectors_t receives V^T (row i: the eigenvector rotated
+  // out of coordinate i). The sub-problem solver of the block-Jacobi driver (soap_kernels/ops/block_jacobi.py).
+  m.def("jacobi_eigen_(Tensor(a!) matrices, Tensor(b!) vectors_t, int max_sweeps) -> ()");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -9,7 +9,7 @@ import torch
 
 from soap_kernels.ops import block_jacobi
 from soap_kernels.ops.block_jacobi import block_jacobi_refresh, block_jacobi_refresh_with_sweeps, block_layout
-from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
+from soap_kernels.ops.refresh_eigenbasis import jacobi_eigen_ref, refresh_eigenbasis
 from tests.host_sync_guard import forbid_host_reads
 from tests.test_refresh_eigenbasis import (
     ORTHOGONALITY,
@@ -84,6 +84,50 @@ def test_rounds_pair_every_two_blocks_once_per_sweep(k, b):
     assert met == {(p, q) for p in range(2 * k) for q in range(p + 1, 2 * k)}
     assert torch.equal(stored, first)  # the last step returns to round 0's ordering
     assert torch.equal(stored[natural], torch.arange(2 * k * b))
+
+
+# ---------------------------------------------------------------------------------------------- jacobi_eigen_
+
+needs_jacobi_op = pytest.mark.skipif(
+    not block_jacobi.has_jacobi_op(), reason="soap_kernels._C predates jacobi_eigen_ (rebuild it)"
+)
+
+
+@needs_jacobi_op
+@pytest.mark.parametrize(("batch", "n"), [(1, 1), (3, 7), (4, 64)])
+def test_jacobi_op_matches_the_reference_solver(batch, n):
+    matrices = _factor("gram", batch, n, seed=n)
+    values, vectors = jacobi_eigen_ref(matrices, 30)
+    ours, vectors_t = matrices.clone(), torch.empty_like(matrices)
+    torch.ops.soap_kernels.jacobi_eigen_(ours, vectors_t, 30)
+    torch.testing.assert_close(ours.diagonal(0, -2, -1), values, atol=1e-12 * n, rtol=0)
+    torch.testing.assert_close(vectors_t.mT, vectors, atol=1e-12, rtol=0)
+
+
+@needs_jacobi_op
+def test_jacobi_op_checks_its_arguments_and_opcheck():
+    matrices = _factor("gram", 2, 5, seed=1)
+    with pytest.raises(TypeError, match="float64"):
+        torch.ops.soap_kernels.jacobi_eigen_(matrices.float(), matrices.float(), 10)
+    with pytest.raises(ValueError, match="match"):
+        torch.ops.soap_kernels.jacobi_eigen_(matrices, matrices[:1].clone(), 10)
+    with pytest.raises(ValueError, match="contiguous"):
+        torch.ops.soap_kernels.jacobi_eigen_(matrices.mT, matrices.clone(), 10)
+    with pytest.raises(ValueError, match="max_sweeps"):
+        torch.ops.soap_kernels.jacobi_eigen_(matrices, matrices.clone(), 0)
+    torch.library.opcheck(torch.ops.soap_kernels.jacobi_eigen_.default, (matrices, torch.empty_like(matrices), 12))
+
+
+@needs_jacobi_op
+def test_both_sub_problem_solvers_agree():
+    """jacobi_eigen_ and the fallback through the whole refresh op (sorted columns put back) agree."""
+    factor, basis = _soap_like(2, 100, seed=3)
+    ours, order, sweeps = block_jacobi_refresh_with_sweeps(factor, basis, 30, direct=True)
+    other, other_order, other_sweeps = block_jacobi_refresh_with_sweeps(factor, basis, 30, direct=False)
+    assert torch.equal(order, other_order) and torch.equal(sweeps, other_sweeps)
+    torch.testing.assert_close(ours, other, atol=1e-12, rtol=0)
+    for result in (ours, other):
+        assert _relative_residual(factor, result).max().item() < 1e-12
 
 
 # ---------------------------------------------------------------------------------------------- accuracy

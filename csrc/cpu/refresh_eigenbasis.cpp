@@ -84,8 +84,15 @@ std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_cpu(const at::Tensor& fact
                                    use_cholesky_qr_on_cpu() ? Orthonormalise() : householder_orthonormalise_cpu);
 }
 
+void jacobi_eigen_cpu(at::Tensor& matrices, at::Tensor& vectors_t, int64_t max_sweeps) {
+  jacobi_eigen_driver(matrices, vectors_t, max_sweeps, jacobi_cpu);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(soap_kernels, CPU, m) { m.impl("refresh_eigenbasis", &refresh_eigenbasis_cpu); }
+TORCH_LIBRARY_IMPL(soap_kernels, CPU, m) {
+  m.impl("refresh_eigenbasis", &refresh_eigenbasis_cpu);
+  m.impl("jacobi_eigen_", &jacobi_eigen_cpu);
+}
 
 }  // namespace soap_kernels

@@ -14,11 +14,14 @@ but B is diagonalised by block-Jacobi instead of the scalar kernel working on th
 - Round: the 2k blocks are paired by the circle method (k disjoint pairs (I, J)); after a fixed symmetric
   permutation that puts each pair's blocks next to each other, J is block diagonal with 2b x 2b blocks W,
   where S = [[B_II, B_IJ], [B_JI, B_JJ]] = W diag(mu) W^T. All batch * k sub-problems are diagonalised in
-  ONE batched call of the existing kernel (refresh_eigenbasis(S, I, "exact"), the scalar Jacobi solver:
-  whole sub-problem in shared memory on CUDA for 2b <= 64). The kernel returns W's columns sorted by mu
-  with `order`; they are put back (W[:, order[j]] = returned column j), so column i of W is the one Jacobi
-  rotated out of coordinate i, near e_i from a warm start. Then B <- J^T B J and V^T <- J^T V^T as batched
-  GEMMs on [batch * k] panels of 2b rows (2 (2b) N^2 flops per side).
+  ONE batched call of the scalar Jacobi solver (soap_kernels::jacobi_eigen_, the solver of the "exact"
+  kernel alone: one thread block per sub-problem, B and V^T in shared memory on CUDA for 2b <= 64). Column
+  i of W is the vector Jacobi rotated out of coordinate i, near e_i from a warm start. (Extensions built
+  before jacobi_eigen_ existed go through refresh_eigenbasis(S, I, "exact"), whose eigenvalue-sorted
+  columns are put back in place: W[:, order[j]] = returned column j.) Then B <- J^T B J and V^T <- J^T V^T
+  as batched GEMMs on [batch * k] panels of 2b rows (2 (2b) N^2 flops per side).
+  Entries of S below eps ||B||_F are zeroed first: the solver's own threshold is relative to ||S||_F and
+  would otherwise chase the GEMMs' rounding noise in sub-problems made of small entries.
 - Sweep: 2k - 1 rounds (every pair of blocks meets once). A matrix is converged after a sweep in which every
   W was exactly the identity (the sub-solver found no entry above its threshold; that is the scalar
   kernel's own stopping rule, one level up). Converged matrices get sub-problems reduced to their diagonal,
@@ -102,9 +105,23 @@ def _apply_left(rotation_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (rotation_t @ x.reshape(batch, k, width, x.shape[-1])).reshape(x.shape)
 
 
-def _solve_sub_problems(sub: torch.Tensor, use_native: bool) -> torch.Tensor:
-    """W for a stack of symmetric S [count, 2b, 2b]: S = W diag(mu) W^T, column i of W rotated out of e_i."""
+def has_jacobi_op() -> bool:
+    """True when the native extension has soap_kernels::jacobi_eigen_ (builds before it have only the full op)."""
+    return hasattr(torch.ops.soap_kernels, "jacobi_eigen_")
+
+
+def _solve_sub_problems(sub: torch.Tensor, use_native: bool, direct: bool) -> torch.Tensor:
+    """W for a stack of symmetric S [count, 2b, 2b]: S = W diag(mu) W^T, column i of W rotated out of e_i.
+
+    direct: the bare Jacobi op (one launch: the solver fills W^T itself); otherwise the whole refresh op with
+    the identity as basis, whose eigenvalue-sorted columns are put back in place.
+    """
     count, width, _ = sub.shape
+    if direct:
+        matrices = ((sub + sub.mT) * 0.5).contiguous()
+        vectors_t = torch.empty_like(matrices)
+        torch.ops.soap_kernels.jacobi_eigen_(matrices, vectors_t, INNER_SWEEPS)
+        return vectors_t.mT
     identity = torch.eye(width, dtype=sub.dtype, device=sub.device).expand(count, width, width)
     if use_native:
         sorted_vectors, order = torch.ops.soap_kernels.refresh_eigenbasis(sub, identity, "exact", INNER_SWEEPS)
@@ -122,6 +139,7 @@ def block_jacobi_eigen(
     max_block: int = MAX_BLOCK,
     use_native: bool = True,
     stop_early: bool | None = None,
+    direct: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eigenvalues (unsorted), V^T and the sweeps each matrix rotated in, for symmetric finite float64 B.
 
@@ -129,11 +147,14 @@ def block_jacobi_eigen(
     of coordinate i, sweeps [batch] int64: the sweeps in which some rotation was not the identity).
     stop_early: leave the sweep loop once every matrix has converged, which reads a flag on the host once
     per sweep (None: on the CPU only; on CUDA all max_sweeps sweeps are issued and nothing is read back).
-    use_native: sub-problems by the C++/CUDA kernel (else by the torch reference, for devices without it).
+    use_native: sub-problems by the C++/CUDA kernel (else by the torch reference, for devices without it);
+    direct: through soap_kernels::jacobi_eigen_ (None: when use_native and the extension has it) rather than
+    the whole refresh op (about 30 launches per round more on CUDA).
     """
     batch, n, _ = b.shape
     if use_native and not native_kernels_for(b.device):  # also loads soap_kernels._C, which registers the op
         raise RuntimeError(f"soap_kernels: no native refresh_eigenbasis kernel for device {b.device}")
+    direct = use_native and has_jacobi_op() if direct is None else direct
     k, size = block_layout(n, max_block)
     padded, width = 2 * k * size, 2 * size
     device, dtype = b.device, b.dtype
@@ -141,11 +162,11 @@ def block_jacobi_eigen(
         b = torch.nn.functional.pad(b, (0, padded - n, 0, padded - n))
     first, steps, natural = _round_permutations(k, size, device)
     identity = torch.eye(width, dtype=dtype, device=device)
+    on_diagonal = identity.bool()
     v_t = torch.eye(padded, dtype=dtype, device=device).expand(batch, padded, padded)
     b, v_t = _permute(b, v_t, first)
-    # Entries at or below eps ||B||_F are not worth a rotation (the scalar kernel's absolute threshold); the
-    # sub-solver measures its threshold against the sub-problem's norm instead, which would chase GEMM
-    # rounding noise in sub-problems of small entries (tiny eigenvalues), so they are zeroed in its input.
+    # Entries at or below eps ||B||_F are not worth a rotation (the scalar kernel's absolute threshold); they
+    # are zeroed in the sub-solver's input (module docstring).
     floor = (FLOOR_FACTOR * torch.linalg.vector_norm(b, dim=(-2, -1))).view(batch, 1, 1, 1)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     sweeps = torch.zeros(batch, dtype=torch.long, device=device)
@@ -156,15 +177,16 @@ def block_jacobi_eigen(
         for round_index in range(2 * k - 1):
             blocks = b.reshape(batch, k, width, k, width).diagonal(0, 1, 3).permute(0, 3, 1, 2)
             # Converged matrices: only the diagonal, so the kernel returns W = I exactly.
-            keep = (active.view(batch, 1, 1, 1) & (blocks.abs() > floor)) | identity.bool()
+            keep = (active.view(batch, 1, 1, 1) & (blocks.abs() > floor)) | on_diagonal
             sub = torch.where(keep, blocks, torch.zeros((), dtype=dtype, device=device))
-            w = _solve_sub_problems(sub.reshape(batch * k, width, width), use_native).reshape(batch, k, width, width)
+            w = _solve_sub_problems(sub.reshape(batch * k, width, width), use_native, direct)
+            w = w.reshape(batch, k, width, width)
             rotated |= (w != identity).flatten(1).any(-1)
             w_t = w.mT
             b = _apply_left(w_t, _apply_left(w_t, b).mT)  # J^T (J^T B)^T = J^T B J (B symmetric)
-            b = (b + b.mT) * 0.5
             v_t = _apply_left(w_t, v_t)
             b, v_t = _permute(b, v_t, steps[round_index])
+        b = (b + b.mT) * 0.5  # the GEMMs' rounding leaves B asymmetric by a few ulps per round
         sweeps += rotated.long()
         active &= rotated
         if stop_early and not bool(active.any()):  # a host read: the CPU default only
@@ -199,6 +221,7 @@ def block_jacobi_refresh_with_sweeps(
     max_block: int = MAX_BLOCK,
     use_native: bool = True,
     stop_early: bool | None = None,
+    direct: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """block_jacobi_refresh plus the number of sweeps that rotated, per matrix ([batch] int64)."""
     batch, n, _ = factor.shape
@@ -214,7 +237,7 @@ def block_jacobi_refresh_with_sweeps(
     polished = 1.5 * q0 - 0.5 * (q0 @ (q0.mT @ q0))
     rotated = polished.mT @ (l0 @ polished)
     rotated = (rotated + rotated.mT) * 0.5
-    eigenvalues, v_t, sweeps = block_jacobi_eigen(rotated, max_sweeps, max_block, use_native, stop_early)
+    eigenvalues, v_t, sweeps = block_jacobi_eigen(rotated, max_sweeps, max_block, use_native, stop_early, direct)
     order = torch.sort(eigenvalues, dim=-1, descending=True, stable=True).indices
     result = polished @ torch.gather(v_t, 1, order.unsqueeze(-1).expand(batch, n, n)).mT
     orthonormal = ((result.square().sum(-2) - 1.0).abs() < 1e-3).all(-1)
@@ -222,3 +245,16 @@ def block_jacobi_refresh_with_sweeps(
     result = torch.where(ok.view(batch, 1, 1), result, q0)
     order = torch.where(ok.view(batch, 1), order, torch.arange(n, device=factor.device).expand(batch, n))
     return result.to(basis.dtype), order, sweeps
+
+
+def _register_fake() -> None:
+    """The meta kernel of soap_kernels::jacobi_eigen_ (in place, returns nothing) for FakeTensor tracing."""
+    if not native_kernels_for(torch.device("cpu")) or not has_jacobi_op():
+        return
+
+    @torch.library.register_fake("soap_kernels::jacobi_eigen_")
+    def _(matrices, vectors_t, max_sweeps):
+        return None
+
+
+_register_fake()

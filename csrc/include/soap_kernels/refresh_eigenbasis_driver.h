@@ -106,6 +106,24 @@ inline void check_refresh_arguments(const at::Tensor& factor, const at::Tensor& 
   TORCH_CHECK_VALUE(max_sweeps >= 1, "soap_kernels.refresh_eigenbasis: max_sweeps must be >= 1, got ", max_sweeps);
 }
 
+// soap_kernels::jacobi_eigen_: the argument checks, then `jacobi` in place.
+inline void jacobi_eigen_driver(at::Tensor& matrices, at::Tensor& vectors_t, int64_t max_sweeps,
+                                const BatchedJacobi& jacobi) {
+  TORCH_CHECK_VALUE(matrices.dim() == 3 && matrices.size(1) == matrices.size(2),
+                    "soap_kernels.jacobi_eigen_: matrices must have shape [batch, n, n], got ", matrices.sizes());
+  TORCH_CHECK_TYPE(matrices.scalar_type() == at::kDouble && vectors_t.scalar_type() == at::kDouble,
+                   "soap_kernels.jacobi_eigen_: matrices and vectors_t must be float64, got ",
+                   matrices.scalar_type(), " and ", vectors_t.scalar_type());
+  TORCH_CHECK_VALUE(vectors_t.sizes() == matrices.sizes() && vectors_t.device() == matrices.device(),
+                    "soap_kernels.jacobi_eigen_: vectors_t must match matrices (shape ", matrices.sizes(),
+                    ", device ", matrices.device(), "), got ", vectors_t.sizes(), " on ", vectors_t.device());
+  TORCH_CHECK_VALUE(matrices.is_contiguous() && vectors_t.is_contiguous(),
+                    "soap_kernels.jacobi_eigen_: matrices and vectors_t must be contiguous");
+  TORCH_CHECK_VALUE(max_sweeps >= 1, "soap_kernels.jacobi_eigen_: max_sweeps must be >= 1, got ", max_sweeps);
+  if (matrices.numel() == 0) return;
+  jacobi(matrices, vectors_t, max_sweeps);
+}
+
 inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Tensor& factor,
                                                                     const at::Tensor& basis,
                                                                     std::string_view method, int64_t max_sweeps,
