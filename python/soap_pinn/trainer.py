@@ -213,10 +213,11 @@ class Trainer:
         jet = derivatives.evaluate(self.model, points, self.pde.derivatives, config.derivatives)
         local_sums = chunk_square_sums(self.pde.residual(jet), chunk_index, chunks)
         condition_names = [name for name in self.pde.loss_terms if name not in self.pde.residual_terms]
-        zero = torch.zeros((), dtype=local_sums.dtype, device=self.device)
-        # fixed grids, the same on every rank: rank 0 alone contributes them
-        conditions = self.pde.condition_losses(self.model, self.window, config.ic_stride) if rank.is_main else {}
-        local_conditions = [conditions.get(name, zero) for name in condition_names]
+        if rank.is_main:  # fixed grids, the same on every rank: rank 0 alone contributes them
+            conditions = self.pde.condition_losses(self.model, self.window, config.ic_stride)
+            local_conditions = [conditions[name] for name in condition_names]
+        else:
+            local_conditions = [torch.zeros((), dtype=local_sums.dtype, device=self.device)] * len(condition_names)
         shared = torch.cat([local_sums.detach().reshape(-1), *(c.detach().reshape(1) for c in local_conditions)])
         distributed.all_reduce_sum(shared, "the loss sums")
         global_sums = shared[: local_sums.numel()].view_as(local_sums)
