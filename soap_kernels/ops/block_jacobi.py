@@ -163,6 +163,7 @@ def block_jacobi_eigen(
     if padded > n:
         b = torch.nn.functional.pad(b, (0, padded - n, 0, padded - n))
     first, steps, natural = _round_permutations(k, size, device)
+    zero = torch.zeros((), dtype=dtype, device=device)
     identity = torch.eye(width, dtype=dtype, device=device)
     on_diagonal = identity.bool()
     v_t = torch.eye(padded, dtype=dtype, device=device).expand(batch, padded, padded)
@@ -180,7 +181,7 @@ def block_jacobi_eigen(
             blocks = b.reshape(batch, k, width, k, width).diagonal(0, 1, 3).permute(0, 3, 1, 2)
             # Converged matrices: only the diagonal, so the kernel returns W = I exactly.
             keep = (active.view(batch, 1, 1, 1) & (blocks.abs() > floor)) | on_diagonal
-            sub = torch.where(keep, blocks, torch.zeros((), dtype=dtype, device=device))
+            sub = torch.where(keep, blocks, zero)
             w = _solve_sub_problems(sub.reshape(batch * k, width, width), use_native, direct)
             w = w.reshape(batch, k, width, width)
             rotated |= (w != identity).flatten(1).any(-1)
