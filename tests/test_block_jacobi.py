@@ -156,6 +156,15 @@ def test_block_jacobi_against_numpy_eigh(block_path, dtype, kind, batch, n, warm
     assert block_path  # the block path ran
 
 
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_tiny_sizes(n):
+    """Blocks of one or two indices (and a padded one) still give an exact eigenbasis."""
+    factor = _factor("gram", 2, n, seed=n)
+    ours, order = block_jacobi_refresh(factor, torch.eye(n, dtype=torch.float64).expand(2, n, n), 30)
+    assert sorted(order[1].tolist()) == list(range(n))
+    assert _orthogonality_error(ours) < 1e-14 and _relative_residual(factor, ours).max().item() < 1e-14
+
+
 def test_order_maps_new_columns_to_the_old_ones(block_path):
     """From a permuted, sign-flipped exact eigenbasis, new column j is old column order[j]: the sub-problems'
     sorted eigenvectors are put back in place and the round permutations are undone."""
