@@ -99,8 +99,8 @@ def _round_permutations(k: int, b: int, device: torch.device) -> tuple[torch.Ten
 
 
 def _permute(b: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric reordering of B and the row reordering of V^T."""
-    return b.index_select(1, index).index_select(2, index), v_t.index_select(1, index)
+    """Symmetric reordering of B (one gather) and the row reordering of V^T."""
+    return b[:, index.unsqueeze(-1), index], v_t.index_select(1, index)
 
 
 def _apply_left(rotation_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +121,8 @@ def _solve_sub_problems(sub: torch.Tensor, use_native: bool, direct: bool) -> to
     the identity as basis, whose eigenvalue-sorted columns are put back in place.
     """
     count, width, _ = sub.shape
-    if direct:
-        matrices = ((sub + sub.mT) * 0.5).contiguous()
+    if direct:  # B is symmetrised once per sweep; the solver reads the upper triangle
+        matrices = sub.contiguous()
         vectors_t = torch.empty_like(matrices)
         torch.ops.soap_kernels.jacobi_eigen_(matrices, vectors_t, INNER_SWEEPS)
         return vectors_t.mT
@@ -166,32 +166,33 @@ def block_jacobi_eigen(
         b = torch.nn.functional.pad(b, (0, padded - n, 0, padded - n))
     first, steps, natural = _round_permutations(k, size, device)
     zero = torch.zeros((), dtype=dtype, device=device)
-    identity = torch.eye(width, dtype=dtype, device=device)
-    on_diagonal = identity.bool()
+    on_diagonal = torch.eye(width, dtype=torch.bool, device=device)
     v_t = torch.eye(padded, dtype=dtype, device=device).expand(batch, padded, padded)
     b, v_t = _permute(b, v_t, first)
     # Entries at or below eps ||B||_F are not worth a rotation (the scalar kernel's absolute threshold); they
     # are zeroed in the sub-solver's input (module docstring).
-    floor = (FLOOR_FACTOR * torch.linalg.vector_norm(b, dim=(-2, -1))).view(batch, 1, 1, 1)
+    floor = FLOOR_FACTOR * torch.linalg.vector_norm(b, dim=(-2, -1))
+    infinite = torch.full((), float("inf"), dtype=dtype, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     sweeps = torch.zeros(batch, dtype=torch.long, device=device)
     if stop_early is None:
         stop_early = device.type == "cpu"
     for _ in range(max_sweeps):
-        rotated = torch.zeros_like(active)
+        # Converged matrices: an infinite threshold leaves only the diagonal, so the solver returns W = I exactly.
+        threshold = torch.where(active, floor, infinite).view(batch, 1, 1, 1)
+        v_t_at_start = v_t
         for round_index in range(2 * k - 1):
             blocks = b.reshape(batch, k, width, k, width).diagonal(0, 1, 3).permute(0, 3, 1, 2)
-            # Converged matrices: only the diagonal, so the kernel returns W = I exactly.
-            keep = (active.view(batch, 1, 1, 1) & (blocks.abs() > floor)) | on_diagonal
-            sub = torch.where(keep, blocks, zero)
+            sub = torch.where((blocks.abs() > threshold) | on_diagonal, blocks, zero)
             w = _solve_sub_problems(sub.reshape(batch * k, width, width), use_native, direct)
-            w = w.reshape(batch, k, width, width)
-            rotated |= (w != identity).flatten(1).any(-1)
-            w_t = w.mT
+            w_t = w.mT.reshape(batch, k, width, width)
             b = _apply_left(w_t, _apply_left(w_t, b).mT)  # J^T (J^T B)^T = J^T B J (B symmetric)
             v_t = _apply_left(w_t, v_t)
             b, v_t = _permute(b, v_t, steps[round_index])
         b = (b + b.mT) * 0.5  # the GEMMs' rounding leaves B asymmetric by a few ulps per round
+        # A sweep rotated a matrix iff its V^T changed: W = I multiplies exactly, and the rounds' orderings
+        # come back to round 0's at the end of a sweep.
+        rotated = (v_t != v_t_at_start).flatten(1).any(-1)
         sweeps += rotated.long()
         active &= rotated
         if stop_early and not bool(active.any()):  # a host read: the CPU default only
