@@ -161,6 +161,14 @@ def _blocks(num_slots: int, device: torch.device) -> tuple[int, int, int]:
     return (32, 64, 32) if num_slots > 6 else (64, 64, 32)
 
 
+# Software-pipelining stages. Each stage holds a copy of every slot's tiles in shared memory, so Triton's
+# default (3 on Hopper) overflows the 227 KiB per block: compiled for sm_90 (bench/triton_gpu_compile.py),
+# the Allen-Cahn backward (4 slots, 64 x 64 float32 tiles) needs 336 KiB at 3 stages, 72 KiB at 1; the
+# Kuramoto-Sivashinsky forward (6 slots) in float64 224 KiB at 3, 112 KiB at 2. Not tuned on a GPU yet.
+_FORWARD_STAGES = 2
+_BACKWARD_STAGES = 1
+
+
 def jet_dense_activation_triton(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, layout: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +185,7 @@ def jet_dense_activation_triton(
     wrap_triton(kernel)[grid](
         x, weight, bias.contiguous() if bias is not None else weight, h, z, n, f_in, f_out,
         HAS_BIAS=bias is not None, PRECISION=_precision(x),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_FORWARD_STAGES,
     )
     return h, z
 
@@ -204,7 +212,7 @@ def jet_dense_activation_backward_triton(
     wrap_triton(kernel)[grid](
         grad_h, z, weight, grad_z, grad_x if compute_grad_x else grad_z, n, f_in, f_out,
         COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_BACKWARD_STAGES,
     )
     grad_weight = weight_gradient(grad_z, x)
     return grad_x, grad_weight, grad_z[0].sum(0)
