@@ -46,8 +46,9 @@ MAX_BLOCK = 32
 # refresh_eigenbasis(method="exact") runs block-Jacobi above these sizes (native kernels only). CUDA: the
 # scalar kernel keeps B and V^T in shared memory up to n = 118 on an H100 (B alone up to 166, less on an
 # A100) and works in global memory above; 128 is a first guess until GPU timings (bench/refresh.py rows
-# soap_kernels_exact against soap_kernels_exact_scalar) place it. CPU: never, the scalar kernel measured
-# 1.1-1.8x faster at n = 128-384 (1 thread; bench/results/refresh-block-jacobi-cpu-2cores-2026-11-27.json).
+# soap_kernels_exact against soap_kernels_exact_scalar) place it. CPU: never; 1 thread, the scalar kernel
+# measured 1.75x faster at n = 128, 1.3x at 256 and the two were level at 384
+# (bench/results/refresh-block-jacobi-cpu-2cores-2026-11-27.json).
 MIN_N = {"cuda": 128, "cpu": 10**9}
 # Off-diagonal entries below FLOOR_FACTOR ||B||_F are not rotated (eps, the scalar kernel's threshold).
 FLOOR_FACTOR = 2.0**-52
