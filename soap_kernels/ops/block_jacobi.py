@@ -28,6 +28,10 @@ but B is diagonalised by block-Jacobi instead of the scalar kernel working on th
   hence W = I exactly and B, V unchanged, so the loop needs no host synchronisation: on CUDA all max_sweeps
   sweeps are issued (graph-capturable), on the CPU the loop stops when every matrix has converged.
 
+Finish: one Newton-Schulz step V <- V (3 I - V^T V) / 2 on the accumulated rotations (their orthogonality
+drifts by a few ulps per round: 1e-12 after 20 cold sweeps at n = 300, 2e-15 after the step; residual
+||L Q - Q Lambda|| / ||L|| 1.4e-12 -> 1.5e-14), then the sort and new basis = Q~ V[:, order] as above.
+
 Non-finite handling is the driver's: NaN/Inf bases are replaced by the identity, a NaN/Inf factor (or a
 result that is not orthonormal) keeps its sanitised basis with order = 0..n-1, and the output is finite.
 """
@@ -200,7 +204,11 @@ def block_jacobi_eigen(
             break
     # After the loop B is in round 0's ordering (the last step wraps to it): back to the natural one.
     b, v_t = _permute(b, v_t, natural)
-    return b.diagonal(0, -2, -1)[:, :n], v_t[:, :n, :n], sweeps
+    v_t = v_t[:, :n, :n]
+    # V (3 I - V^T V) / 2: one Newton-Schulz step against the drift from orthogonality that the rounds' GEMMs
+    # accumulate (each W is orthogonal to a few ulps only): 1e-12 after 20+ cold sweeps at n = 300, 1e-15 after.
+    v_t = 1.5 * v_t - 0.5 * ((v_t @ v_t.mT) @ v_t)
+    return b.diagonal(0, -2, -1)[:, :n], v_t, sweeps
 
 
 def block_jacobi_refresh(
