@@ -15,8 +15,9 @@ but B is diagonalised by block-Jacobi instead of the scalar kernel working on th
   permutation that puts each pair's blocks next to each other, J is block diagonal with 2b x 2b blocks W,
   where S = [[B_II, B_IJ], [B_JI, B_JJ]] = W diag(mu) W^T. All batch * k sub-problems are diagonalised in
   ONE batched call of the scalar Jacobi solver (soap_kernels::jacobi_eigen_, the solver of the "exact"
-  kernel alone: one thread block per sub-problem, B and V^T in shared memory on CUDA for 2b <= 64). Column
-  i of W is the vector Jacobi rotated out of coordinate i, near e_i from a warm start. (Extensions built
+  kernel alone: one thread block per sub-problem, B and V^T in shared memory on CUDA for 2b <= 64; at most
+  INNER_SWEEPS = 4 sweeps each, a partial solve that later rounds finish). Column i of W is the vector
+  Jacobi rotated out of coordinate i, near e_i from a warm start. (Extensions built
   before jacobi_eigen_ existed go through refresh_eigenbasis(S, I, "exact"), whose eigenvalue-sorted
   columns are put back in place: W[:, order[j]] = returned column j.) Then B <- J^T B J and V^T <- J^T V^T
   as batched GEMMs on [batch * k] panels of 2b rows (2 (2b) N^2 flops per side).
@@ -24,9 +25,10 @@ but B is diagonalised by block-Jacobi instead of the scalar kernel working on th
   would otherwise chase the GEMMs' rounding noise in sub-problems made of small entries.
 - Sweep: 2k - 1 rounds (every pair of blocks meets once). A matrix is converged after a sweep in which every
   W was exactly the identity (the sub-solver found no entry above its threshold; that is the scalar
-  kernel's own stopping rule, one level up). Converged matrices get sub-problems reduced to their diagonal,
-  hence W = I exactly and B, V unchanged, so the loop needs no host synchronisation: on CUDA all max_sweeps
-  sweeps are issued (graph-capturable), on the CPU the loop stops when every matrix has converged.
+  kernel's own stopping rule, one level up; seen as V^T unchanged by the sweep). Converged matrices get
+  sub-problems reduced to their diagonal, hence W = I exactly and B, V unchanged, so the loop needs no host
+  synchronisation: on CUDA all max_sweeps sweeps are issued (graph-capturable), on the CPU the loop stops
+  when every matrix has converged.
 
 Finish: one Newton-Schulz step V <- V (3 I - V^T V) / 2 on the accumulated rotations (their orthogonality
 drifts by a few ulps per round: 1e-12 after 20 cold sweeps at n = 300, 2e-15 after the step; residual
@@ -51,7 +53,7 @@ MAX_BLOCK = 32
 # scalar kernel keeps B and V^T in shared memory up to n = 118 on an H100 (B alone up to 166, less on an
 # A100) and works in global memory above; 128 is a first guess until GPU timings (bench/refresh.py rows
 # soap_kernels_exact against soap_kernels_exact_scalar) place it. CPU: never; 1 thread, the scalar kernel
-# measured 1.75x faster at n = 128, 1.3x at 256 and the two were level at 384
+# measured 1.75x faster at n = 128, 1.2-1.3x at 256 and 1.0-1.2x at 384 over three runs on a shared machine
 # (bench/results/refresh-block-jacobi-cpu-2cores-2026-11-27.json).
 MIN_N = {"cuda": 128, "cpu": 10**9}
 # Off-diagonal entries below FLOOR_FACTOR ||B||_F are not rotated (eps, the scalar kernel's threshold).
