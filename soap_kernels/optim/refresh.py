@@ -7,7 +7,8 @@ Both methods first order the current basis by its Rayleigh quotients, descending
 - "eigh" (exact):          Q <- eigenvectors of L, descending eigenvalues (torch.linalg.eigh, cold start);
 - "exact" (exact, warm):   soap_kernels::refresh_eigenbasis(method="exact"): Jacobi sweeps on Q^T L Q from the
           current basis, in C++/CUDA without cuSOLVER or host syncs (graph-safe on CUDA), returning its own
-          column order (new column j grew out of old column order[j]). Slow on CPU (a scalar solver); for GPUs.
+          column order (new column j grew out of old column order[j]); at most EXACT_REFRESH_MAX_SWEEPS sweeps.
+          Slow on CPU (a scalar solver); for GPUs.
 - "qr_kernel" (internal, used by capturable steps): the "qr" refresh computed by
           soap_kernels::refresh_eigenbasis(method="qr") (CholeskyQR on CUDA, no cuSOLVER or host syncs): the same
           nested subspaces as "qr", so the same trajectory up to column signs and rounding.
@@ -21,6 +22,11 @@ import torch
 from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
 
 REFRESH_METHODS = ("qr", "eigh", "exact")
+# Jacobi sweeps per "exact" refresh. SOAP's refreshes are warm (the last basis, a few steps old): they converge
+# in 3-5 sweeps (tests/test_block_jacobi.py, bench/refresh.py), and a basis that needs more is still
+# orthonormal and keeps converging at the next refresh. The cap bounds the work of a graph-safe refresh, which
+# cannot stop early without a host read (the CUDA block-Jacobi path runs every sweep up to the cap).
+EXACT_REFRESH_MAX_SWEEPS = 8
 CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
 
 
@@ -41,7 +47,7 @@ def initial_basis(factor: torch.Tensor) -> torch.Tensor:
 def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring)."""
     if method == "exact":
-        return refresh_eigenbasis(factor, basis, "exact")
+        return refresh_eigenbasis(factor, basis, "exact", max_sweeps=EXACT_REFRESH_MAX_SWEEPS)
     if method == "qr_kernel":
         return refresh_eigenbasis(factor, basis, "qr")
     factor_times_basis = factor @ basis
