@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import SuiteConfig, record, save_results  # noqa: E402
+from bench.harness import SuiteConfig, record, save_results, spread  # noqa: E402
 from bench.soap_step import PAPER_SETTINGS, pirate_net_shapes  # noqa: E402
 
 PROVIDERS = ("redundant_refresh", "shard_refresh")
@@ -162,10 +161,7 @@ def measure(world: int, providers: list[str], sizes: str, warmup: int, steps: in
         refresh = [t for t, d in zip(step_ms, due) if d]
         plain = [t for t, d in zip(step_ms, due) if not d]
         timings[provider] = {
-            "median_ms": statistics.median(blocks),
-            "p10_ms": blocks[int(0.1 * (len(blocks) - 1))],
-            "p90_ms": blocks[math.ceil(0.9 * (len(blocks) - 1))],  # ceil: never below the median
-            "repeats": len(blocks),
+            **spread(blocks),
             "method": f"wall, slowest rank, blocks of {frequency} steps interleaved between providers",
             "refresh_step_median_ms": statistics.median(refresh),
             "plain_step_median_ms": statistics.median(plain),

@@ -86,11 +86,25 @@ def time_fn(
         fn()
         _sync(device)
         samples.append((time.perf_counter() - begin) * 1e3)
-    samples.sort()
+    return spread(samples)
+
+
+def quantile(samples: list[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) by linear interpolation between order statistics (numpy's default), so
+    p10 <= median <= p90 for any number of samples."""
+    ordered = sorted(samples)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def spread(samples: list[float]) -> dict:
+    """median_ms, p10_ms, p90_ms, mean_ms and repeats of samples in milliseconds."""
     return {
         "median_ms": statistics.median(samples),
-        "p10_ms": samples[int(0.1 * (len(samples) - 1))],
-        "p90_ms": samples[int(0.9 * (len(samples) - 1))],
+        "p10_ms": quantile(samples, 0.1),
+        "p90_ms": quantile(samples, 0.9),
         "mean_ms": statistics.fmean(samples),
         "repeats": len(samples),
     }
@@ -114,15 +128,7 @@ def save_results(
 
 
 def _percentiles(samples: list[float], method: str) -> dict:
-    samples = sorted(samples)
-    return {
-        "median_ms": statistics.median(samples),
-        "p10_ms": samples[int(0.1 * (len(samples) - 1))],
-        "p90_ms": samples[int(0.9 * (len(samples) - 1))],
-        "mean_ms": statistics.fmean(samples),
-        "repeats": len(samples),
-        "method": method,
-    }
+    return {**spread(samples), "method": method}
 
 
 @functools.cache

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import soap_kernels  # noqa: E402
-from bench.harness import device_name, save_results, time_fn  # noqa: E402
+from bench.harness import device_name, quantile, save_results, time_fn  # noqa: E402
 from soap_kernels import nn as snn  # noqa: E402
 from soap_kernels.jets import jet_autograd  # noqa: E402
 
@@ -174,8 +174,8 @@ def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> di
         samples = results[provider]["samples_ms"]
         results[provider]["median_ms"] = statistics.median(samples)
         results[provider]["cpu_median_ms"] = statistics.median(results[provider]["cpu_samples_ms"])
-        results[provider]["p10_ms"] = sorted(samples)[int(0.1 * (len(samples) - 1))]
-        results[provider]["p90_ms"] = sorted(samples)[int(0.9 * (len(samples) - 1))]
+        results[provider]["p10_ms"] = quantile(samples, 0.1)
+        results[provider]["p90_ms"] = quantile(samples, 0.9)
         if reference is not None:
             results[provider]["grad_rel_diff_vs_nested_autograd"] = (
                 (gradient - reference).norm() / reference.norm()

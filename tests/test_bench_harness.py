@@ -37,6 +37,13 @@ def test_benchmark_on_cpu_says_how_it_timed():
     assert timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
 
 
+def test_quantiles_bracket_the_median_for_any_sample_count():
+    for samples in ([2.0], [1.0, 2.0], [3.0, 1.0, 2.0], [float(i) for i in range(11)]):
+        timing = harness.spread(samples)
+        assert timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
+    assert harness.quantile([float(i) for i in range(11)], 0.9) == pytest.approx(9.0)
+
+
 def test_benchmark_on_cuda_takes_do_bench_samples(monkeypatch):
     import triton.testing
 
@@ -53,7 +60,8 @@ def test_benchmark_on_cuda_takes_do_bench_samples(monkeypatch):
     timing = harness.benchmark(lambda: None, "cuda", warmup_ms=7, rep_ms=70)
     assert calls == [(7, 70, None, "all")]
     assert timing["method"] == "do_bench" and timing["repeats"] == 5
-    assert (timing["p10_ms"], timing["median_ms"], timing["p90_ms"]) == (1.0, 3.0, 4.0)
+    # linear interpolation between order statistics (numpy.percentile's default): 1 + 0.4, 3, 4 + 0.6
+    assert (timing["p10_ms"], timing["median_ms"], timing["p90_ms"]) == pytest.approx((1.4, 3.0, 4.6))
     # a Triton whose do_bench cannot return every sample: ask for the quantiles instead
     monkeypatch.setattr(harness, "_do_bench_returns_all", lambda: False)
     timing = harness.benchmark(lambda: None, "cuda")
