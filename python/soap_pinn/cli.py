@@ -211,7 +211,7 @@ def _list() -> int:
         print(f"  {name:16s} (not implemented: {reason})")
     print("presets:")
     print("  small            PirateNet 2x64, batch 1024, 2000 steps: minutes on a laptop CPU (default)")
-    print("  paper            PirateNet 3x256, the paper's batch, schedule and step counts (for a GPU)")
+    print("  paper            PirateNet 3x256 (ldc: 4x256), the paper's batch, schedule and step counts (for a GPU)")
     assert set(PRESETS) == {"small", "paper"}
     return 0
 
