@@ -157,13 +157,18 @@ def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
     return cases
 
 
-def check(archs: list[int], quick: bool) -> list[dict]:
-    """Compile every case for every arch; one row per (arch, dtype, case, kernel)."""
+CASE_GROUPS = {"soap": soap_cases, "jet": jet_cases}
+
+
+def check(
+    archs: list[int], quick: bool, dtypes=(torch.float32, torch.float64), groups=tuple(CASE_GROUPS)
+) -> list[dict]:
+    """Compile every case of `groups` for every arch and dtype; one row per (arch, dtype, case, kernel)."""
     rows = []
     for arch in archs:
-        for dtype in (torch.float32, torch.float64):
-            for group in (soap_cases, jet_cases):
-                for case, launch in group(dtype, quick).items():
+        for dtype in dtypes:
+            for group in groups:
+                for case, launch in CASE_GROUPS[group](dtype, quick).items():
                     compiled: list = []
                     row = {"arch": f"sm_{arch}", "dtype": str(dtype).replace("torch.", ""), "case": case}
                     try:

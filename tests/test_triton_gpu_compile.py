@@ -36,8 +36,8 @@ import torch
 from bench import triton_gpu_compile as check
 from soap_kernels.ops import jet_dense_triton
 jet_dense_triton._BACKWARD_STAGES = 3
-rows = [r for r in check.check([90], quick=True) if r['case'].startswith('jet_dense allen_cahn')]
-print('FAILED' in {r['status'] for r in rows if r['dtype'] == 'float32'})
+rows = check.check([90], quick=True, dtypes=(torch.float32,), groups=("jet",))
+print('FAILED' in {r['status'] for r in rows if r['case'].startswith('jet_dense allen_cahn')})
 """
     result = _run_check(code=code)
     assert result.returncode == 0, result.stderr[-4000:]
