@@ -89,6 +89,24 @@ def time_fn(
     return spread(samples)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device, rounds: int = 10, warmup: int = 1) -> dict:
+    """{name: timing} with one run of every fn per round, so load that comes and goes hits all of them alike
+    (the way to compare providers on a shared CPU); timing as time_fn's, method "wall-interleaved"."""
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            begin = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - begin) * 1e3)
+    return {name: {**spread(values), "method": "wall-interleaved"} for name, values in samples.items()}
+
+
 def quantile(samples: list[float], q: float) -> float:
     """The q-quantile (0 <= q <= 1) by linear interpolation between order statistics (numpy's default), so
     p10 <= median <= p90 for any number of samples."""
@@ -227,6 +245,12 @@ class SuiteConfig:
     def wants(self, provider: str) -> bool:
         """True when `provider` was asked for (all are, when no list was given)."""
         return self.providers is None or provider in self.providers
+
+    def time_many(self, fns: dict[str, Callable[[], object]], repeats: int) -> dict:
+        """{name: timing}: interleaved rounds on a CPU (time_interleaved), benchmark() one by one on a GPU."""
+        if self.device.type != "cuda":
+            return time_interleaved(fns, self.device, rounds=3 if self.sizes == "smoke" else repeats)
+        return {name: self.time(fn) for name, fn in fns.items()}
 
     def time(self, fn: Callable[[], object], **kwargs) -> dict:
         """benchmark(fn) on this config's device, fewer repeats at "smoke" size."""

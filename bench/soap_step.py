@@ -11,6 +11,8 @@ block time / frequency is the mean step time including refreshes. Providers:
     fused Adam), pytorch_optimizer_soap (the baseline), heavyball_soap, adam (fused on CUDA).
 Graph providers copy each gradient into the captured .grad buffers, which the others do not need to.
 Launches per step (the torch profiler: device kernels on CUDA, aten calls on CPU) are recorded beside times.
+On a CPU the providers are timed in interleaved rounds (harness.time_interleaved), so a shared machine's
+load hits them alike; on a GPU each is timed by do_bench in turn.
 
     python bench/soap_step.py [--device cpu|cuda] [--sizes paper|small|smoke] [--providers a,b]
     python -m bench soap_step
@@ -167,16 +169,17 @@ def run(config: SuiteConfig) -> dict:
     rows = []
     for name, shapes in cases(config.sizes).items():
         values = int(sum(torch.Size(s).numel() for s in shapes))
+        blocks = {}
         for provider in PROVIDERS:
             if not config.wants(provider):
                 continue
             try:
-                block = step_block(shapes, provider, config.device, frequency)
+                blocks[provider] = step_block(shapes, provider, config.device, frequency)
             except ImportError as error:
                 rows.append(record(name, provider, None, error=f"not installed: {error}"))
-                continue
-            timing = config.time(block, repeats=10 if config.device.type == "cpu" else 20)
-            per_step = {k: (v / frequency if k.endswith("_ms") else v) for k, v in timing.items()}
+        timings = config.time_many(blocks, repeats=10 if config.device.type == "cpu" else 20)
+        for provider, block in blocks.items():
+            per_step = {k: (v / frequency if k.endswith("_ms") else v) for k, v in timings[provider].items()}
             launches, unit = launches_per_step(block, config.device, frequency)
             rows.append(record(
                 name, provider, per_step, tensors=len(shapes), values=values, launches_per_step=launches,
