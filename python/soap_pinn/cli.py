@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots at the end")
     train.add_argument("--out", type=Path, default=None, help="run folder (default runs/<pde>-<optimizer>)")
     train.add_argument("--resume", type=Path, default=None, help="continue the run in this folder")
+    train.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                       help="start from the model of the run in DIR (same architecture; fresh optimizer), "
+                            "e.g. the previous Reynolds number of an ldc curriculum")
     train.add_argument("--reference", type=Path, default=None,
                        help="reference solution file instead of the generated one (required by ldc: the paper's "
                             "ldc_Re*.mat with x, y, u, v, nu; 1-D PDEs: t, x, usol[t, x])")
@@ -111,7 +114,7 @@ def _train(args, parser) -> int:
             ("--log-every", args.log_every), ("--save-every", args.save_every),
             ("--architecture", args.architecture), ("--derivatives", args.derivatives), ("--out", args.out),
             ("--sample-chunks", args.sample_chunks),
-            ("--reference", args.reference),
+            ("--reference", args.reference), ("--init-from", args.init_from),
         ) if value is not None]  # fmt: skip
         if fixed:
             parser.error(f"--resume continues the saved configuration; {', '.join(fixed)} cannot change "
@@ -139,6 +142,7 @@ def _train(args, parser) -> int:
             architecture=args.architecture, derivatives=args.derivatives, plots=False if args.no_plots else None,
             sample_chunks=args.sample_chunks, shard_refresh=True if args.shard_refresh else None,
             reference_settings=None if args.reference is None else {"file": str(args.reference.resolve())},
+            init_from=None if args.init_from is None else str(args.init_from.resolve()),
         )  # fmt: skip
         try:
             config = make_config(args.pde, args.preset or "small", **overrides)

@@ -57,6 +57,9 @@ class TrainConfig:
     eval_stride_x: int = 1  # ... and every eval_stride_x-th point per spatial axis
     plots: bool = True
     reference_settings: dict = field(default_factory=dict)  # overrides of the reference generator
+    # a run folder whose final model parameters start this run (a curriculum, e.g. LDC's Reynolds numbers);
+    # optimizer, schedule and loss weights start fresh, and physics-informed initialisation is skipped
+    init_from: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

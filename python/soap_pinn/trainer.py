@@ -99,6 +99,8 @@ class Trainer:
         )  # fmt: skip
         self.model = build_model(self.model_spec, seed=config.seed, architecture=config.architecture)
         self.model.to(device=self.device, dtype=self.dtype)
+        if config.init_from is not None and not resume:
+            self._load_initial_model(Path(config.init_from))
         self._sync_model("the initial parameters")
         # every window starts from these initial parameters (before physics-informed initialisation)
         self.initial_model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -115,7 +117,7 @@ class Trainer:
             self._restore(load_checkpoint(self.out, self.device))
         else:
             self._start_window(0, self.reference.solution[0])
-            if config.physics_informed_init:
+            if config.physics_informed_init and config.init_from is None:
                 self._physics_informed_init()
             if self.dist.is_main:
                 (self.out / "config.json").write_text(config.to_json())
@@ -433,6 +435,17 @@ class Trainer:
             "last_record": self.last_record,
         }
         save_checkpoint(self.out, state)
+
+    def _load_initial_model(self, run_dir: Path) -> None:
+        """This run starts from the model of the run in run_dir (its last checkpoint)."""
+        try:
+            state = load_checkpoint(run_dir, self.device)["model"]
+        except FileNotFoundError as error:
+            raise ValueError(f"init_from {str(run_dir)!r}: {error}") from None
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as error:  # missing/unexpected keys or other shapes: another architecture
+            raise ValueError(f"init_from {str(run_dir)!r}: its model does not fit this run's ({error})") from None
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

@@ -82,6 +82,12 @@ def test_train_resume_compare(tiny_runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(argv)  # the same --out again without --resume
     assert "already holds a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(out), "--init-from", str(out)])
+    assert "--init-from cannot change" in capsys.readouterr().err
+    staged = tmp_path / "next-stage"  # a curriculum stage through the command line
+    assert main([*argv[:-1], str(staged), "--init-from", str(out), "--no-plots"]) == 0
+    assert json.loads((staged / "config.json").read_text())["init_from"] == str(out.resolve())
     capsys.readouterr()
     report = tmp_path / "report.json"
     assert main(["compare", str(out), "--json", "--save", str(report)]) == 0

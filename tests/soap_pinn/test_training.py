@@ -143,3 +143,22 @@ def test_physics_informed_init_fits_the_initial_condition(tmp_path):
         return float(trainer.pde.condition_losses(trainer.model, trainer.window)["ics"])
 
     assert initial_misfit(True) < 1e-2 * initial_misfit(False)
+
+
+def test_init_from_starts_from_another_runs_model(tmp_path):
+    """A curriculum stage: the second run starts from the first run's final parameters (another seed would give
+    other ones), trains, and an architecture that does not fit or a folder without a checkpoint is refused."""
+    first = Trainer(tiny_config("allen_cahn", steps=4), tmp_path / "first", progress=False)
+    first.run()
+    trained = parameters(first)
+    settings = dict(steps=4, seed=7, init_from=str(tmp_path / "first"))
+    second = Trainer(tiny_config("allen_cahn", **settings), tmp_path / "second", progress=False)
+    for loaded, expected in zip(parameters(second), trained, strict=True):
+        assert torch.equal(loaded, expected)
+    assert math.isfinite(second.run()["rel_l2"])
+    assert json.loads((tmp_path / "second" / "config.json").read_text())["init_from"] == str(tmp_path / "first")
+    narrow = dict(settings, hidden_features=8, fourier_features=8)
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer(tiny_config("allen_cahn", **narrow), tmp_path / "third", progress=False)
+    with pytest.raises(ValueError, match="init_from .*nowhere"):
+        Trainer(tiny_config("allen_cahn", init_from=str(tmp_path / "nowhere")), tmp_path / "fourth", progress=False)

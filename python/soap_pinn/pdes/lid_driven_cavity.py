@@ -18,9 +18,13 @@ The trainer's inputs are (t, x, y): this steady problem uses one "time" t = 0 (t
 drawn with t in [0, 0]), no causal weighting and no physics-informed initialisation (there is no initial
 condition; the paper's config has use_pi_init = False).
 
-Not implemented: the paper trains by a Reynolds-number curriculum (Re 100, 400, 1000, 1600, 3200 for
-10k, 20k, 50k, 50k, 500k steps, each stage continuing from the previous). Here a run trains at the file's
-Re from scratch; the paper preset has the settings of the first stage (Re = 100, 10k steps).
+The paper trains by a Reynolds-number curriculum (Re 100, 400, 1000, 1600, 3200 for 10k, 20k, 50k, 50k,
+500k steps, each stage continuing from the previous). A run trains at its file's Re; the stages are chained
+by hand with `--init-from` (the next stage starts from the previous run's model, with a fresh optimizer):
+    soap-pinn train ldc --preset paper --reference ldc_Re100.mat --out re100
+    soap-pinn train ldc --preset paper --reference ldc_Re400.mat --init-from re100 --steps 20000 --out re400
+The paper preset has the settings of the first stage (Re = 100, 10k steps); the later stages' step counts and
+schedules are the user's --steps (not tuned here, no curriculum command).
 """
 
 from __future__ import annotations
