@@ -102,6 +102,7 @@ class SOAP(torch.optim.Optimizer):
             captured step is right at every replay, at the price of precondition_frequency - 1 extra refresh
             computations per refresh. "qr" runs as soap_kernels::refresh_eigenbasis (on CUDA CholeskyQR, no
             cuSOLVER): the reference's subspaces, equal up to column signs and rounding. "eigh" is refused.
+            load_state_dict and add_param_group replace the state buffers: capture again after them.
         data_format: only "channels_first" (the reference default) is supported.
     Attributes: skipped_steps (device tensor): steps skipped because a gradient was not finite.
     """
