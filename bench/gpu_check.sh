@@ -151,8 +151,17 @@ EOF
 }
 
 gpu_tests() {
+  # The optimizer's tests first: under the step's time limit, Triton's first compilations (several seconds per
+  # jet kernel variant) must not starve them; then every other test file in name order.
+  local first=(tests/test_soap.py tests/test_soap_capturable.py tests/test_adam_moments.py
+               tests/test_refresh_eigenbasis.py tests/test_block_jacobi.py tests/test_rotated_adam.py
+               tests/test_factor_update.py)
+  local files=("${first[@]}") file
+  for file in tests/test_*.py tests/soap_pinn/test_*.py; do
+    [[ " ${first[*]} " == *" $file "* ]] || files+=("$file")
+  done
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-  "$PYTHON" -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS tests
+  "$PYTHON" -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS "${files[@]}"
   local rc=$?
   if ((rc == 5)); then
     echo "WARNING: pytest collected no tests for '$PYTEST_ARGS'"
