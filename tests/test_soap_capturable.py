@@ -192,9 +192,9 @@ def test_capturable_tensor_lr_must_live_on_the_parameters_device():
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_a_captured_step_replays_the_eager_trajectory(backend, refresh):
     """One step captured in a CUDA graph, replayed with new gradients and a scheduled tensor lr, follows eager
-    float64 SOAP on the CPU (refreshes land on the right replays)."""
+    SOAP on the CPU (refreshes land on the right replays: every third step, while every replay computes one)."""
     dtype = torch.float32 if backend == "triton" else torch.float64
-    steps, warm_up = 12, 3
+    steps, warm_up = 12, 4  # the warm-up includes a refresh step (step 3): first launches stay out of the capture
     gradients = _gradients(steps, dtype)
     cpu = _params(dtype)
     cpu_lr = torch.tensor(1e-2, dtype=torch.float64)
