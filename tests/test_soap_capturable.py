@@ -177,6 +177,17 @@ def test_capturable_rejects_what_it_cannot_do():
         SOAP(params, lr=torch.tensor(-1e-3))
 
 
+def test_a_tensor_lr_on_another_device_fails_before_any_state_is_allocated():
+    params = _params()
+    optimizer = SOAP(params, lr=torch.tensor(1e-3), capturable=True)
+    optimizer.param_groups[0]["lr"] = torch.tensor(1e-3, device="meta")  # as a scheduler could leave it
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="parameters' device"):
+        optimizer.step()
+    assert not any(optimizer.state[p] for p in params)
+
+
 @pytest.mark.cuda
 def test_capturable_tensor_lr_must_live_on_the_parameters_device():
     params = _params(device="cuda")

@@ -190,6 +190,9 @@ class SOAP(torch.optim.Optimizer):
                 raise TypeError(f"SOAP does not support sparse gradients (parameter of shape {tuple(p.shape)})")
         for device in {p.device for p in with_grads}:  # so does a forced backend that cannot run here
             self._implementation(device)
+        for group in self.param_groups:  # and a capturable step that cannot be what it promises
+            if group["capturable"]:
+                _check_capturable(group, [p for p in group["params"] if p.grad is not None], self.state)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -201,9 +204,6 @@ class SOAP(torch.optim.Optimizer):
                 work.append((group, stack, stack.stacked_grads()))
         if not work:
             return loss
-        for group, stack, _ in work:
-            if group["capturable"]:
-                _check_capturable(group, stack)
         ok = self._all_finite([grads for _, _, grads in work])
         due = []
         for group, stack, grads in work:
@@ -296,18 +296,20 @@ class SOAP(torch.optim.Optimizer):
         return stack
 
 
-def _check_capturable(group: dict, stack: ParamStack) -> None:
-    """A capturable step reads lr on the stack's device and cannot capture the initialising (eigh) step."""
+def _check_capturable(group: dict, params: list[torch.Tensor], state: dict) -> None:
+    """A capturable step reads lr on the parameters' device and cannot capture the initialising (eigh) step;
+    checked before any state is allocated."""
     lr = group["lr"]
-    if isinstance(lr, torch.Tensor) and lr.device != stack.device:
-        raise ValueError(
-            f"SOAP(capturable=True): a tensor lr must be on the parameters' device {stack.device}, got {lr.device}"
-        )
-    if stack.step is None and stack.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            "SOAP(capturable=True): the first step initialises the bases with torch.linalg.eigh, which "
-            "synchronises with the host; run it (and a warm-up step) eagerly before capturing"
-        )
+    for p in params:
+        if isinstance(lr, torch.Tensor) and lr.device != p.device:
+            raise ValueError(
+                f"SOAP(capturable=True): a tensor lr must be on the parameters' device {p.device}, got {lr.device}"
+            )
+        if "step" not in state.get(p, {}) and p.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "SOAP(capturable=True): the first step initialises the bases with torch.linalg.eigh, which "
+                "synchronises with the host; run it (and a warm-up step) eagerly before capturing"
+            )
 
 
 def _to_device(value, device: torch.device):
