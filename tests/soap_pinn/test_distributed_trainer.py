@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from soap_pinn import distributed
 from soap_pinn.checkpoint import load_checkpoint
 from soap_pinn.config import make_config
 from soap_pinn.trainer import NonFiniteLossError, Trainer
+
+from tests.spawn import spawn_ranks
 
 COARSE = dict(modes=64, steps_per_output=2, nt=21, nx=33)
 STEPS, STOP = 10, 5
@@ -100,13 +101,12 @@ def _worker(rank: int, world: int, out: str) -> None:
         trainer.run(stop_after=2)
         time.sleep(STALL_TIMEOUT_S + 1)
         return  # rank 1 stalls after step 2, then leaves; rank 0 trains on
-    started = time.monotonic()
     try:
         trainer.run()
         message = "no error"
     except distributed.DistributedError as error:
         message = str(error)
-    (out / "dying.json").write_text(json.dumps({"message": message, "seconds": time.monotonic() - started}))
+    (out / "dying.json").write_text(json.dumps({"message": message}))
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def runs(tmp_path_factory):
         Trainer(tiny_config(), folder / "single", progress=False).run()
     finally:
         torch.set_num_threads(previous)
-    mp.spawn(_worker, args=(2, str(folder)), nprocs=2, join=True)
+    spawn_ranks(_worker, (2, str(folder)), nprocs=2)  # fails the tests if a collective hangs
     return folder
 
 
@@ -169,9 +169,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(runs):
 def test_a_stalled_rank_is_reported_not_hung(runs):
     report = json.loads((runs / "dying.json").read_text())
     assert "all_reduce of the loss sums failed on rank 0 of 2" in report["message"]
-    assert "a peer rank may have died" in report["message"]
-    # the wait ends at the process group's timeout (a hang would have stopped the whole fixture instead)
-    assert report["seconds"] < STALL_TIMEOUT_S + 30
+    assert "a peer rank may have died" in report["message"]  # reported: the survivor's wait ended with an error
 
 
 def test_world_size_must_divide_the_sample_chunks(tmp_path, monkeypatch, capsys):
