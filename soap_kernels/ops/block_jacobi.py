@@ -45,6 +45,7 @@ import functools
 import torch
 
 from soap_kernels._backend import native_kernels_for
+from soap_kernels.ops.warm_exact import keep_old_where_failed, sanitised, warm_exact_basis
 
 # Sub-problems of at most 2 * MAX_BLOCK = 64: the CUDA kernel keeps B and V^T of a 64 x 64 problem in shared
 # memory (it stages both up to n = 118 on an H100, the matrix alone up to 166).
@@ -245,23 +246,12 @@ def block_jacobi_refresh_with_sweeps(
     if batch == 0 or n == 0:
         empty = torch.zeros(batch, dtype=torch.long, device=factor.device)
         return basis.clone(), torch.empty(batch, n, dtype=torch.long, device=factor.device), empty
-    l, q = factor.double(), basis.double()
-    identity = torch.eye(n, dtype=l.dtype, device=l.device).expand(batch, n, n)
-    factor_finite = torch.isfinite(l.sum((-2, -1)))  # NaN/Inf anywhere (or an overflowing sum)
-    basis_finite = torch.isfinite(q.sum((-2, -1)))
-    q0 = torch.where(basis_finite.view(batch, 1, 1), q, identity)
-    l0 = torch.where(factor_finite.view(batch, 1, 1), l, torch.zeros((), dtype=l.dtype, device=l.device))
-    polished = 1.5 * q0 - 0.5 * (q0 @ (q0.mT @ q0))
-    rotated = polished.mT @ (l0 @ polished)
-    rotated = (rotated + rotated.mT) * 0.5
-    eigenvalues, v_t, sweeps = block_jacobi_eigen(rotated, max_sweeps, max_block, use_native, stop_early, direct)
-    order = torch.sort(eigenvalues, dim=-1, descending=True, stable=True).indices
-    result = polished @ torch.gather(v_t, 1, order.unsqueeze(-1).expand(batch, n, n)).mT
-    orthonormal = ((result.square().sum(-2) - 1.0).abs() < 1e-3).all(-1)
-    ok = factor_finite & orthonormal  # NaN/Inf fail the column-norm test too
-    result = torch.where(ok.view(batch, 1, 1), result, q0)
-    order = torch.where(ok.view(batch, 1), order, torch.arange(n, device=factor.device).expand(batch, n))
-    return result.to(basis.dtype), order, sweeps
+    l0, q0, factor_finite = sanitised(factor, basis)
+    result, order, sweeps = warm_exact_basis(
+        l0, q0, lambda rotated: block_jacobi_eigen(rotated, max_sweeps, max_block, use_native, stop_early, direct)
+    )
+    result, order = keep_old_where_failed(result, order, q0, factor_finite, basis.dtype)
+    return result, order, sweeps
 
 
 def _register_fake() -> None:

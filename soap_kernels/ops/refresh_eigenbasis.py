@@ -61,6 +61,7 @@ import torch
 
 from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
 from soap_kernels.ops import block_jacobi
+from soap_kernels.ops.warm_exact import keep_old_where_failed, sanitised, warm_exact_basis
 
 _OP_NAME = "soap_kernels::refresh_eigenbasis"
 METHODS = ("qr", "exact")
@@ -152,14 +153,9 @@ def refresh_eigenbasis_ref(
     batch, n, _ = factor.shape
     if batch == 0 or n == 0:
         return basis.clone(), torch.empty(batch, n, dtype=torch.long, device=factor.device)
-    l, q = factor.double(), basis.double()
-    identity = torch.eye(n, dtype=l.dtype, device=l.device).expand(batch, n, n)
-    factor_finite = torch.isfinite(l.sum((-2, -1)))  # NaN/Inf anywhere (or an overflowing sum)
-    basis_finite = torch.isfinite(q.sum((-2, -1)))
-    q0 = torch.where(basis_finite.view(batch, 1, 1), q, identity)
-    l0 = torch.where(factor_finite.view(batch, 1, 1), l, torch.zeros((), dtype=l.dtype, device=l.device))
-    solved = factor_finite
+    l0, q0, solved = sanitised(factor, basis)
     if method == "qr":
+        identity = torch.eye(n, dtype=l0.dtype, device=l0.device).expand(batch, n, n)
         power = l0 @ q0
         order = torch.sort((q0 * power).sum(-2), dim=-1, descending=True, stable=True).indices
         norm = torch.linalg.vector_norm(l0, dim=(-2, -1), keepdim=True)
@@ -176,18 +172,13 @@ def refresh_eigenbasis_ref(
             solved = solved & (info == 0)
         result = x
     else:
-        polished = 1.5 * q0 - 0.5 * (q0 @ (q0.mT @ q0))
-        rotated = polished.mT @ (l0 @ polished)
-        rotated = (rotated + rotated.mT) * 0.5
-        eigenvalues, v = jacobi_eigen_ref(rotated, max_sweeps)
-        order = torch.sort(eigenvalues, dim=-1, descending=True, stable=True).indices
-        result = polished @ torch.gather(v, 2, order.unsqueeze(1).expand(-1, n, n))
-    orthonormal = ((result.square().sum(-2) - 1.0).abs() < 1e-3).all(-1)
-    ok = solved & orthonormal  # NaN/Inf fail the column-norm test too
-    result = torch.where(ok.view(batch, 1, 1), result, q0)
-    identity_order = torch.arange(n, device=factor.device).expand(batch, n)
-    order = torch.where(ok.view(batch, 1), order, identity_order)
-    return result.to(basis.dtype), order
+
+        def diagonalise(rotated):
+            eigenvalues, v = jacobi_eigen_ref(rotated, max_sweeps)
+            return eigenvalues, v.mT, None
+
+        result, order, _ = warm_exact_basis(l0, q0, diagonalise)
+    return keep_old_where_failed(result, order, q0, solved, basis.dtype)
 
 
 def _check_arguments(factor: object, basis: object, method: object, max_sweeps: object) -> None:
