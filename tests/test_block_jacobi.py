@@ -16,12 +16,12 @@ from tests.test_refresh_eigenbasis import (
     RESIDUAL,
     _check_exact,
     _factor,
-    _orthogonal,
     _orthogonality_error,
     _relative_residual,
     _warm_basis,
     needs_cuda,
     needs_native,
+    permuted_exact_basis,
 )
 
 pytestmark = needs_native  # the sub-problems go to the native kernel
@@ -169,14 +169,7 @@ def test_tiny_sizes(n):
 def test_order_maps_new_columns_to_the_old_ones(block_path):
     """From a permuted, sign-flipped exact eigenbasis, new column j is old column order[j]: the sub-problems'
     sorted eigenvectors are put back in place and the round permutations are undone."""
-    generator = torch.Generator().manual_seed(11)
-    n = 70
-    values = torch.linspace(9.0, 1.0, n, dtype=torch.float64)
-    eigenvectors = _orthogonal(1, n, generator)
-    factor = (eigenvectors * values) @ eigenvectors.mT
-    permutation = torch.randperm(n, generator=generator)
-    signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(torch.float64)
-    basis = eigenvectors[:, :, permutation] * signs
+    factor, basis, permutation = permuted_exact_basis(70)
     ours, order = refresh_eigenbasis(factor, basis, "exact")
     assert block_path
     assert torch.equal(order[0], torch.argsort(permutation))

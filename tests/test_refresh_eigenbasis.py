@@ -295,16 +295,21 @@ def _check_exact(dtype, kind, batch, n, warm):
     assert (ours_values[:, 1:] <= ours_values[:, :-1] + RESIDUAL[dtype] * scale).all()  # descending
 
 
-def test_exact_order_maps_new_columns_to_the_old_ones():
-    """From a permuted, sign-flipped exact eigenbasis, new column j is old column order[j] (up to sign)."""
+def permuted_exact_basis(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(factor [1, n, n] with eigenvalues 9..1, basis = its eigenvectors permuted and sign-flipped, the
+    permutation): new column j of an exact refresh must be old column argsort(permutation)[j]."""
     generator = torch.Generator().manual_seed(11)
-    n = 9
     values = torch.linspace(9.0, 1.0, n, dtype=torch.float64)
     eigenvectors = _orthogonal(1, n, generator)
     factor = (eigenvectors * values) @ eigenvectors.mT
     permutation = torch.randperm(n, generator=generator)
     signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(torch.float64)
-    basis = eigenvectors[:, :, permutation] * signs
+    return factor, eigenvectors[:, :, permutation] * signs, permutation
+
+
+def test_exact_order_maps_new_columns_to_the_old_ones():
+    """From a permuted, sign-flipped exact eigenbasis, new column j is old column order[j] (up to sign)."""
+    factor, basis, permutation = permuted_exact_basis(9)
     ours, order = refresh_eigenbasis(factor, basis, "exact")
     assert torch.equal(order[0], torch.argsort(permutation))
     torch.testing.assert_close(ours, basis[:, :, order[0]], atol=1e-12, rtol=0)
