@@ -156,10 +156,14 @@ class ParamStack:
         """Whether the Triton ops handle this stack (they take 1-D and 2-D views)."""
         return impl == "triton" and 1 <= len(self.plan.view_shape) <= 2
 
-    def _step_size(self, group: dict) -> torch.Tensor:
+    def _lr(self, group: dict) -> float | torch.Tensor:
+        """The group's lr: a float, or a tensor lr on this stack's device (read there, never on the host)."""
+        lr = group["lr"]
+        return lr.to(self.device) if isinstance(lr, torch.Tensor) else float(lr)
+
+    def _step_size(self, group: dict, lr: float | torch.Tensor) -> torch.Tensor:
         """[B] step sizes on the device: lr sqrt(1 - b2^t) / (1 - b1^t) at the next t (or lr), state dtype."""
         beta1, beta2 = group["betas"]
-        lr = group["lr"].to(self.device) if isinstance(group["lr"], torch.Tensor) else group["lr"]
         if not group["correct_bias"]:
             if isinstance(lr, torch.Tensor):
                 return lr.to(self.dtype).reshape(1).expand(self.batch).contiguous()
@@ -171,9 +175,8 @@ class ParamStack:
         """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
         beta1, beta2 = (float(b) for b in group["betas"])
         weight_decay, eps = float(group["weight_decay"]), float(group["eps"])
-        lr = group["lr"]
-        lr = lr.to(self.device) if isinstance(lr, torch.Tensor) else float(lr)  # a tensor lr is read on the device
-        step_size = self._step_size(group)
+        lr = self._lr(group)
+        step_size = self._step_size(group, lr)
         params = torch.stack(self.params).to(self.dtype)
         if self._fused(impl):
             fused_decay = 0.0 if isinstance(lr, torch.Tensor) else lr * weight_decay  # the kernel takes a number
