@@ -3,7 +3,8 @@
 Providers (each refreshes a [batch, n, n] stack of factors from the previous bases):
   torch_qr_path       the SOAP reference: diag(Q^T L Q), argsort, L @ Q_sorted, torch.linalg.qr (baseline)
   torch_eigh          torch.linalg.eigh of every factor (an exact refresh without warm start)
-  soap_kernels_qr     refresh_eigenbasis(method="qr"): the same result, shifted CholeskyQR3 in float64
+  soap_kernels_qr     refresh_eigenbasis(method="qr"): the same result; on CUDA shifted CholeskyQR in float64, on
+                      the CPU Householder QR in the input dtype with the batch split over the threads
   soap_kernels_exact  refresh_eigenbasis(method="exact"): warm-started Jacobi (exact eigenvectors), as dispatched
                       (the scalar kernel, or block-Jacobi on CUDA above n = block_jacobi.MIN_N["cuda"])
   soap_kernels_exact_scalar      the scalar Jacobi kernel forced (only where the dispatch picks block-Jacobi)

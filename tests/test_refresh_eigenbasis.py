@@ -354,6 +354,33 @@ def test_non_finite_input_keeps_or_sanitises_the_basis(method, use_native):
     assert torch.equal(order[:1], clean_order)
 
 
+@pytest.mark.parametrize("method", ["qr", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
+def test_a_batch_equals_its_matrices_refreshed_alone(method, dtype, use_native):
+    """The CPU kernel splits a batch over threads: each matrix's result must not depend on its neighbours."""
+    factor = _factor("gram", 6, 9, seed=5).to(dtype)  # well conditioned: batched and single GEMMs round alike
+    basis = _warm_basis(factor.double()).to(dtype)
+    together, together_order = refresh_eigenbasis(factor, basis, method, use_native=use_native)
+    for index in range(factor.shape[0]):
+        alone, alone_order = refresh_eigenbasis(factor[index], basis[index], method, use_native=use_native)
+        assert torch.equal(together_order[index], alone_order)
+        torch.testing.assert_close(together[index], alone, atol=ORTHOGONALITY[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
+def test_qr_of_a_huge_finite_float32_factor_is_still_a_qr(use_native):
+    """Entries near 1e20 (a diverging run's factor) square past float32's range in ||L||_F; the result must
+    still be the orthonormal factor of L Q_sorted, not the old basis."""
+    factor = _factor("gram", 2, 8, seed=3)
+    basis = _warm_basis(factor)
+    huge = (factor * 1e20 / factor.abs().amax()).float()
+    ours, order = refresh_eigenbasis(huge, basis.float(), "qr", use_native=use_native)
+    expected, expected_order = refresh_eigenbasis(factor, basis, "qr", use_native=use_native)
+    assert torch.equal(order, expected_order)
+    cosines = (ours.double() * expected).sum(-2).abs()
+    assert (1 - cosines).abs().max().item() < 1e-4
+
 @pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
 def test_empty_batch(use_native):
     empty = torch.empty(0, 4, 4, dtype=torch.float64)

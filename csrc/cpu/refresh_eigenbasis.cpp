@@ -34,25 +34,24 @@ std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cpu(at::Tensor& gram, co
           at::ones({gram.size(0)}, x.options().dtype(at::kBool))};
 }
 
-// CPU orthonormalisation for "qr": LAPACK's Householder geqrf gives R (backward stable for any cond(X));
-// Q = X R^{-1} by a triangular solve after flipping R's rows to a positive diagonal (the CholeskyQR sign
-// convention). Q's orthogonality error is about u cond(X) <= 1e-16 / delta: 4e-9 for float32 inputs (delta =
-// 2^-24, below their rounding), 1e-4 for float64 ones (delta = 1e-12), which one plain CholeskyQR pass then
-// removes. This skips orgqr, the slower half of torch.linalg.qr. SOAP_KERNELS_REFRESH_QR_CPU=cholesky runs
-// the CUDA kernel's CholeskyQR passes instead (tests use it to cover that algorithm on the CPU).
-std::tuple<at::Tensor, at::Tensor> householder_orthonormalise_cpu(const at::Tensor& x, bool single) {
-  auto [packed, tau] = at::geqrf(x);
-  at::Tensor upper = packed.triu();
-  const at::Tensor signs = at::where(upper.diagonal(0, -2, -1) < 0, -1.0, 1.0).to(upper.scalar_type());
-  upper.mul_(signs.unsqueeze(-1));
-  at::Tensor q = at::linalg_solve_triangular(upper, x, /*upper=*/true, /*left=*/false);
-  at::Tensor ok = at::ones({x.size(0)}, x.options().dtype(at::kBool));
-  if (!single) {
-    auto [cholesky, info] = at::linalg_cholesky_ex(at::matmul(q.mT(), q), /*upper=*/true, /*check_errors=*/false);
-    q = at::linalg_solve_triangular(cholesky, q, /*upper=*/true, /*left=*/false);
-    ok = info.eq(0);
-  }
-  return {q, ok};
+// CPU orthonormalisation for "qr": LAPACK's Householder QR (geqrf + orgqr, as torch.linalg.qr), in the input
+// dtype like the SOAP reference, with the columns' signs flipped to make R's diagonal positive (the
+// CholeskyQR sign convention). Householder Q is orthonormal to rounding whatever cond(X), so unlike the
+// CholeskyQR passes it needs neither float64 nor a second pass. SOAP_KERNELS_REFRESH_QR_CPU=cholesky runs the
+// CUDA kernel's float64 CholeskyQR passes instead (tests use it to cover that algorithm on the CPU).
+// torch.linalg.qr of a batch runs its matrices one after another (LAPACK does not thread at these sizes), so the
+// batch is split over the threads here. linalg_qr measured faster than geqrf + householder_product.
+at::Tensor householder_orthonormalise_cpu(const at::Tensor& x) {
+  const auto positive_r = [](const at::Tensor& matrices) {
+    auto [q, r] = at::linalg_qr(matrices);
+    return q.mul_(at::sign(r.diagonal(0, -2, -1)).add_(0.5).sign_().unsqueeze(-2));  // sign(0) counts as +1
+  };
+  if (x.size(0) == 1) return positive_r(x);  // no parallel region to open for one matrix
+  at::Tensor q = at::empty_like(x);
+  at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
+    q.slice(0, begin, end).copy_(positive_r(x.slice(0, begin, end)));
+  });
+  return q;
 }
 
 bool use_cholesky_qr_on_cpu() {

@@ -3,7 +3,8 @@
 Given stacks of Kronecker factors L[b] (n x n, symmetric positive semi-definite) and the previous bases
 Q[b] (orthonormal columns), returns new bases and the column permutation `order` [batch, n] that the
 caller applies to Adam's second moment along the same axis (``v.index_select(axis, order[b])``).
-Everything is computed in float64 and returned in the input dtype (float32 or float64).
+Everything is computed in float64 and returned in the input dtype (float32 or float64), except the CPU
+kernel's "qr" (see Implementations).
 
 method="qr" (SOAP's reference refresh: sort, one power step, orthonormalise)::
 
@@ -42,8 +43,11 @@ Jacobi loop reads a convergence flag on the host once per sweep), the C++ CPU ke
 (csrc/include/soap_kernels/{eigen_refresh_core.h, refresh_eigenbasis_driver.h}). The CUDA path has no host
 synchronisation and no cuSOLVER call (cuBLAS GEMMs; the Cholesky of 64 x 64 diagonal blocks and the Jacobi
 solver are the shared core run by one thread block each), so it is meant to be captured in a CUDA graph.
-The CPU kernel computes the same "qr" result with LAPACK's Householder R instead of CholeskyQR passes
-(SOAP_KERNELS_REFRESH_QR_CPU=cholesky selects the CUDA algorithm there). For "exact" on CUDA with n above
+The CPU kernel computes "qr" with LAPACK's Householder QR (geqrf + orgqr, as torch.linalg.qr) in the input
+dtype, as the SOAP reference does: Householder is orthonormal to rounding in any precision, so it needs neither
+float64 nor CholeskyQR's passes, and it does the reference's work (float32 columns agree with the float64
+CholeskyQR ones to about u32 cond(L Q_s), as torch.linalg.qr's do); SOAP_KERNELS_REFRESH_QR_CPU=cholesky
+selects the CUDA algorithm (float64 CholeskyQR) there. For "exact" on CUDA with n above
 block_jacobi.MIN_N["cuda"] (128), the native path runs the block-Jacobi driver of block_jacobi.py instead:
 torch ops around one batched call of this Jacobi solver (soap_kernels::jacobi_eigen_) per round on 2b x 2b
 sub-problems (2b <= 64, solved in shared memory), same result and guarantees, still free of host
