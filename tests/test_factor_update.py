@@ -188,3 +188,49 @@ def test_real_sizes_on_gpu(dtype, shape):
         factor_update_(factor, grad, ok, 0.95, dim)
         tol = dict(rtol=1e-11, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(factor, expected, **tol)
+
+
+def test_the_launch_runs_under_a_guard_for_the_stacks_device(device, monkeypatch, triton_only):
+    """Triton launches on the current CUDA device: the launch must sit inside on_device_of(the stack)."""
+    from tests.test_rotated_adam import _record_launch_guards
+
+    launches = _record_launch_guards(monkeypatch, fu)
+    factor, grad = _inputs((2, 9, 5), 0, torch.float64, device)
+    ok = torch.tensor(True, device=device)
+    expected = _reference(factor, grad, ok, 0.95, 0)
+    factor_update_(factor, grad, ok, 0.95, 0)
+    torch.testing.assert_close(factor, expected, **_tol(torch.float64))
+    assert launches == [("_factor_update_kernel", [torch.device(device)])]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stack_on_a_gpu_that_is_not_current(dtype):
+    """Tensors on cuda:1 while cuda:0 is current: the kernel must run on cuda:1 and match the reference."""
+    device = torch.device("cuda", 1)
+    ok = torch.tensor(True, device=device)
+    with torch.cuda.device(0):
+        for dim in (0, 1):
+            factor, grad = _inputs((3, 70, 40), dim, dtype, device)
+            expected = _reference(factor, grad, ok, 0.95, dim)
+            factor_update_(factor, grad, ok, 0.95, dim)
+            torch.cuda.synchronize(device)
+            torch.testing.assert_close(factor, expected, **_tol(dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24 * 2**30,
+    reason="needs a GPU with 24 GiB",
+)
+def test_factor_of_more_than_2_31_elements():
+    """A 46341 x 46341 factor (2^31 + 4633 elements): offsets past 2^31 must not wrap (64-bit indexing)."""
+    size = 46341
+    grad = torch.randn(1, size, device="cuda")
+    factor = torch.zeros(1, size, size, device="cuda")
+    factor_update_(factor, grad, torch.tensor(True, device="cuda"), 0.0, 0)  # beta 0: factor = g g^T
+    g = grad[0]
+    for row in (0, size // 2, size - 1):
+        torch.testing.assert_close(factor[0, row], g[row] * g, rtol=1e-6, atol=0)
+        torch.testing.assert_close(factor[0, :, row], g * g[row], rtol=1e-6, atol=0)

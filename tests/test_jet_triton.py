@@ -7,6 +7,7 @@ import torch
 import soap_kernels
 from soap_kernels import nn as snn
 from soap_kernels.jets import JetPlan
+from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref
 from soap_kernels.ops.jet_dense import (
     jet_dense_activation,
     jet_dense_activation_backward,
@@ -135,3 +136,125 @@ def test_triton_path_under_torch_compile_matches_eager():
     compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(), list(model.parameters()))
     for a, e in zip(compiled, eager):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def poisoned_empty_like(monkeypatch):
+    """torch.empty_like returns NaN-filled tensors, so an output the kernels leave unwritten cannot pass."""
+    empty_like = torch.empty_like
+
+    def nan_filled(*args, **kwargs):
+        out = empty_like(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty_like", nan_filled)
+
+
+@pytest.mark.parametrize("n, f_in, f_out", [(5, 0, 3), (5, 3, 0), (0, 3, 2)], ids=str)
+def test_empty_dimensions_match_reference(device, n, f_in, f_out, poisoned_empty_like):
+    """No features in or out, or no points: every output is still fully defined (zeros where the sum is empty)."""
+    plan = LAYOUTS["allen_cahn"]
+    torch.manual_seed(5)
+    x = torch.randn(plan.num_slots, n, f_in, dtype=torch.float64, device=device)
+    w = torch.randn(f_out, f_in, dtype=torch.float64, device=device)
+    b = torch.randn(f_out, dtype=torch.float64, device=device)
+    h, z = jet_dense_activation(x, w, b, "tanh", plan.key, True)
+    # the reference forward cannot view an empty feature dim as [-1, 0]: form z = x W^T + b here
+    z_ref = torch.einsum("knf,of->kno", x, w)
+    z_ref[0] += b
+    h_ref = activation_jet_ref(z_ref, "tanh", plan)
+    torch.testing.assert_close(h, h_ref)
+    torch.testing.assert_close(z, z_ref)
+    g = torch.randn(h_ref.shape, dtype=torch.float64, device=device)
+    grad_z = activation_jet_adjoint_ref(g, z_ref, "tanh", plan)  # the reference backward has the same [-1, 0] view
+    expected = (grad_z @ w, torch.einsum("kno,knf->of", grad_z, x), grad_z[0].sum(0))
+    for compute_grad_x in (True, False):
+        ours = jet_dense_activation_backward(g, z_ref, x, w, "tanh", plan.key, True, compute_grad_x)
+        for a, e, name in zip(ours, expected, ("grad_x", "grad_w", "grad_b")):
+            if name == "grad_x" and not compute_grad_x:
+                assert a.numel() == 0
+                continue
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=f"{name} compute_grad_x={compute_grad_x}")
+
+
+def test_weight_of_another_dtype_is_cast_like_the_forward(device):
+    """A float32 weight with a float64 jet: both launchers compute with the weight cast to float64, and the
+    weight and bias gradients come back in the weight's dtype (as the fake implementation promises)."""
+    plan = LAYOUTS["allen_cahn"]
+    torch.manual_seed(6)
+    x = torch.randn(plan.num_slots, 7, 5, dtype=torch.float64, device=device)
+    w32 = torch.randn(3, 5, dtype=torch.float32, device=device)
+    w = w32.double()  # the same values
+    h, z = jet_dense_activation(x, w32, None, "tanh", plan.key, True)
+    h_ref, z_ref = jet_dense_activation_ref(x, w, None, "tanh", plan.key)
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(h)
+    grad_x, grad_w, grad_b = jet_dense_activation_backward(g, z_ref, x, w32, "tanh", plan.key, True, True)
+    ref_x, ref_w, ref_b = jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, True)
+    torch.testing.assert_close(grad_x, ref_x, rtol=1e-12, atol=1e-12)
+    assert grad_w.dtype == grad_b.dtype == torch.float32
+    torch.testing.assert_close(grad_w, ref_w.float())
+    torch.testing.assert_close(grad_b, ref_b.float())
+
+
+def test_every_launch_runs_under_a_guard_for_the_inputs_device(device, monkeypatch):
+    """Triton launches on the current CUDA device: forward and backward launches sit inside on_device_of(input)."""
+    from soap_kernels.ops import jet_dense_triton
+    from tests.test_rotated_adam import _record_launch_guards
+
+    launches = _record_launch_guards(monkeypatch, jet_dense_triton)
+    plan = LAYOUTS["allen_cahn"]
+    x = torch.randn(plan.num_slots, 5, 7, dtype=torch.float64, device=device)
+    w = torch.randn(3, 7, dtype=torch.float64, device=device)
+    h, z = jet_dense_activation(x, w, None, "tanh", plan.key, True)
+    jet_dense_activation_backward(torch.randn_like(h), z, x, w, "tanh", plan.key, True, True)
+    assert launches == [
+        ("_jet_dense_activation_kernel", [torch.device(device)]),
+        ("_jet_dense_activation_backward_kernel", [torch.device(device)]),
+    ]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_inputs_on_a_gpu_that_is_not_current():
+    """Tensors on cuda:1 while cuda:0 is current: the kernels must run on cuda:1 and match the reference."""
+    device = torch.device("cuda", 1)
+    plan = LAYOUTS["allen_cahn"]
+    torch.manual_seed(7)
+    x = torch.randn(plan.num_slots, 100, 33, dtype=torch.float64, device=device)
+    w = torch.randn(17, 33, dtype=torch.float64, device=device) / 6
+    b = torch.randn(17, dtype=torch.float64, device=device)
+    with torch.cuda.device(0):
+        h, z = jet_dense_activation(x, w, b, "tanh", plan.key, True)
+        g = torch.randn_like(h)
+        ours = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, True, True)
+        torch.cuda.synchronize(device)
+    h_ref, z_ref = jet_dense_activation_ref(x, w, b, "tanh", plan.key)
+    torch.testing.assert_close(h, h_ref, rtol=1e-11, atol=1e-11)
+    for a, e in zip(ours, jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, True)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 48 * 2**30,
+    reason="needs a GPU with 48 GiB",
+)
+def test_slots_past_2_31_elements():
+    """Four slots of 2^29 + 64 elements each (2^31 + 256 in all): the slot offsets must not wrap (64-bit)."""
+    plan = LAYOUTS["allen_cahn"]
+    n, features = 2**24 + 2, 32
+    x = torch.randn(plan.num_slots, n, features, device="cuda")
+    w = torch.randn(features, features, device="cuda") / 6
+    h, z = jet_dense_activation(x, w, None, "tanh", plan.key, True)
+    tail = x[:, -64:].contiguous()
+    h_ref, z_ref = jet_dense_activation_ref(tail, w, None, "tanh", plan.key)
+    torch.testing.assert_close(z[:, -64:], z_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h[:, -64:], h_ref, rtol=1e-4, atol=1e-5)
+    del h
+    g = torch.zeros_like(z)
+    g[:, -64:] = 1.0
+    grad_x, _, _ = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, True, True)
+    z_tail = z[:, -64:].contiguous()
+    ref_x, _, _ = jet_dense_activation_backward_ref(g[:, -64:], z_tail, tail, w, "tanh", plan.key, True)
+    torch.testing.assert_close(grad_x[:, -64:], ref_x, rtol=1e-4, atol=1e-5)

@@ -3,9 +3,14 @@ optimizer's projection math: TRITON_INTERPRET=1 on CPU tensors, or a CUDA GPU.""
 
 from __future__ import annotations
 
+import contextlib
+import types
+
 import pytest
 import torch
+from torch.library import wrap_triton
 
+from soap_kernels.ops import _triton_utils
 from soap_kernels.ops import rotated_adam as ra
 from soap_kernels.ops.rotated_adam import rotate_momentum_, rotate_momentum_ref, rotated_adam_, rotated_adam_ref
 from soap_kernels.optim.projection import project, project_back
@@ -106,6 +111,19 @@ def test_split_chain_path(device, dtype, monkeypatch, triton_only):
     for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
         torch.testing.assert_close(actual, want, **_tol(dtype))
     _check_carry(device, dtype, (2, 37, 70), (True, True), seed=6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalize_with_partials_summed_by_torch(device, dtype, monkeypatch, triton_only):
+    """Past _MAX_PARTIALS tiles the per-tile sums of U^2 are summed by torch before the normalising launch."""
+    monkeypatch.setattr(ra, "_MAX_PARTIALS", 1)
+    ok = torch.tensor(True, device=device)
+    state = _state((2, 40, 70), (True, True), dtype, device, seed=13)
+    expected = _adam_reference(state, ok, 1e-4, True)
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
+    for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
+        torch.testing.assert_close(actual, want, **_tol(dtype))
 
 
 def test_reference_is_the_optimizer_math():
@@ -361,3 +379,129 @@ def test_ops_compose_to_the_optimizer_trajectory(device, triton_only):
                 st["bases"] = new_bases
     for mine, reference in zip(ours, theirs):
         torch.testing.assert_close(mine.cpu(), reference.detach(), rtol=1e-9, atol=1e-11)
+
+
+# ---- launch device guard and the float64 tl.dot probe ------------------------------------------------------
+
+
+def _record_launch_guards(monkeypatch, module):
+    """Patch `module`'s on_device_of and wrap_triton: returns one (kernel name, devices of the guards open at the
+    launch) pair per launch, so a test sees every launch and whether it ran inside a guard for the right device."""
+    open_guards, launches = [], []
+
+    @contextlib.contextmanager
+    def recording_guard(tensor):
+        open_guards.append(tensor.device)
+        try:
+            with _triton_utils.on_device_of(tensor):
+                yield
+        finally:
+            open_guards.pop()
+
+    def recording_wrap_triton(kernel):
+        launches.append((kernel.fn.__name__, list(open_guards)))
+        return wrap_triton(kernel)
+
+    monkeypatch.setattr(module, "on_device_of", recording_guard)
+    monkeypatch.setattr(module, "wrap_triton", recording_wrap_triton)
+    return launches
+
+
+def test_every_launch_runs_under_a_guard_for_the_stacks_device(device, monkeypatch, triton_only):
+    """Triton launches on the current CUDA device: each kernel launch must sit inside on_device_of(the stack)."""
+    monkeypatch.setattr(ra, "_CHAIN_MAX_ROW_TILES", 0)  # also launch the split-chain X B products
+    launches = _record_launch_guards(monkeypatch, ra)
+    ok = torch.tensor(True, device=device)
+    state = _state((2, 37, 70), (True, True), torch.float64, device, seed=7)
+    expected = _adam_reference(state, ok, 1e-4, True)
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
+    torch.testing.assert_close(param, expected[0], **_tol(torch.float64))
+    _check_carry(device, torch.float64, (2, 37, 70), (True, True), seed=8)
+    names = {name for name, _ in launches}
+    assert names == {
+        "_sandwich_kernel", "_rotated_adam_moments_kernel", "_rotated_adam_update_kernel",
+        "_rotated_adam_normalized_update_kernel",
+    }  # fmt: skip
+    assert all(guards == [torch.device(device)] for _, guards in launches), launches
+
+
+def test_device_guard_selects_the_tensors_cuda_device(monkeypatch):
+    """on_device_of: torch.cuda.device(tensor.device) for a CUDA tensor, a no-op context for a CPU one."""
+    entered = []
+
+    @contextlib.contextmanager
+    def fake_cuda_device(dev):
+        entered.append(torch.device(dev))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake_cuda_device)
+    with _triton_utils.on_device_of(types.SimpleNamespace(device=torch.device("cuda", 1))):
+        assert entered == [torch.device("cuda", 1)]
+    with _triton_utils.on_device_of(torch.zeros(1)):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stack_on_a_gpu_that_is_not_current(dtype):
+    """Tensors on cuda:1 while cuda:0 is current: the kernels must run on cuda:1 and match the reference."""
+    device = torch.device("cuda", 1)
+    ok = torch.tensor(True, device=device)
+    with torch.cuda.device(0):
+        for normalize in (False, True):
+            state = _state((2, 37, 70), (True, True), dtype, device, seed=9)
+            expected = _adam_reference(state, ok, 1e-4, normalize)
+            param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+            rotated_adam_(
+                param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=normalize
+            )  # fmt: skip
+            torch.cuda.synchronize(device)
+            for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
+                torch.testing.assert_close(actual, want, **_tol(dtype))
+        _check_carry(device, dtype, (2, 37, 70), (True, True), seed=10)
+        assert torch.cuda.current_device() == 0
+
+
+def test_fp64_probe_operands_are_exact_in_float64_only():
+    """The probe's fixed inputs: their float64 product is exact, a float32 (or TF32) product is not."""
+    a, b = _triton_utils._fp64_probe_operands()
+    exact = a @ b
+    assert exact.abs().max() < 2**53
+    assert torch.equal(a.double() @ b.double(), exact.double())
+    assert not torch.equal(a.float().double() @ b.float().double(), exact.double())
+
+
+def test_fp64_probe_refuses_to_run_inside_cuda_graph_capture(monkeypatch):
+    """The probe syncs with the host: asked first during capture it raises, and caches no answer for the device."""
+    monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    cached = _triton_utils._fp64_dot_supported.cache_info().currsize
+    with pytest.raises(RuntimeError, match="run one eager step before capturing"):
+        _triton_utils.fp64_dot_supported(torch.device("cuda", 3))
+    assert _triton_utils._fp64_dot_supported.cache_info().currsize == cached
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 64 * 2**30,
+    reason="needs a GPU with 64 GiB",
+)
+def test_parameter_of_more_than_2_31_elements():
+    """A vector of 2^31 + 4096 elements (no basis), normalised: offsets past 2^31 must not wrap.
+
+    A constant gradient from zero state makes every U entry equal, so U / rms(U) = 1 and every parameter entry
+    must become -step; a wrapped offset would leave the tail untouched (or write the head twice).
+    """
+    numel = 2**31 + 4096
+    param = torch.zeros(1, numel, device="cuda")
+    exp_avg, exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+    grad = torch.full_like(param, 0.5)
+    step = torch.tensor([1e-2], device="cuda")
+    ok = torch.tensor(True, device="cuda")
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, [None], ok, step, **HYPER, normalize=True)
+    del exp_avg, exp_avg_sq, grad
+    for part in (param[0, :4096], param[0, 2**31 - 2048 : 2**31 + 2048], param[0, -4096:]):
+        torch.testing.assert_close(part, torch.full_like(part, -1e-2), rtol=1e-5, atol=0)

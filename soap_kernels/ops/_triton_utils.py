@@ -1,5 +1,5 @@
-"""Shared helpers of the SOAP Triton ops (factor_update, rotated_adam): where Triton runs, exact float64
-scalars, IEEE sqrt/division, block sizes and the float64 tl.dot probe.
+"""Shared helpers of the Triton ops (factor_update, rotated_adam, the jet layers): where Triton runs, the device
+guard of a launch, exact float64 scalars, IEEE sqrt/division, block sizes and the float64 tl.dot probe.
 
 Scalars: Triton passes Python floats to kernels as float32. A float64 hyper-parameter (beta, eps, ...) is
 therefore passed as three float32 parts hi + mid + lo whose sum, formed in float64 inside the kernel, is the
@@ -9,6 +9,7 @@ float32 state the kernel uses hi = float32(value), which is what a torch float32
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import struct
 import warnings
@@ -52,6 +53,18 @@ def triton_runs_on(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return device.type == "cpu" and triton_interpreted()
+
+
+def on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context to launch a Triton kernel on `tensor`'s device: torch.cuda.device(tensor.device) for a CUDA tensor.
+
+    A Triton launch goes to the *current* CUDA device and its current stream, not to its arguments' device, so
+    without this a stack on cuda:1 while cuda:0 is current would run on the wrong GPU. A null context otherwise
+    (CPU tensors under TRITON_INTERPRET=1).
+    """
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def _f32(x: float) -> float:
@@ -136,20 +149,45 @@ if HAS_TRITON:
         tl.store(c_ptr + offs, c)
 
 
+def _fp64_probe_operands() -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic 16 x 16 float64 integer matrices whose product float64 holds exactly, float32 cannot.
+
+    Entries are 2^24 + (0..255): odd ones are not float32 numbers (and TF32 keeps far fewer bits), while every
+    product (< 2^49) and every sum of 16 of them (< 2^53) is an integer float64 represents exactly, so a float64
+    tl.dot must reproduce the int64 product bit for bit in any summation order.
+    """
+    index = torch.arange(256, dtype=torch.int64)
+    a = (2**24 + (index * 37 + 11) % 256).reshape(16, 16)
+    b = (2**24 + (index * 101 + 7) % 256).reshape(16, 16)
+    return a, b
+
+
 @functools.cache
 def _fp64_dot_supported(device_type: str, index: int | None) -> bool:
     if device_type != "cuda":
         return True  # the interpreter runs float64 tl.dot in numpy
     device = torch.device(device_type, index)
-    # real tensors even when first asked while tracing (fake / functional modes are switched off meanwhile)
+    with torch.cuda.device(device):
+        if torch.cuda.is_current_stream_capturing():
+            # the probe reads its result on the host, which capture forbids; not cached, so the eager step probes
+            raise RuntimeError(
+                f"soap_kernels: the first float64 Triton op on {device} must run eagerly (it checks once whether "
+                "this Triton lowers a float64 tl.dot, a host synchronisation); run one eager step before "
+                "capturing a CUDA graph"
+            )
+    a_int, b_int = _fp64_probe_operands()
+    expected = (a_int @ b_int).to(torch.float64)  # exact: integers below 2^53
+    # real tensors even when first asked while tracing (fake / functional modes are switched off meanwhile);
+    # no torch.randn, so the probe does not advance the user's CUDA generator
     with _disable_current_modes(), torch.no_grad():
-        a = torch.randn(16, 16, dtype=torch.float64, device=device)
-        b = torch.randn(16, 16, dtype=torch.float64, device=device)
+        a = a_int.to(device=device, dtype=torch.float64)
+        b = b_int.to(device=device, dtype=torch.float64)
         c = torch.empty_like(a)
         try:
-            _fp64_dot_probe_kernel[(1,)](a, b, c)
-            good = bool(torch.allclose(c, a @ b, rtol=1e-12, atol=1e-12))  # one host sync, once per device
-            reason = "its result differs from torch.matmul"
+            with on_device_of(a):
+                _fp64_dot_probe_kernel[(1,)](a, b, c)
+            good = torch.equal(c.cpu(), expected)  # one host sync, once per device
+            reason = "its result differs from the exact product"
         except Exception as exc:  # noqa: BLE001 - any compile/launch failure means "not supported here"
             good, reason = False, f"{type(exc).__name__}: {exc}"
     if not good:
@@ -163,7 +201,12 @@ def _fp64_dot_supported(device_type: str, index: int | None) -> bool:
 
 
 def fp64_dot_supported(device: torch.device) -> bool:
-    """Whether float64 tl.dot compiles and is exact on `device` (probed once per device, with a warning if not)."""
+    """Whether float64 tl.dot compiles and is exact on `device` (probed once per device, with a warning if not).
+
+    The probe synchronises with the host, so the first ask for a CUDA device must not happen while a CUDA graph
+    is being captured: then it raises RuntimeError (run one eager step first) rather than guess an answer that
+    would be cached for the device.
+    """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

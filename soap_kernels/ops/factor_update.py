@@ -31,6 +31,7 @@ from soap_kernels.ops._triton_utils import (
     check_dtype,
     dot_precision,
     gemm_blocks,
+    on_device_of,
     split_scalar,
     use_triton,
 )
@@ -61,9 +62,10 @@ if HAS_TRITON:
         ti = pid // tiles
         tj = pid % tiles
         if tj >= ti:
-            rows = ti * BLOCK + tl.arange(0, BLOCK)
-            cols = tj * BLOCK + tl.arange(0, BLOCK)
-            inner = tl.arange(0, BLOCK_K)
+            # 64-bit offsets: a factor or gradient with 2^31 or more elements must not wrap around
+            rows = (ti * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+            cols = (tj * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+            inner = tl.arange(0, BLOCK_K).to(tl.int64)
             g_base = g_ptr + b * stride_gb
             if IS_FP64:
                 acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float64)
@@ -163,11 +165,12 @@ def factor_update_triton(
     w_parts = split_scalar("1 - beta", weight)
     _, block, block_k, num_warps = gemm_blocks(grad.dtype, grad.device)  # square tiles of BLOCK_N
     tiles = cdiv(size, block)
-    wrap_triton(_factor_update_kernel)[(tiles * tiles, batch)](
-        factor, grad, ok, size, inner, grad.stride(0), stride_i, stride_k, *w_parts,
-        LERP_SMALL=abs(weight) < 0.5, IS_FP64=grad.dtype == torch.float64,
-        PRECISION=dot_precision(grad.dtype, allow_tf32), BLOCK=block, BLOCK_K=block_k, num_warps=num_warps,
-    )  # fmt: skip
+    with on_device_of(grad):
+        wrap_triton(_factor_update_kernel)[(tiles * tiles, batch)](
+            factor, grad, ok, size, inner, grad.stride(0), stride_i, stride_k, *w_parts,
+            LERP_SMALL=abs(weight) < 0.5, IS_FP64=grad.dtype == torch.float64,
+            PRECISION=dot_precision(grad.dtype, allow_tf32), BLOCK=block, BLOCK_K=block_k, num_warps=num_warps,
+        )  # fmt: skip
 
 
 @triton_op("soap_kernels::factor_update_", mutates_args={"factor"})

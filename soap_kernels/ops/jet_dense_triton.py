@@ -21,6 +21,7 @@ from torch.library import wrap_triton
 
 from soap_kernels.jets.plan import JetPlan
 from soap_kernels.jets.reference import weight_gradient
+from soap_kernels.ops._triton_utils import cdiv, on_device_of
 from soap_kernels.ops.jet_triton_codegen import (
     adjoint_program_lines,
     forward_program_lines,
@@ -33,6 +34,8 @@ _SUPPORTED_DTYPES = {torch.float32: "tl.float32", torch.float64: "tl.float64"}
 _HEADER = '''
 import triton
 import triton.language as tl
+
+# _tanh, _sigmoid: on a GPU float32 tl.exp and '/' are approximate (a few ulp), unlike numpy under the interpreter
 
 
 @triton.jit
@@ -70,11 +73,12 @@ def _jet_dense_activation_kernel(
     """z_k = x_k W^T (+ b on slot 0); h = activation jet of z (layout {layout}, {activation})."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    inner = tl.arange(0, BLOCK_K)
-    x_slot = N * F_IN
-    out_slot = N * F_OUT
+    # 64-bit offsets: a slot of N * F elements, or k slots of them, may pass 2^31
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    inner = tl.arange(0, BLOCK_K).to(tl.int64)
+    x_slot = tl.cast(N, tl.int64) * F_IN  # tl.cast, not .to: an int argument equal to 1 arrives as a constexpr
+    out_slot = tl.cast(N, tl.int64) * F_OUT
 {_indent([f"acc{k} = tl.zeros((BLOCK_M, BLOCK_N), dtype={dtype})" for k in slots], 1)}
     for k0 in range(0, F_IN, BLOCK_K):
         ks = k0 + inner
@@ -112,11 +116,12 @@ def _jet_dense_activation_backward_kernel(
     """g_z = (dh/dz)^T g (written by the first column of programs); dL/dx_k = g_z,k W (layout {layout})."""
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    outer = tl.arange(0, BLOCK_N)
-    in_slot = N * F_IN
-    out_slot = N * F_OUT
+    # 64-bit offsets: a slot of N * F elements, or k slots of them, may pass 2^31
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    ks = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+    outer = tl.arange(0, BLOCK_N).to(tl.int64)
+    in_slot = tl.cast(N, tl.int64) * F_IN  # tl.cast, not .to: an int argument equal to 1 arrives as a constexpr
+    out_slot = tl.cast(N, tl.int64) * F_OUT
 {_indent([f"acc{k} = tl.zeros((BLOCK_M, BLOCK_K), dtype={dtype})" for k in slots], 1)}
     for n0 in range(0, F_OUT, BLOCK_N):
         cols = n0 + outer
@@ -175,18 +180,22 @@ def jet_dense_activation_triton(
     """Forward launcher: (h, z), each [K, N, F_out]."""
     dtype = _dtype_name(x)
     x, weight = x.contiguous(), weight.contiguous().to(x.dtype)
+    bias = bias.contiguous().to(x.dtype) if bias is not None else None
     num_slots, n, f_in = x.shape
     f_out = weight.shape[0]
     h = x.new_empty((num_slots, n, f_out))
     z = torch.empty_like(h)
+    if h.numel() == 0:  # nothing to write (and no launch with an empty grid)
+        return h, z
     block_m, block_n, block_k = _blocks(num_slots, x.device)
-    grid = (triton_cdiv(n, block_m), triton_cdiv(f_out, block_n))
+    grid = (cdiv(n, block_m), cdiv(f_out, block_n))
     kernel = _forward_kernel(layout, activation, dtype)
-    wrap_triton(kernel)[grid](
-        x, weight, bias.contiguous() if bias is not None else weight, h, z, n, f_in, f_out,
-        HAS_BIAS=bias is not None, PRECISION=_precision(x),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_FORWARD_STAGES,
-    )
+    with on_device_of(x):
+        wrap_triton(kernel)[grid](
+            x, weight, bias if bias is not None else weight, h, z, n, f_in, f_out,
+            HAS_BIAS=bias is not None, PRECISION=_precision(x),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_FORWARD_STAGES,
+        )
     return h, z
 
 
@@ -199,24 +208,29 @@ def jet_dense_activation_backward_triton(
     layout: str,
     compute_grad_x: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward launcher: (dL/dx or empty, dL/dW, dL/db)."""
+    """Backward launcher: (dL/dx or empty, dL/dW, dL/db); dL/dW and dL/db in weight's dtype, as the fake says."""
     dtype = _dtype_name(z)
-    grad_h, z, x, weight = grad_h.contiguous(), z.contiguous(), x.contiguous(), weight.contiguous()
+    grad_h, z, x = grad_h.contiguous(), z.contiguous(), x.contiguous()
+    weight_in_z_dtype = weight.contiguous().to(z.dtype)  # as the forward: tl.dot needs one dtype
     num_slots, n, f_out = z.shape
     f_in = weight.shape[1]
     grad_z = torch.empty_like(z)
     grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
-    block_m, block_n, block_k = _blocks(num_slots, z.device)
-    grid = (triton_cdiv(n, block_m), triton_cdiv(f_in, block_k) if compute_grad_x else 1)
-    kernel = _backward_kernel(layout, activation, dtype)
-    wrap_triton(kernel)[grid](
-        grad_h, z, weight, grad_z, grad_x if compute_grad_x else grad_z, n, f_in, f_out,
-        COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_BACKWARD_STAGES,
-    )
-    grad_weight = weight_gradient(grad_z, x)
-    return grad_x, grad_weight, grad_z[0].sum(0)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+    if z.numel() > 0:
+        block_m, block_n, block_k = _blocks(num_slots, z.device)
+        # the programs with pid_k == 0 write g_z, so there is one column of them even when F_in == 0
+        grid = (cdiv(n, block_m), max(cdiv(f_in, block_k), 1) if compute_grad_x else 1)
+        kernel = _backward_kernel(layout, activation, dtype)
+        with on_device_of(z):
+            wrap_triton(kernel)[grid](
+                grad_h, z, weight_in_z_dtype, grad_z, grad_x if compute_grad_x else grad_z, n, f_in, f_out,
+                COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z),
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_BACKWARD_STAGES,
+            )
+    elif compute_grad_x:
+        grad_x.zero_()  # F_out == 0 (g_z is empty): dL/dx = g_z W is a sum of nothing; N == 0: grad_x is empty
+    if grad_z.numel() == 0 or x.numel() == 0:  # a sum of nothing (weight_gradient cannot view [-1, 0])
+        grad_weight = weight.new_zeros(weight.shape)
+    else:
+        grad_weight = weight_gradient(grad_z, x).to(weight.dtype)
+    return grad_x, grad_weight, grad_z[0].sum(0).to(weight.dtype)

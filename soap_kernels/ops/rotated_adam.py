@@ -47,6 +47,7 @@ from soap_kernels.ops._triton_utils import (
     dot_precision,
     gemm_blocks,
     next_power_of_2,
+    on_device_of,
     split_scalar,
     use_triton,
 )
@@ -55,12 +56,26 @@ from soap_kernels.ops._triton_utils import (
 # launcher forms X B first (one more launch, no recomputation).
 _CHAIN_MAX_ROW_TILES = 2
 _APPLY_BLOCK = 1024
+# The normalising launch reads a stack member's per-tile sums of U^2 as one tl.arange; Triton caps a block at
+# 2^20 elements (a compile error on a GPU), so beyond this many tiles torch sums them first.
+_MAX_PARTIALS = 1024
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
     from soap_kernels.ops._triton_utils import div_ieee, scalar3, sqrt_ieee
+
+    @triton.jit
+    def _tile_indices(pid, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """(rows, cols) of output tile pid = ti * cdiv(N, BLOCK_N) + tj, as int64.
+
+        64-bit so offsets like rows * N stay exact when a matrix has 2^31 or more elements.
+        """
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        rows = ((pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        cols = ((pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        return rows, cols
 
     @triton.jit
     def _sandwich_tile(
@@ -72,8 +87,9 @@ if HAS_TRITON:
 
         X: M x N row-major at x_base; A[k, i] at a_base + k stride_ak + i stride_ai (M x M); B[l, j] at
         b_base + l stride_bl + j stride_bj (N x N); A (B) is the identity when HAS_A (HAS_B) is false.
+        rows and cols are int64 (see _tile_indices), and so is every offset formed here.
         """
-        inner = tl.arange(0, BLOCK_K)
+        inner = tl.arange(0, BLOCK_K).to(tl.int64)
         if IS_FP64:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
         else:
@@ -139,9 +155,7 @@ if HAS_TRITON:
         """
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        rows = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = (pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows, cols = _tile_indices(pid, N, BLOCK_M, BLOCK_N)
         acc = _sandwich_tile(
             x_ptr + b * M * N, a_ptr + b * M * M, b_ptr + b * N * N, rows, cols, M, N,
             stride_ak, stride_ai, stride_bl, stride_bj, HAS_A, HAS_B, IS_FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -166,9 +180,7 @@ if HAS_TRITON:
         """
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        rows = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = (pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows, cols = _tile_indices(pid, N, BLOCK_M, BLOCK_N)
         g = _sandwich_tile(
             g_ptr + b * M * N, ql_ptr + b * M * M, qr_ptr + b * N * N, rows, cols, M, N, M, 1, N, 1,
             HAS_A, HAS_B, IS_FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -204,9 +216,7 @@ if HAS_TRITON:
         """
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        rows = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = (pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows, cols = _tile_indices(pid, N, BLOCK_M, BLOCK_N)
         u = _sandwich_tile(
             d_ptr + b * M * N, ql_ptr + b * M * M, qr_ptr + b * N * N, rows, cols, M, N, 1, M, 1, N,
             HAS_A, HAS_B, IS_FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -246,7 +256,7 @@ if HAS_TRITON:
         else:
             count = tl.cast(NUMEL, tl.float32)
         rms = sqrt_ieee(div_ieee(total, count, IS_FP64), IS_FP64)
-        idx = pid * BLOCK + tl.arange(0, BLOCK)
+        idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # 64-bit: NUMEL may pass 2^31
         mask = idx < NUMEL
         offs = b * NUMEL + idx
         u = tl.load(u_ptr + offs, mask=mask, other=0.0)
@@ -480,29 +490,34 @@ def rotated_adam_triton(
     decay_parts = split_scalar("decay", decay)
     blocks = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
 
-    x, right = _split_chain(grad.contiguous(), q_left, q_right, False, ok, allow_tf32)
-    direction = torch.empty_like(grad, memory_format=torch.contiguous_format)
-    wrap_triton(_rotated_adam_moments_kernel)[grid](
-        x, q_left if q_left is not None else x, right if right is not None else x,
-        exp_avg, exp_avg_sq, direction, ok, m, n, *scalars,
-        HAS_A=q_left is not None, HAS_B=right is not None, IS_FP64=is_fp64, PRECISION=precision, **blocks,
-    )  # fmt: skip
-
-    x, right = _split_chain(direction, q_left, q_right, True, ok, allow_tf32)
-    update = torch.empty_like(direction) if normalize else direction
-    partials = grad.new_empty((batch, tiles)) if normalize else direction
-    wrap_triton(_rotated_adam_update_kernel)[grid](
-        x, q_left if q_left is not None else x, right if right is not None else x,
-        param, step_size, ok, update, partials, m, n, tiles, *decay_parts,
-        HAS_A=q_left is not None, HAS_B=right is not None, HAS_DECAY=decay > 0.0, NORMALIZE=bool(normalize),
-        IS_FP64=is_fp64, PRECISION=precision, **blocks,
-    )  # fmt: skip
-    if normalize:
-        numel = m * n
-        wrap_triton(_rotated_adam_normalized_update_kernel)[(cdiv(numel, _APPLY_BLOCK), batch)](
-            update, partials, param, step_size, ok, numel, tiles, *decay_parts,
-            HAS_DECAY=decay > 0.0, IS_FP64=is_fp64, TILES_P2=max(next_power_of_2(tiles), 2), BLOCK=_APPLY_BLOCK,
+    with on_device_of(grad):  # every launch below runs on the stack's GPU and its current stream
+        x, right = _split_chain(grad.contiguous(), q_left, q_right, False, ok, allow_tf32)
+        direction = torch.empty_like(grad, memory_format=torch.contiguous_format)
+        wrap_triton(_rotated_adam_moments_kernel)[grid](
+            x, q_left if q_left is not None else x, right if right is not None else x,
+            exp_avg, exp_avg_sq, direction, ok, m, n, *scalars,
+            HAS_A=q_left is not None, HAS_B=right is not None, IS_FP64=is_fp64, PRECISION=precision, **blocks,
         )  # fmt: skip
+
+        x, right = _split_chain(direction, q_left, q_right, True, ok, allow_tf32)
+        update = torch.empty_like(direction) if normalize else direction
+        partials = grad.new_empty((batch, tiles)) if normalize else direction
+        wrap_triton(_rotated_adam_update_kernel)[grid](
+            x, q_left if q_left is not None else x, right if right is not None else x,
+            param, step_size, ok, update, partials, m, n, tiles, *decay_parts,
+            HAS_A=q_left is not None, HAS_B=right is not None, HAS_DECAY=decay > 0.0, NORMALIZE=bool(normalize),
+            IS_FP64=is_fp64, PRECISION=precision, **blocks,
+        )  # fmt: skip
+        if normalize:
+            numel = m * n
+            num_partials = tiles
+            if num_partials > _MAX_PARTIALS:
+                partials, num_partials = partials.sum(dim=1, keepdim=True), 1
+            wrap_triton(_rotated_adam_normalized_update_kernel)[(cdiv(numel, _APPLY_BLOCK), batch)](
+                update, partials, param, step_size, ok, numel, num_partials, *decay_parts,
+                HAS_DECAY=decay > 0.0, IS_FP64=is_fp64, TILES_P2=max(next_power_of_2(num_partials), 2),
+                BLOCK=_APPLY_BLOCK,
+            )  # fmt: skip
 
 
 def rotate_momentum_triton(
@@ -522,11 +537,12 @@ def rotate_momentum_triton(
     _check_grid("rotate_momentum_", batch)
     bases = [None if q is None else q.contiguous() for q in (old_q_left, old_q_right, new_q_left, new_q_right)]
     old_left, old_right, new_left, new_right = bases
-    x, right = _split_chain(exp_avg, old_left, old_right, True, ok, allow_tf32)
-    plain = torch.empty_like(exp_avg)
-    _launch_sandwich(x, old_left, right, True, True, plain, ok, False, allow_tf32)
-    x, right = _split_chain(plain, new_left, new_right, False, ok, allow_tf32)
-    _launch_sandwich(x, new_left, right, False, False, exp_avg, ok, True, allow_tf32)
+    with on_device_of(exp_avg):  # every launch below runs on the stack's GPU and its current stream
+        x, right = _split_chain(exp_avg, old_left, old_right, True, ok, allow_tf32)
+        plain = torch.empty_like(exp_avg)
+        _launch_sandwich(x, old_left, right, True, True, plain, ok, False, allow_tf32)
+        x, right = _split_chain(plain, new_left, new_right, False, ok, allow_tf32)
+        _launch_sandwich(x, new_left, right, False, False, exp_avg, ok, True, allow_tf32)
 
 
 # ---- registered ops --------------------------------------------------------------------------------------
