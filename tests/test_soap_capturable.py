@@ -73,9 +73,11 @@ def test_capturable_steps_read_nothing_back_to_the_host(backend, refresh, reques
 
 
 def test_a_default_step_is_caught_reading_back():
-    """The check can fail: the default (reference) refresh calls torch.linalg.qr, which the guard flags."""
+    """The check can fail: the default step on the torch backend refreshes with torch.linalg.qr (a host sync on
+    CUDA), which the guard flags. (With the C++ kernel on a CPU the default "qr" runs its op, whose host reads of
+    CPU tensors happen inside C++, where no sync exists and the guard does not look.)"""
     params = _params()
-    optimizer = SOAP(params, **SETTINGS)
+    optimizer = SOAP(params, backend="torch", **SETTINGS)
     with pytest.raises(HostReadError):
         _run(optimizer, params, _gradients(4), guard_after=1)
 

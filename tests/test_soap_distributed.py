@@ -61,7 +61,9 @@ def _dying_worker(rank: int, world: int, store_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     _init(rank, world, store_file, 5)
     if rank == 1:
-        return  # dies before the first refresh's collective
+        # Dies before the first refresh's collective. os._exit, like a killed process, skips the interpreter's
+        # teardown, where the process group's live threads could std::terminate it and fail the spawn.
+        os._exit(0)
     try:
         _train(shard=True)
         message = "no error"

@@ -5,7 +5,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <numeric>
+#include <type_traits>
 #include <string_view>
 #include <vector>
 
@@ -34,26 +38,124 @@ std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cpu(at::Tensor& gram, co
           at::ones({gram.size(0)}, x.options().dtype(at::kBool))};
 }
 
-// CPU orthonormalisation for "qr": LAPACK's Householder QR (geqrf + orgqr, as torch.linalg.qr), in the input
-// dtype like the SOAP reference, with the columns' signs flipped to make R's diagonal positive (the
-// CholeskyQR sign convention). Householder Q is orthonormal to rounding whatever cond(X), so unlike the
-// CholeskyQR passes it needs neither float64 nor a second pass. SOAP_KERNELS_REFRESH_QR_CPU=cholesky runs the
-// CUDA kernel's float64 CholeskyQR passes instead (tests use it to cover that algorithm on the CPU).
-// torch.linalg.qr of a batch runs its matrices one after another (LAPACK does not thread at these sizes), so the
-// batch is split over the threads here. linalg_qr measured faster than geqrf + householder_product.
-at::Tensor householder_orthonormalise_cpu(const at::Tensor& x) {
-  const auto positive_r = [](const at::Tensor& matrices) {
-    auto [q, r] = at::linalg_qr(matrices);
-    return q.mul_(at::sign(r.diagonal(0, -2, -1)).add_(0.5).sign_().unsqueeze(-2));  // sign(0) counts as +1
-  };
-  if (x.size(0) == 1) return positive_r(x);  // no parallel region to open for one matrix
-  at::Tensor q = at::empty_like(x);
-  at::parallel_for(0, x.size(0), 1, [&](int64_t begin, int64_t end) {
-    q.slice(0, begin, end).copy_(positive_r(x.slice(0, begin, end)));
-  });
-  return q;
+// ---- method "qr" on the CPU ---------------------------------------------------------------------------
+// The driver's "qr" (module docstring of soap_kernels/ops/refresh_eigenbasis.py) computed in the input dtype, as
+// the SOAP reference does, with Householder QR instead of float64 CholeskyQR passes: Householder Q is
+// orthonormal to rounding whatever cond(X), so it needs neither float64 nor a second pass, and the work is the
+// reference's (L Q, then torch.linalg.qr of L Q_s). One batched GEMM forms L Q; everything else runs per
+// matrix with the matrices spread over the threads (torch.linalg.qr of a batch runs them one after another,
+// and LAPACK does not thread at these sizes), in plain loops rather than a dozen small ATen calls.
+// Non-finite input is handled as in the driver: a basis with NaN/Inf counts as the identity; a factor with
+// NaN/Inf, or a result that is not finite (L Q overflowed), keeps the (sanitised) basis with order 0..n-1.
+
+template <typename T>
+double sum_in_double(const T* data, int64_t count) {
+  double sum = 0.0;
+  for (int64_t k = 0; k < count; ++k) sum += static_cast<double>(data[k]);
+  return sum;
 }
 
+// order = stable argsort of diag(Q^T L Q), descending; X[:, j] = (L Q)[:, order[j]] / ||L||_F + delta Q[:, order[j]]
+// (row-major n x n matrices; the sums in float64).
+template <typename T>
+void regularised_power_iterate(const T* factor, const T* basis, const T* power, T* x, int64_t* order, int64_t n,
+                               double delta, std::vector<double>& rayleigh) {
+  std::fill(rayleigh.begin(), rayleigh.end(), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) rayleigh[j] += static_cast<double>(basis[i * n + j]) * power[i * n + j];
+  }
+  std::iota(order, order + n, int64_t{0});
+  std::stable_sort(order, order + n, [&](int64_t a, int64_t b) { return rayleigh[a] > rayleigh[b]; });
+  double norm_squared = 0.0;
+  for (int64_t k = 0; k < n * n; ++k) norm_squared += static_cast<double>(factor[k]) * factor[k];
+  const double inverse_norm = norm_squared > 0.0 ? 1.0 / std::sqrt(norm_squared) : 1.0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t from = i * n + order[j];
+      x[i * n + j] = static_cast<T>(power[from] * inverse_norm + delta * basis[from]);
+    }
+  }
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor, const at::Tensor& basis) {
+  const int64_t batch = factor.size(0), n = factor.size(1), size = n * n;
+  const double delta = std::is_same_v<T, float> ? eigen_refresh::kQrRegularisationFloat32
+                                                : eigen_refresh::kQrRegularisationFloat64;
+  const at::Tensor l = factor.contiguous();
+  at::Tensor q = basis.contiguous();
+  std::vector<char> factor_finite(batch), basis_finite(batch);
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      factor_finite[b] = std::isfinite(sum_in_double(l.const_data_ptr<T>() + b * size, size));
+      basis_finite[b] = std::isfinite(sum_in_double(q.const_data_ptr<T>() + b * size, size));
+    }
+  });
+  if (std::find(basis_finite.begin(), basis_finite.end(), 0) != basis_finite.end()) {
+    q = q.clone();  // never write the caller's basis
+    for (int64_t b = 0; b < batch; ++b) {
+      if (!basis_finite[b]) q[b].copy_(at::eye(n, q.options()));
+    }
+  }
+  const at::Tensor power = at::matmul(l, q);
+  at::Tensor x = at::empty_like(l);
+  at::Tensor order = at::empty({batch, n}, l.options().dtype(at::kLong));
+  const T* l_data = l.const_data_ptr<T>();
+  const T* q_data = q.const_data_ptr<T>();
+  const T* power_data = power.const_data_ptr<T>();
+  T* x_data = x.mutable_data_ptr<T>();
+  int64_t* order_data = order.mutable_data_ptr<int64_t>();
+  at::Tensor result = at::empty_like(l);
+  T* result_data = result.mutable_data_ptr<T>();
+
+  const auto refresh_range = [&](int64_t begin, int64_t end) {
+    std::vector<double> rayleigh(n);
+    for (int64_t b = begin; b < end; ++b) {
+      if (factor_finite[b]) {
+        regularised_power_iterate(l_data + b * size, q_data + b * size, power_data + b * size, x_data + b * size,
+                                  order_data + b * n, n, delta, rayleigh);
+      } else {  // orthonormalised below like the rest, then replaced by the kept basis
+        std::copy(q_data + b * size, q_data + (b + 1) * size, x_data + b * size);
+      }
+    }
+    auto [householder_q, r] = at::linalg_qr(x.slice(0, begin, end));
+    householder_q = householder_q.contiguous();
+    r = r.contiguous();
+    const T* hq = householder_q.const_data_ptr<T>();
+    const T* r_data = r.const_data_ptr<T>();
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t local = b - begin;
+      T* out = result_data + b * size;
+      for (int64_t i = 0; i < n; ++i) {  // flip columns so that R's diagonal is positive (CholeskyQR's signs)
+        for (int64_t j = 0; j < n; ++j) {
+          const T value = hq[local * size + i * n + j];
+          out[i * n + j] = r_data[local * size + j * n + j] < 0 ? -value : value;
+        }
+      }
+      if (!factor_finite[b] || !std::isfinite(sum_in_double(out, size))) {
+        std::copy(q_data + b * size, q_data + (b + 1) * size, out);
+        std::iota(order_data + b * n, order_data + (b + 1) * n, int64_t{0});
+      }
+    }
+  };
+  if (batch == 1) {
+    refresh_range(0, 1);  // no parallel region to open for one matrix (LAPACK may thread inside)
+  } else {
+    at::parallel_for(0, batch, 1, refresh_range);
+  }
+  return {result, order};
+}
+
+std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu(const at::Tensor& factor, const at::Tensor& basis) {
+  if (factor.size(0) == 0 || factor.size(1) == 0) {
+    return {basis.clone(), at::empty({factor.size(0), factor.size(1)}, factor.options().dtype(at::kLong))};
+  }
+  return factor.scalar_type() == at::kFloat ? qr_refresh_cpu_typed<float>(factor, basis)
+                                            : qr_refresh_cpu_typed<double>(factor, basis);
+}
+
+// SOAP_KERNELS_REFRESH_QR_CPU=cholesky runs "qr" through the driver's float64 CholeskyQR passes (the CUDA
+// kernel's algorithm) on the CPU instead; tests use it to cover that algorithm without a GPU.
 bool use_cholesky_qr_on_cpu() {
   const char* choice = std::getenv("SOAP_KERNELS_REFRESH_QR_CPU");
   return choice != nullptr && std::string_view(choice) == "cholesky";
@@ -78,9 +180,12 @@ void jacobi_cpu(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps) {
 
 std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_cpu(const at::Tensor& factor, const at::Tensor& basis,
                                                           c10::string_view method, int64_t max_sweeps) {
-  return refresh_eigenbasis_driver(factor, basis, std::string_view(method.data(), method.size()), max_sweeps,
-                                   right_cholesky_solve_cpu, jacobi_cpu,
-                                   use_cholesky_qr_on_cpu() ? Orthonormalise() : householder_orthonormalise_cpu);
+  const std::string_view method_name(method.data(), method.size());
+  if (method_name == "qr" && !use_cholesky_qr_on_cpu()) {
+    check_refresh_arguments(factor, basis, method_name, max_sweeps);
+    return qr_refresh_cpu(factor, basis);
+  }
+  return refresh_eigenbasis_driver(factor, basis, method_name, max_sweeps, right_cholesky_solve_cpu, jacobi_cpu);
 }
 
 void jacobi_eigen_cpu(at::Tensor& matrices, at::Tensor& vectors_t, int64_t max_sweeps) {

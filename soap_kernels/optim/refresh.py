@@ -9,9 +9,10 @@ Both methods first order the current basis by its Rayleigh quotients, descending
           current basis, in C++/CUDA without cuSOLVER or host syncs (graph-safe on CUDA), returning its own
           column order (new column j grew out of old column order[j]); at most EXACT_REFRESH_MAX_SWEEPS sweeps.
           Slow on CPU (a scalar solver); for GPUs.
-- "qr_kernel" (internal, used by capturable steps): the "qr" refresh computed by
-          soap_kernels::refresh_eigenbasis(method="qr") (CholeskyQR on CUDA, no cuSOLVER or host syncs): the same
-          nested subspaces as "qr", so the same trajectory up to column signs and rounding.
+- "qr_kernel" (internal, used by capturable steps and by "qr" on a CPU with the C++ kernel): the "qr" refresh
+          computed by soap_kernels::refresh_eigenbasis(method="qr") (CholeskyQR on CUDA, no cuSOLVER or host
+          syncs; Householder over threads on the CPU): the same nested subspaces as "qr", so the same trajectory
+          up to column signs and rounding.
 The first basis comes from initial_basis: eigenvectors of (L + 1e-30 I), descending.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from soap_kernels._backend import native_kernels_for
 from soap_kernels.ops.refresh_eigenbasis import refresh_eigenbasis
 
 REFRESH_METHODS = ("qr", "eigh", "exact")
@@ -33,6 +35,18 @@ CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
 def capturable_method(method: str) -> str:
     """The refresh a capturable step runs for `method`: no cuSOLVER, no host synchronisation."""
     return "qr_kernel" if method == "qr" else method
+
+
+def step_method(method: str, capturable: bool, impl: str, device: torch.device) -> str:
+    """The refresh a step runs for the group's `method`: capturable steps need the graph-safe op; "qr" on a
+    CPU with the C++ kernel runs it too (Householder in the input dtype, matrices over threads: faster than
+    torch.linalg.qr on a batch, bench/refresh.py). On CUDA "qr" stays torch.linalg.qr until the CholeskyQR
+    kernel has been timed on a GPU."""
+    if capturable:
+        return capturable_method(method)
+    if method == "qr" and impl != "torch" and torch.device(device).type == "cpu" and native_kernels_for(device):
+        return "qr_kernel"
+    return method
 
 
 def initial_basis(factor: torch.Tensor) -> torch.Tensor:

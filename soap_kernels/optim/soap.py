@@ -21,7 +21,7 @@ import torch
 from soap_kernels import profile
 from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
 from soap_kernels.optim.layout import precondition_plan
-from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, capturable_method
+from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, step_method
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
 from soap_kernels.optim.stack import ParamStack
 
@@ -210,7 +210,7 @@ class SOAP(torch.optim.Optimizer):
             stack_ok = ok.to(stack.device, non_blocking=True)
             impl = self._implementation(stack.device)
             if stack.step_(grads, stack_ok, group, impl):
-                method = capturable_method(group["refresh"]) if group["capturable"] else group["refresh"]
+                method = step_method(group["refresh"], group["capturable"], impl, stack.device)
                 due.append((stack, stack.refresh_mask(stack_ok, group), method, impl))
         with profile.range("soap/refresh"):
             self._refresh(due)

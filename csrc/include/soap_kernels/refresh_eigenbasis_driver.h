@@ -4,9 +4,7 @@
 // Nothing here reads a tensor on the host, so on CUDA the whole op is asynchronous and graph-capturable.
 //
 // Inputs: factor L[b] (n x n, symmetric PSD) and basis Q[b] (n x n, orthonormal columns), float32/float64.
-// Everything is computed in float64 and cast back to the input dtype, except "qr" with a device-supplied
-// orthonormalisation (the CPU's Householder QR), which is backward stable in any precision and so runs in the
-// input dtype, as the SOAP reference does.
+// Everything is computed in float64 and cast back to the input dtype.
 //
 // method "qr" (the SOAP reference's refresh, one power step):
 //   d = diag(Q^T L Q); order = stable argsort of d, descending; Q_s = Q[:, order]
@@ -29,7 +27,6 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <cmath>
 #include <functional>
 #include <vector>
 #include <string_view>
@@ -42,10 +39,6 @@ namespace soap_kernels {
 // X R^{-1} where G = R^T R (G: [batch, n, n] float64 contiguous, overwritten), plus a [batch] bool
 // mask of the matrices whose factorisation succeeded.
 using RightCholeskySolve = std::function<std::tuple<at::Tensor, at::Tensor>(at::Tensor& gram, const at::Tensor& x)>;
-// The "qr" method's orthonormalisation of X ([batch, n, n] in the input dtype) when a device has a backward
-// stable one instead of the float64 CholeskyQR passes: returns Q with X = Q R, R upper triangular with a
-// positive diagonal.
-using Orthonormalise = std::function<at::Tensor(const at::Tensor& x)>;
 // In place: B ([batch, n, n] float64 contiguous) becomes diagonal, v_t receives V^T.
 using BatchedJacobi = std::function<void(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps)>;
 
@@ -132,54 +125,44 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
                                                                     const at::Tensor& basis,
                                                                     std::string_view method, int64_t max_sweeps,
                                                                     const RightCholeskySolve& right_cholesky_solve,
-                                                                    const BatchedJacobi& jacobi,
-                                                                    const Orthonormalise& orthonormalise = nullptr) {
+                                                                    const BatchedJacobi& jacobi) {
   check_refresh_arguments(factor, basis, method, max_sweeps);
   const int64_t batch = factor.size(0), n = factor.size(1);
   const auto index_options = factor.options().dtype(at::kLong);
   if (batch == 0 || n == 0) return {basis.clone(), at::empty({batch, n}, index_options)};
 
-  // The CholeskyQR passes and the Jacobi solver need float64 (cond(X) reaches 1 / delta); a Householder
-  // orthonormalisation does not.
-  const bool native_precision = method == "qr" && orthonormalise;
-  const at::ScalarType work_dtype = native_precision ? factor.scalar_type() : at::kDouble;
-  const at::Tensor l = factor.to(work_dtype);
-  const at::Tensor q = basis.to(work_dtype);
+  const at::Tensor l = factor.to(at::kDouble);
+  const at::Tensor q = basis.to(at::kDouble);
   const auto work_options = l.options();
-  // On the CPU one host read of the two whole-stack sums finds the common all-finite case (any NaN or Inf
-  // entry makes a sum non-finite; an overflowing finite sum only sends the stack to the per-matrix test),
-  // which needs none of the per-matrix masks below; on a GPU the masks stay on the device (no
-  // synchronisation) and are always applied.
+  const at::Tensor identity = at::eye(n, work_options).expand({batch, n, n});
+  // One reduction per matrix: a NaN or Inf entry makes the sum non-finite (so would finite entries near
+  // 1e300 that overflow it, which are treated as non-finite too).
+  const at::Tensor factor_finite = at::isfinite(l.sum({-2, -1}));
+  const at::Tensor basis_finite = at::isfinite(q.sum({-2, -1}));
+  // On the CPU the masks may be read on the host, which skips the masking passes when all is finite; on a
+  // GPU the masks stay on the device (no synchronisation) and are always applied.
   const bool on_host = factor.device().is_cpu();
-  const bool all_finite = on_host && std::isfinite(l.sum().item<double>() + q.sum().item<double>());
-  at::Tensor l0 = l, q0 = q.contiguous();
-  at::Tensor solved = at::ones({batch}, index_options.dtype(at::kBool));
-  if (!all_finite) {
-    // One float64 reduction per matrix: a NaN or Inf entry makes the sum non-finite (so would finite entries
-    // near 1e300 that overflow it, which are treated as non-finite too).
-    const at::Tensor factor_finite = at::isfinite(l.sum({-2, -1}, /*keepdim=*/false, at::kDouble));
-    const at::Tensor basis_finite = at::isfinite(q.sum({-2, -1}, /*keepdim=*/false, at::kDouble));
-    q0 = at::where(basis_finite.view({batch, 1, 1}), q, at::eye(n, work_options)).contiguous();
-    l0 = at::where(factor_finite.view({batch, 1, 1}), l, at::zeros({}, work_options));
-    solved = factor_finite;
-  }
+  const at::Tensor q0 = on_host && basis_finite.all().item<bool>()
+                            ? q.contiguous()
+                            : at::where(basis_finite.view({batch, 1, 1}), q, identity).contiguous();
+  const at::Tensor l0 = on_host && factor_finite.all().item<bool>()
+                            ? l
+                            : at::where(factor_finite.view({batch, 1, 1}), l, at::zeros({}, work_options));
 
   at::Tensor result, order;
+  at::Tensor solved = factor_finite;
   if (method == "qr") {
     const at::Tensor power = at::matmul(l0, q0);  // L Q
     order = std::get<1>(at::sort((q0 * power).sum(-2), /*stable=*/true, /*dim=*/-1, /*descending=*/true));
     const at::Tensor columns = order.unsqueeze(1).expand({batch, n, n});
-    // ||L||_F in float64: in float32 it would overflow for entries above 1e19, well inside float32's range.
-    const at::Tensor norm = at::linalg_vector_norm(l0, 2, at::IntArrayRef{-2, -1}, /*keepdim=*/true, at::kDouble);
-    const at::Tensor inverse_norm =
-        at::where(norm > 0, norm.reciprocal(), at::ones({}, norm.options())).to(work_dtype);
+    const at::Tensor norm = at::linalg_vector_norm(l0, 2, at::IntArrayRef{-2, -1}, /*keepdim=*/true);
+    const at::Tensor inverse_norm = at::where(norm > 0, norm.reciprocal(), at::ones({}, work_options));
     const bool single = factor.scalar_type() == at::kFloat;
     const double regularisation =
         single ? eigen_refresh::kQrRegularisationFloat32 : eigen_refresh::kQrRegularisationFloat64;
     const int passes = 1 + (single ? eigen_refresh::kQrPlainPassesFloat32 : eigen_refresh::kQrPlainPassesFloat64);
     at::Tensor x = at::gather(at::addcmul(regularisation * q0, power, inverse_norm), 2, columns);
-    if (orthonormalise) x = orthonormalise(x);
-    for (int pass = 0; pass < (orthonormalise ? 0 : passes); ++pass) {
+    for (int pass = 0; pass < passes; ++pass) {
       at::Tensor gram = at::matmul(x.mT(), x).contiguous();  // only its upper triangle is read
       if (pass == 0) {
         const at::Tensor shift = eigen_refresh::cholesky_qr_shift(n, 1.0) * x.square().sum({-2, -1});
@@ -202,14 +185,9 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
   }
   // Keep the old basis wherever the factor was not finite or the result is not an orthonormal basis
   // (a Cholesky breakdown the regularisation did not prevent): column norms must be 1 to rounding, which
-  // NaN and Inf fail too. A Householder basis of a finite X is orthonormal, so there finiteness is the test
-  // (X is not finite where L Q overflowed), for the whole stack at once in the common case.
-  if (native_precision && all_finite && std::isfinite(result.sum().item<double>())) {
-    return {result.contiguous(), order.contiguous()};
-  }
-  const at::Tensor orthonormal =
-      native_precision ? at::isfinite(result.sum({-2, -1}, /*keepdim=*/false, at::kDouble))
-                       : (result.square().sum(-2) - 1.0).abs().lt(1e-3).all(-1);
+  // NaN and Inf fail too.
+  const at::Tensor column_norms_squared = result.square().sum(-2);
+  const at::Tensor orthonormal = (column_norms_squared - 1.0).abs().lt(1e-3).all(-1);
   const at::Tensor ok = solved & orthonormal;
   if (!(on_host && ok.all().item<bool>())) {
     result = at::where(ok.view({batch, 1, 1}), result, q0);
