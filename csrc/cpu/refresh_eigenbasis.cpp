@@ -48,27 +48,42 @@ std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cpu(at::Tensor& gram, co
 // Non-finite input is handled as in the driver: a basis with NaN/Inf counts as the identity; a factor with
 // NaN/Inf, or a result that is not finite (L Q overflowed), keeps the (sanitised) basis with order 0..n-1.
 
-template <typename T>
-double sum_in_double(const T* data, int64_t count) {
+// sum_k term(data[k]) in float64 with 8 independent partial sums: one running sum is a chain of dependent
+// additions (a few cycles each), which cost as much as the QR itself at n = 384; the partials vectorise.
+template <typename T, typename Term>
+double accumulate_in_double(const T* data, int64_t count, Term term) {
+  double partial[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= count; k += 8) {
+    for (int lane = 0; lane < 8; ++lane) partial[lane] += term(static_cast<double>(data[k + lane]));
+  }
   double sum = 0.0;
-  for (int64_t k = 0; k < count; ++k) sum += static_cast<double>(data[k]);
+  for (; k < count; ++k) sum += term(static_cast<double>(data[k]));
+  for (const double value : partial) sum += value;
   return sum;
 }
 
-// order = stable argsort of diag(Q^T L Q), descending; X[:, j] = (L Q)[:, order[j]] / ||L||_F + delta Q[:, order[j]]
-// (row-major n x n matrices; the sums in float64).
 template <typename T>
-void regularised_power_iterate(const T* factor, const T* basis, const T* power, T* x, int64_t* order, int64_t n,
-                               double delta, std::vector<double>& rayleigh) {
+double sum_in_double(const T* data, int64_t count) {
+  return accumulate_in_double(data, count, [](double value) { return value; });
+}
+
+template <typename T>
+double sum_of_squares_in_double(const T* data, int64_t count) {
+  return accumulate_in_double(data, count, [](double value) { return value * value; });
+}
+
+// order = stable argsort of diag(Q^T L Q), descending; X[:, j] = (L Q)[:, order[j]] / ||L||_F + delta Q[:, order[j]]
+// (row-major n x n matrices; Rayleigh quotients in float64).
+template <typename T>
+void regularised_power_iterate(const T* basis, const T* power, double inverse_norm, T* x, int64_t* order,
+                               int64_t n, double delta, std::vector<double>& rayleigh) {
   std::fill(rayleigh.begin(), rayleigh.end(), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) rayleigh[j] += static_cast<double>(basis[i * n + j]) * power[i * n + j];
   }
   std::iota(order, order + n, int64_t{0});
   std::stable_sort(order, order + n, [&](int64_t a, int64_t b) { return rayleigh[a] > rayleigh[b]; });
-  double norm_squared = 0.0;
-  for (int64_t k = 0; k < n * n; ++k) norm_squared += static_cast<double>(factor[k]) * factor[k];
-  const double inverse_norm = norm_squared > 0.0 ? 1.0 / std::sqrt(norm_squared) : 1.0;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t from = i * n + order[j];
@@ -85,8 +100,11 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
   const at::Tensor l = factor.contiguous();
   at::Tensor q = basis.contiguous();
   std::vector<char> factor_finite(batch), basis_finite(batch);
+  std::vector<double> inverse_norms(batch);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
+      const double norm_squared = sum_of_squares_in_double(l.const_data_ptr<T>() + b * size, size);
+      inverse_norms[b] = norm_squared > 0.0 ? 1.0 / std::sqrt(norm_squared) : 1.0;
       factor_finite[b] = std::isfinite(sum_in_double(l.const_data_ptr<T>() + b * size, size));
       basis_finite[b] = std::isfinite(sum_in_double(q.const_data_ptr<T>() + b * size, size));
     }
@@ -100,7 +118,6 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
   const at::Tensor power = at::matmul(l, q);
   at::Tensor x = at::empty_like(l);
   at::Tensor order = at::empty({batch, n}, l.options().dtype(at::kLong));
-  const T* l_data = l.const_data_ptr<T>();
   const T* q_data = q.const_data_ptr<T>();
   const T* power_data = power.const_data_ptr<T>();
   T* x_data = x.mutable_data_ptr<T>();
@@ -112,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
     std::vector<double> rayleigh(n);
     for (int64_t b = begin; b < end; ++b) {
       if (factor_finite[b]) {
-        regularised_power_iterate(l_data + b * size, q_data + b * size, power_data + b * size, x_data + b * size,
+        regularised_power_iterate(q_data + b * size, power_data + b * size, inverse_norms[b], x_data + b * size,
                                   order_data + b * n, n, delta, rayleigh);
       } else {  // orthonormalised below like the rest, then replaced by the kept basis
         std::copy(q_data + b * size, q_data + (b + 1) * size, x_data + b * size);
