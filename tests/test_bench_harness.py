@@ -361,3 +361,25 @@ def test_gpu_check_packs_surplus_files_to_stay_within_eight(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert _out_files(out) == ["info.json", "suites-json.tar.gz"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gpu_train_report.sh
+
+
+@pytest.mark.slow
+def test_gpu_train_report_dry_run_times_and_trains(tmp_path):
+    """The dry run (CPU, small preset, torch paths) goes through both halves and leaves the report's files."""
+    out = tmp_path / "out"
+    environment = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_train_report.sh"), "--dry-run"],
+        env=environment, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.rstrip().endswith("GPU REPORT DONE")
+    files = _out_files(out)
+    assert len(files) <= 8 and {"report.log", "time-step-torch.json", "summary.json", "metrics.jsonl"} <= set(files)
+    timing = json.loads((out / "time-step-torch.json").read_text())
+    assert timing and "wall_s_per_step" in json.dumps(timing)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
