@@ -41,6 +41,15 @@ def _tol(dtype):
     return dict(rtol=1e-11, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-6)
 
 
+def _step_matches_reference(state, ok, dtype, decay, normalize) -> None:
+    """rotated_adam_ on `state` (in place) gives _adam_reference's param, exp_avg and exp_avg_sq."""
+    expected = _adam_reference(state, ok, decay, normalize)
+    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
+    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=decay, normalize=normalize)
+    for name, actual, want in zip(("param", "exp_avg", "exp_avg_sq"), (param, exp_avg, exp_avg_sq), expected):
+        torch.testing.assert_close(actual, want, **_tol(dtype), msg=lambda m, n=name: f"{n}: {m}")
+
+
 def _orthogonal(gen, batch, n, dtype, device):
     q, _ = torch.linalg.qr(torch.randn(batch, n, n, generator=gen, dtype=torch.float64))
     return q.to(dtype=dtype, device=device)
@@ -91,12 +100,7 @@ def test_rotated_adam_matches_reference(device, dtype, case, triton_only):
     shape, factored = case
     ok = torch.tensor(True, device=device)
     for decay, normalize in [(0.0, False), (3e-5, True)]:
-        state = _state(shape, factored, dtype, device)
-        expected = _adam_reference(state, ok, decay, normalize)
-        param, exp_avg, exp_avg_sq, grad, bases, step_size = state
-        rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=decay, normalize=normalize)
-        for name, actual, want in zip(("param", "exp_avg", "exp_avg_sq"), (param, exp_avg, exp_avg_sq), expected):
-            torch.testing.assert_close(actual, want, **_tol(dtype), msg=lambda m, n=name: f"{n}: {m}")
+        _step_matches_reference(_state(shape, factored, dtype, device), ok, dtype, decay, normalize)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -104,12 +108,7 @@ def test_split_chain_path(device, dtype, monkeypatch, triton_only):
     """With every chain split (X B formed first by its own launch) both ops still match their references."""
     monkeypatch.setattr(ra, "_CHAIN_MAX_ROW_TILES", 0)
     ok = torch.tensor(True, device=device)
-    state = _state((2, 37, 70), (True, True), dtype, device, seed=5)
-    expected = _adam_reference(state, ok, 1e-4, True)
-    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
-    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
-    for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
-        torch.testing.assert_close(actual, want, **_tol(dtype))
+    _step_matches_reference(_state((2, 37, 70), (True, True), dtype, device, seed=5), ok, dtype, 1e-4, True)
     _check_carry(device, dtype, (2, 37, 70), (True, True), seed=6)
 
 
@@ -118,12 +117,7 @@ def test_normalize_with_partials_summed_by_torch(device, dtype, monkeypatch, tri
     """Past _MAX_PARTIALS tiles the per-tile sums of U^2 are summed by torch before the normalising launch."""
     monkeypatch.setattr(ra, "_MAX_PARTIALS", 1)
     ok = torch.tensor(True, device=device)
-    state = _state((2, 40, 70), (True, True), dtype, device, seed=13)
-    expected = _adam_reference(state, ok, 1e-4, True)
-    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
-    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
-    for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
-        torch.testing.assert_close(actual, want, **_tol(dtype))
+    _step_matches_reference(_state((2, 40, 70), (True, True), dtype, device, seed=13), ok, dtype, 1e-4, True)
 
 
 def test_reference_is_the_optimizer_math():
@@ -453,14 +447,7 @@ def test_stack_on_a_gpu_that_is_not_current(dtype):
     with torch.cuda.device(0):
         for normalize in (False, True):
             state = _state((2, 37, 70), (True, True), dtype, device, seed=9)
-            expected = _adam_reference(state, ok, 1e-4, normalize)
-            param, exp_avg, exp_avg_sq, grad, bases, step_size = state
-            rotated_adam_(
-                param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=normalize
-            )  # fmt: skip
-            torch.cuda.synchronize(device)
-            for actual, want in zip((param, exp_avg, exp_avg_sq), expected):
-                torch.testing.assert_close(actual, want, **_tol(dtype))
+            _step_matches_reference(state, ok, dtype, 1e-4, normalize)
         _check_carry(device, dtype, (2, 37, 70), (True, True), seed=10)
         assert torch.cuda.current_device() == 0
 
