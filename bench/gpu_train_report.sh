@@ -6,6 +6,8 @@
 #      (SOAP_KERNELS_BACKEND=triton) and with torch's paths (SOAP_KERNELS_BACKEND=torch), one process each;
 #   2. a paper-preset SOAP run on Allen-Cahn stopped after MINUTES minutes of training (default 6, what a
 #      15-minute device session leaves after the build): its summary.json holds the rel L2 reached in that time.
+# Every step has a time limit (the defaults fit a device command's 600 s), and the run's files are copied out
+# even when the call is killed.
 # Files in $OUT (default bench/results/gpu-train, at most 8): report.log, time-step-{triton,torch}.json and the
 # run's summary.json, run_info.json, metrics.jsonl, curves.png, solution.png. The run itself (checkpoints are
 # tens of MB) stays in /tmp.
@@ -22,6 +24,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   DRY_RUN=1
 elif [[ -n "${1:-}" ]]; then
   MINUTES="$1"
+  [[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "MINUTES must be a number, got '$MINUTES'" >&2; exit 2; }
 fi
 PYTHON="${PYTHON:-python3}"
 [[ "$DRY_RUN" == 1 && -x "$ROOT/.venv/bin/python" && "$PYTHON" == python3 ]] && PYTHON="$ROOT/.venv/bin/python"
@@ -37,22 +40,34 @@ else
   TRAIN=(--max-minutes "$MINUTES")
 fi
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+# Each timing process gets at most TIMING_LIMIT_S, training MINUTES plus TRAIN_SLACK_S (final evaluation, plots),
+# so the whole call stays inside a device command's 600 s limit at the defaults (2 x 90 + 360 + 60).
+TIMING_LIMIT_S=90
+TRAIN_SLACK_S=60
+
+copy_run_files() {  # also on a kill: what the run wrote so far still comes back
+  local file
+  for file in summary.json run_info.json metrics.jsonl curves.png solution.png; do
+    [[ -e "$RUN/allen_cahn-soap/$file" ]] && cp "$RUN/allen_cahn-soap/$file" "$OUT/"
+  done
+  return 0
+}
+trap copy_run_files EXIT
 
 main() {
   local failures=0 backend
   echo "soap-pinn GPU report: device $DEVICE, preset $PRESET, run in $RUN, results in $OUT"
   for backend in "${BACKENDS[@]}"; do
     echo "=== time-step with SOAP_KERNELS_BACKEND=$backend"
-    SOAP_KERNELS_BACKEND=$backend "$PYTHON" -m soap_pinn time-step allen_cahn --preset "$PRESET" \
-      --device "$DEVICE" "${TIMING[@]}" --save "$OUT/time-step-$backend.json" || failures=$((failures + 1))
+    SOAP_KERNELS_BACKEND=$backend timeout "$TIMING_LIMIT_S" "$PYTHON" -m soap_pinn time-step allen_cahn \
+      --preset "$PRESET" --device "$DEVICE" "${TIMING[@]}" --save "$OUT/time-step-$backend.json" \
+      || failures=$((failures + 1))
   done
   echo "=== soap-pinn train allen_cahn --preset $PRESET ${TRAIN[*]}"
-  "$PYTHON" -m soap_pinn train allen_cahn --optimizer soap --preset "$PRESET" --device "$DEVICE" \
+  timeout "$(awk -v m="$MINUTES" -v s="$TRAIN_SLACK_S" 'BEGIN { printf "%d", m * 60 + s }')" \
+    "$PYTHON" -m soap_pinn train allen_cahn --optimizer soap --preset "$PRESET" --device "$DEVICE" \
     "${TRAIN[@]}" --out "$RUN/allen_cahn-soap" || failures=$((failures + 1))
-  local file
-  for file in summary.json run_info.json metrics.jsonl curves.png solution.png; do
-    [[ -e "$RUN/allen_cahn-soap/$file" ]] && cp "$RUN/allen_cahn-soap/$file" "$OUT/"
-  done
+  copy_run_files
   ls -la "$OUT"
   if ((failures > 0)); then
     echo "GPU REPORT FAILED: $failures step(s) failed"

@@ -448,3 +448,18 @@ def test_cuda_trajectory_matches_cpu_and_steps_without_host_sync(backend):
             torch.cuda.set_sync_debug_mode("default")
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=1e-9, atol=1e-11)
+
+
+def test_step_method_routes_the_refresh():
+    """Which refresh a step runs: "qr" becomes the op on a CPU with the extension (not on the torch backend, not
+    on CUDA until the CholeskyQR kernel is timed there); capturable steps always take the graph-safe op."""
+    from soap_kernels._native import has_native_cpu
+    from soap_kernels.optim.refresh import step_method
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert step_method("qr", False, "native", cpu) == ("qr_kernel" if has_native_cpu() else "qr")
+    assert step_method("qr", False, "torch", cpu) == "qr"
+    assert step_method("qr", False, "native", cuda) == "qr"
+    assert step_method("qr", True, "torch", cpu) == "qr_kernel"
+    assert step_method("exact", False, "native", cpu) == "exact"
+    assert step_method("eigh", False, "native", cpu) == "eigh"

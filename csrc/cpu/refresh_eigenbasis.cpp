@@ -83,7 +83,12 @@ void regularised_power_iterate(const T* basis, const T* power, double inverse_no
     for (int64_t j = 0; j < n; ++j) rayleigh[j] += static_cast<double>(basis[i * n + j]) * power[i * n + j];
   }
   std::iota(order, order + n, int64_t{0});
-  std::stable_sort(order, order + n, [&](int64_t a, int64_t b) { return rayleigh[a] > rayleigh[b]; });
+  // descending with NaN first, as torch.sort(descending=True) (a NaN comes from an overflowed L Q, whose X is not
+  // finite and is replaced anyway; the comparator must still be a strict weak order)
+  std::stable_sort(order, order + n, [&](int64_t a, int64_t b) {
+    const bool a_nan = std::isnan(rayleigh[a]), b_nan = std::isnan(rayleigh[b]);
+    return a_nan != b_nan ? a_nan : rayleigh[a] > rayleigh[b];
+  });
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t from = i * n + order[j];
