@@ -242,6 +242,7 @@ def test_inputs_on_a_gpu_that_is_not_current():
 )
 def test_slots_past_2_31_elements():
     """Four slots of 2^29 + 64 elements each (2^31 + 256 in all): the slot offsets must not wrap (64-bit)."""
+    torch.cuda.empty_cache()  # blocks cached by earlier tests must not make the big allocations fail
     plan = LAYOUTS["allen_cahn"]
     n, features = 2**24 + 2, 32
     x = torch.randn(plan.num_slots, n, features, device="cuda")

@@ -482,6 +482,7 @@ def test_parameter_of_more_than_2_31_elements():
     A constant gradient from zero state makes every U entry equal, so U / rms(U) = 1 and every parameter entry
     must become -step; a wrapped offset would leave the tail untouched (or write the head twice).
     """
+    torch.cuda.empty_cache()  # blocks cached by earlier tests must not make the big allocations fail
     numel = 2**31 + 4096
     param = torch.zeros(1, numel, device="cuda")
     exp_avg, exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
