@@ -1,6 +1,8 @@
-// CPU kernel of soap_kernels::refresh_eigenbasis (algorithm in csrc/include/soap_kernels/refresh_eigenbasis_driver.h).
-// GEMMs go to ATen (BLAS); the Jacobi solver and the Cholesky + triangular inverse of the 64 x 64 diagonal
-// blocks run the shared cores of eigen_refresh_core.h on one thread per matrix, matrices spread over threads.
+// CPU kernel of soap_kernels::refresh_eigenbasis: "qr" by its own Householder kernel below; "exact" (and "qr"
+// under SOAP_KERNELS_REFRESH_QR_CPU=cholesky) by the driver shared with CUDA
+// (csrc/include/soap_kernels/refresh_eigenbasis_driver.h). GEMMs go to ATen (BLAS); the Jacobi solver and the
+// Cholesky + triangular inverse of the 64 x 64 diagonal blocks run the shared cores of eigen_refresh_core.h on
+// one thread per matrix, matrices spread over threads (OpenMP, see CMakeLists.txt).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
