@@ -369,6 +369,23 @@ def test_a_batch_equals_its_matrices_refreshed_alone(method, dtype, use_native):
 
 
 @pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
+def test_qr_is_scale_invariant_up_to_float32s_top(use_native):
+    """A finite float32 factor whose L Q would overflow (entries 3e38, all ones plus a gram) refreshes like the same
+    factor scaled down by 1e-30: the kernel forms (L / ||L||) Q, never L Q."""
+    generator = torch.Generator().manual_seed(11)
+    g = torch.randn(1, 8, 8, dtype=torch.float64, generator=generator)
+    shape = torch.ones(1, 8, 8, dtype=torch.float64) + 0.1 * g @ g.mT / 8
+    basis = _orthogonal(1, 8, generator).float()
+    top = (shape * 3e38 / shape.abs().amax()).float()
+    assert torch.isfinite(top).all() and not torch.isfinite(top @ basis).all()  # L Q itself overflows in float32
+    ours, order = refresh_eigenbasis(top, basis, "qr", use_native=use_native)
+    small, small_order = refresh_eigenbasis((top.double() * 1e-30).float(), basis, "qr", use_native=use_native)
+    assert torch.equal(order, small_order)
+    cosines = (ours.double() * small.double()).sum(-2).abs()
+    assert (1 - cosines).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=needs_native)])
 def test_qr_of_a_huge_finite_float32_factor_is_still_a_qr(use_native):
     """Entries near 1e20 (a diverging run's factor) square past float32's range in ||L||_F; the result must
     still be the orthonormal factor of L Q_sorted, not the old basis."""

@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> right_cholesky_solve_cpu(at::Tensor& gram, co
 // matrix with the matrices spread over the threads (torch.linalg.qr of a batch runs them one after another,
 // and LAPACK does not thread at these sizes), in plain loops rather than a dozen small ATen calls.
 // Non-finite input is handled as in the driver: a basis with NaN/Inf counts as the identity; a factor with
-// NaN/Inf, or a result that is not finite (L Q overflowed), keeps the (sanitised) basis with order 0..n-1.
+// NaN/Inf, or a result that is not finite, keeps the (sanitised) basis with order 0..n-1.
 
 // sum_k term(data[k]) in float64 with 8 independent partial sums: one running sum is a chain of dependent
 // additions (a few cycles each), which cost as much as the QR itself at n = 384; the partials vectorise.
@@ -75,18 +75,18 @@ double sum_of_squares_in_double(const T* data, int64_t count) {
   return accumulate_in_double(data, count, [](double value) { return value * value; });
 }
 
-// order = stable argsort of diag(Q^T L Q), descending; X[:, j] = (L Q)[:, order[j]] / ||L||_F + delta Q[:, order[j]]
-// (row-major n x n matrices; Rayleigh quotients in float64).
+// Given power = (L / ||L||_F) Q: order = stable argsort of diag(Q^T L Q), descending (a positive scale keeps it);
+// X[:, j] = power[:, order[j]] + delta Q[:, order[j]] (row-major n x n matrices; Rayleigh quotients in float64).
 template <typename T>
-void regularised_power_iterate(const T* basis, const T* power, double inverse_norm, T* x, int64_t* order,
-                               int64_t n, double delta, std::vector<double>& rayleigh) {
+void regularised_power_iterate(const T* basis, const T* power, T* x, int64_t* order, int64_t n, double delta,
+                               std::vector<double>& rayleigh) {
   std::fill(rayleigh.begin(), rayleigh.end(), 0.0);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) rayleigh[j] += static_cast<double>(basis[i * n + j]) * power[i * n + j];
   }
   std::iota(order, order + n, int64_t{0});
-  // descending with NaN first, as torch.sort(descending=True) (a NaN comes from an overflowed L Q, whose X is not
-  // finite and is replaced anyway; the comparator must still be a strict weak order)
+  // descending with NaN first, as torch.sort(descending=True) (a NaN quotient means a non-finite X, which is
+  // replaced anyway; the comparator must still be a strict weak order)
   std::stable_sort(order, order + n, [&](int64_t a, int64_t b) {
     const bool a_nan = std::isnan(rayleigh[a]), b_nan = std::isnan(rayleigh[b]);
     return a_nan != b_nan ? a_nan : rayleigh[a] > rayleigh[b];
@@ -94,7 +94,7 @@ void regularised_power_iterate(const T* basis, const T* power, double inverse_no
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t from = i * n + order[j];
-      x[i * n + j] = static_cast<T>(power[from] * inverse_norm + delta * basis[from]);
+      x[i * n + j] = static_cast<T>(power[from] + delta * basis[from]);
     }
   }
 }
@@ -106,13 +106,18 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
                                                 : eigen_refresh::kQrRegularisationFloat64;
   const at::Tensor l = factor.contiguous();
   at::Tensor q = basis.contiguous();
+  // L / ||L||_F (||L|| in float64): its GEMM with Q cannot overflow where L's own could (float32 entries near
+  // 1e36), so such a factor is refreshed as by the float64 reference instead of keeping its old basis.
+  at::Tensor scaled = at::empty_like(l);
   std::vector<char> factor_finite(batch), basis_finite(batch);
-  std::vector<double> inverse_norms(batch);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const double norm_squared = sum_of_squares_in_double(l.const_data_ptr<T>() + b * size, size);
-      inverse_norms[b] = norm_squared > 0.0 ? 1.0 / std::sqrt(norm_squared) : 1.0;
-      factor_finite[b] = std::isfinite(sum_in_double(l.const_data_ptr<T>() + b * size, size));
+      const T* factor_b = l.const_data_ptr<T>() + b * size;
+      const double norm_squared = sum_of_squares_in_double(factor_b, size);
+      const double inverse_norm = norm_squared > 0.0 ? 1.0 / std::sqrt(norm_squared) : 1.0;
+      T* scaled_b = scaled.mutable_data_ptr<T>() + b * size;
+      for (int64_t k = 0; k < size; ++k) scaled_b[k] = static_cast<T>(factor_b[k] * inverse_norm);
+      factor_finite[b] = std::isfinite(sum_in_double(factor_b, size));
       basis_finite[b] = std::isfinite(sum_in_double(q.const_data_ptr<T>() + b * size, size));
     }
   });
@@ -122,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
       if (!basis_finite[b]) q[b].copy_(at::eye(n, q.options()));
     }
   }
-  const at::Tensor power = at::matmul(l, q);
+  const at::Tensor power = at::matmul(scaled, q);
   at::Tensor x = at::empty_like(l);
   at::Tensor order = at::empty({batch, n}, l.options().dtype(at::kLong));
   const T* q_data = q.const_data_ptr<T>();
@@ -136,8 +141,8 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
     std::vector<double> rayleigh(n);
     for (int64_t b = begin; b < end; ++b) {
       if (factor_finite[b]) {
-        regularised_power_iterate(q_data + b * size, power_data + b * size, inverse_norms[b], x_data + b * size,
-                                  order_data + b * n, n, delta, rayleigh);
+        regularised_power_iterate(q_data + b * size, power_data + b * size, x_data + b * size, order_data + b * n,
+                                  n, delta, rayleigh);
       } else {  // orthonormalised below like the rest, then replaced by the kept basis
         std::copy(q_data + b * size, q_data + (b + 1) * size, x_data + b * size);
       }
