@@ -81,6 +81,12 @@ def _validate_group(group: dict) -> None:
             raise TypeError(f"SOAP: complex parameters are not supported (got dtype {param.dtype})")
 
 
+def _moved(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """tensor on `device`; asynchronous only towards a GPU: a non-blocking copy to the CPU may be read before it
+    lands (a parameter set split between a GPU and the CPU would read garbage flags)."""
+    return tensor.to(device, non_blocking=torch.device(device).type == "cuda")
+
+
 class SOAP(torch.optim.Optimizer):
     """SOAP: Adam in the eigenbasis of Shampoo's Kronecker factors (Vyas et al. 2024, arXiv 2409.11321).
 
@@ -207,7 +213,7 @@ class SOAP(torch.optim.Optimizer):
         ok = self._all_finite([grads for _, _, grads in work])
         due = []
         for group, stack, grads in work:
-            stack_ok = ok.to(stack.device, non_blocking=True)
+            stack_ok = _moved(ok, stack.device)
             impl = self._implementation(stack.device)
             if stack.step_(grads, stack_ok, group, impl):
                 method = step_method(group["refresh"], group["capturable"], impl, stack.device)
@@ -254,7 +260,7 @@ class SOAP(torch.optim.Optimizer):
         sum(0 * g) is exactly 0 when every entry is finite and NaN otherwise: one pass instead of isfinite's four.
         """
         device = stacked_grads[0].device
-        zero_sums = [(g * 0).sum().to(device, non_blocking=True) for g in stacked_grads]
+        zero_sums = [_moved((g * 0).sum(), device) for g in stacked_grads]
         return torch.stack(zero_sums).sum() == 0
 
     def _stacks_for(self, group_index: int, group: dict, params: list[torch.Tensor]) -> list[ParamStack]:
