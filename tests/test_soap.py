@@ -463,3 +463,25 @@ def test_step_method_routes_the_refresh():
     assert step_method("qr", True, "torch", cpu) == "qr_kernel"
     assert step_method("exact", False, "native", cpu) == "exact"
     assert step_method("eigh", False, "native", cpu) == "eigh"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_parameters_split_between_gpu_and_cpu_skip_a_non_finite_step_together():
+    """The finite flags are computed on the first gradient's device (the GPU) and moved to the CPU stack: it must
+    see the real flag (a non-blocking device-to-host copy could be read before it lands)."""
+    gpu = torch.nn.Parameter(torch.randn(64, 64, device="cuda"))
+    cpu = torch.nn.Parameter(torch.randn(48, 32))
+    optimizer = SOAP([gpu, cpu], precondition_frequency=2)
+    for step in range(6):
+        gpu.grad, cpu.grad = torch.randn_like(gpu), torch.randn_like(cpu)
+        if step == 4:
+            gpu.grad[0, 0] = float("nan")
+            before = cpu.detach().clone(), copy.deepcopy(optimizer.state[cpu])
+        optimizer.step()
+        if step == 4:
+            torch.testing.assert_close(cpu.detach(), before[0], rtol=0, atol=0)
+            for key, value in before[1].items():
+                if isinstance(value, torch.Tensor):
+                    torch.testing.assert_close(optimizer.state[cpu][key], value, rtol=0, atol=0)
+    assert torch.isfinite(gpu).all() and torch.isfinite(cpu).all()
