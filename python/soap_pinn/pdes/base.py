@@ -153,3 +153,21 @@ class PDE:
         u = model(x)
         expected = torch.as_tensor(target.reshape(-1, self.output_dim), dtype=u.dtype, device=u.device)
         return {name: ((u[:, k] - expected[:, k]) ** 2).mean() for k, name in enumerate(self.ic_terms)}
+
+
+class PeriodicSquareSystem(PDE):
+    """The layout Gray-Scott and Ginzburg-Landau share: two fields w = (u, v) on the periodic square [-1, 1]^2,
+    residuals from w_t and the Laplacian lap w = w_xx + w_yy, one initial-condition term per field."""
+
+    output_dim = 2
+    derivatives = ((0,), (1, 1), (2, 2))
+    residual_terms = ("ru", "rv")
+    ic_terms = ("u_ic", "v_ic")
+    spatial_bounds = ((-1.0, 1.0), (-1.0, 1.0))
+    periodic = (True, True)
+
+    @staticmethod
+    def fields(d: dict) -> tuple:
+        """(u, v, w_t, lap w) from a jet dict; w_t and lap w keep the field axis last."""
+        value = d[()]
+        return value[..., 0], value[..., 1], d[(0,)], d[(1, 1)] + d[(2, 2)]

@@ -11,18 +11,12 @@ from __future__ import annotations
 import math
 
 from ..references import GINZBURG_LANDAU_EPS, GINZBURG_LANDAU_K
-from .base import PDE, Recipe
+from .base import PeriodicSquareSystem, Recipe
 
 
-class GinzburgLandau(PDE):
+class GinzburgLandau(PeriodicSquareSystem):
     name = "ginzburg_landau"
     summary = "complex Ginzburg-Landau w_t = eps lap w + k w - k(1+1.5i) w|w|^2, periodic [-1,1]^2"
-    output_dim = 2
-    derivatives = ((0,), (1, 1), (2, 2))
-    residual_terms = ("ru", "rv")
-    ic_terms = ("u_ic", "v_ic")
-    spatial_bounds = ((-1.0, 1.0), (-1.0, 1.0))
-    periodic = (True, True)
     recipe = Recipe(
         fourier_scale=1.0, periodic_axes={1: math.pi, 2: math.pi}, activation="swish",
         initial_weights={"u_ic": 100.0, "v_ic": 100.0, "ru": 1.0, "rv": 1.0},
@@ -32,9 +26,7 @@ class GinzburgLandau(PDE):
     reference_settings = {"modes": 128, "steps_per_output": 20, "nt": 101, "n_out": 200}
 
     def residual(self, d):
-        value, w_t = d[()], d[(0,)]
-        laplacian = d[(1, 1)] + d[(2, 2)]
-        u, v = value[..., 0], value[..., 1]
+        u, v, w_t, laplacian = self.fields(d)
         modulus = u**2 + v**2
         k, eps = GINZBURG_LANDAU_K, GINZBURG_LANDAU_EPS
         ru = w_t[..., 0] - eps * laplacian[..., 0] - k * (u - u * modulus + 1.5 * v * modulus)

@@ -17,18 +17,12 @@ from __future__ import annotations
 import math
 
 from ..references import GRAY_SCOTT
-from .base import PDE, Recipe
+from .base import PeriodicSquareSystem, Recipe
 
 
-class GrayScott(PDE):
+class GrayScott(PeriodicSquareSystem):
     name = "gray_scott"
     summary = "Gray-Scott u_t = 0.2 lap u + 40(1-u) - 1000uv^2, v_t = 0.1 lap v - 100v + 1000uv^2, periodic [-1,1]^2"
-    output_dim = 2
-    derivatives = ((0,), (1, 1), (2, 2))
-    residual_terms = ("ru", "rv")
-    ic_terms = ("u_ic", "v_ic")
-    spatial_bounds = ((-1.0, 1.0), (-1.0, 1.0))
-    periodic = (True, True)
     recipe = Recipe(
         fourier_scale=1.0, periodic_axes={1: math.pi, 2: math.pi}, activation="swish",
         initial_weights={"u_ic": 1.0, "v_ic": 1.0, "ru": 1.0, "rv": 1.0},
@@ -39,9 +33,7 @@ class GrayScott(PDE):
 
     def residual(self, d):
         g = GRAY_SCOTT
-        value, w_t = d[()], d[(0,)]
-        laplacian = d[(1, 1)] + d[(2, 2)]
-        u, v = value[..., 0], value[..., 1]
+        u, v, w_t, laplacian = self.fields(d)
         uv2 = u * v**2
         ru = w_t[..., 0] - g["eps1"] * laplacian[..., 0] - g["b1"] * (1.0 - u) + g["c1"] * uv2
         rv = w_t[..., 1] - g["eps2"] * laplacian[..., 1] + g["b2"] * v - g["c2"] * uv2
