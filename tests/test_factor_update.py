@@ -9,6 +9,7 @@ import torch
 from soap_kernels.ops import factor_update as fu
 from soap_kernels.ops.factor_update import factor_update_, factor_update_ref
 from soap_kernels.optim.projection import gram
+from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
 
 OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
@@ -204,7 +205,7 @@ def test_the_launch_runs_under_a_guard_for_the_stacks_device(device, monkeypatch
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@needs_two_gpus
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_stack_on_a_gpu_that_is_not_current(dtype):
     """Tensors on cuda:1 while cuda:0 is current: the kernel must run on cuda:1 and match the reference."""
@@ -220,10 +221,7 @@ def test_stack_on_a_gpu_that_is_not_current(dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 24 * 2**30,
-    reason="needs a GPU with 24 GiB",
-)
+@needs_gpu_memory(24)
 def test_factor_of_more_than_2_31_elements():
     """A 46341 x 46341 factor (2^31 + 4633 elements): offsets past 2^31 must not wrap (64-bit indexing)."""
     torch.cuda.empty_cache()  # blocks cached by earlier tests must not make the big allocations fail

@@ -14,6 +14,7 @@ from soap_kernels.ops.jet_dense import (
     jet_dense_activation_backward_ref,
     jet_dense_activation_ref,
 )
+from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def test_every_launch_runs_under_a_guard_for_the_inputs_device(device, monkeypat
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@needs_two_gpus
 def test_inputs_on_a_gpu_that_is_not_current():
     """Tensors on cuda:1 while cuda:0 is current: the kernels must run on cuda:1 and match the reference."""
     device = torch.device("cuda", 1)
@@ -236,10 +237,7 @@ def test_inputs_on_a_gpu_that_is_not_current():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 48 * 2**30,
-    reason="needs a GPU with 48 GiB",
-)
+@needs_gpu_memory(48)
 def test_slots_past_2_31_elements():
     """Four slots of 2^29 + 64 elements each (2^31 + 256 in all): the slot offsets must not wrap (64-bit)."""
     torch.cuda.empty_cache()  # blocks cached by earlier tests must not make the big allocations fail

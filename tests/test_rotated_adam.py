@@ -14,6 +14,7 @@ from soap_kernels.ops import _triton_utils
 from soap_kernels.ops import rotated_adam as ra
 from soap_kernels.ops.rotated_adam import rotate_momentum_, rotate_momentum_ref, rotated_adam_, rotated_adam_ref
 from soap_kernels.optim.projection import project, project_back
+from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
 
 OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 HYPER = dict(beta1=0.9, beta2=0.99, eps=1e-8)
@@ -438,7 +439,7 @@ def test_device_guard_selects_the_tensors_cuda_device(monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@needs_two_gpus
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_stack_on_a_gpu_that_is_not_current(dtype):
     """Tensors on cuda:1 while cuda:0 is current: the kernels must run on cuda:1 and match the reference."""
@@ -472,10 +473,7 @@ def test_fp64_probe_refuses_to_run_inside_cuda_graph_capture(monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 64 * 2**30,
-    reason="needs a GPU with 64 GiB",
-)
+@needs_gpu_memory(64)
 def test_parameter_of_more_than_2_31_elements():
     """A vector of 2^31 + 4096 elements (no basis), normalised: offsets past 2^31 must not wrap.
 
