@@ -19,6 +19,7 @@ from tests.test_refresh_eigenbasis import (
     _orthogonality_error,
     _relative_residual,
     _warm_basis,
+    drifting_factors,
     needs_cuda,
     needs_native,
     permuted_exact_basis,
@@ -224,15 +225,8 @@ def test_sweep_cap_still_returns_an_orthonormal_basis():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_many_warm_refreshes_of_a_drifting_factor_stay_orthonormal(dtype):
     """200 refreshes of a factor moving like SOAP's (L <- b L + (1 - b) g g^T), each from the last basis."""
-    generator = torch.Generator().manual_seed(5)
-    batch, n, beta = 2, 70, 0.95
-    direction = torch.randn(batch, n, 8, dtype=torch.float64, generator=generator)
-    factor = direction @ direction.mT
-    basis = torch.eye(n, dtype=dtype).expand(batch, n, n).clone()
-    for step in range(200):
-        direction = direction + 0.1 * torch.randn(batch, n, 8, dtype=torch.float64, generator=generator)
-        gradient = direction @ torch.randn(batch, 8, 1, dtype=torch.float64, generator=generator)
-        factor = beta * factor + (1 - beta) * gradient @ gradient.mT
+    basis = torch.eye(70, dtype=dtype).expand(2, 70, 70).clone()
+    for step, factor in enumerate(drifting_factors(batch=2, n=70, rank=8, steps=200)):
         basis, _ = block_jacobi_refresh(factor.to(dtype), basis, 30)
         if step % 50 == 49:
             assert _orthogonality_error(basis) < ORTHOGONALITY[dtype]

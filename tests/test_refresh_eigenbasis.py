@@ -85,6 +85,19 @@ def _relative_residual(factor: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return residual / torch.linalg.matrix_norm(factor).clamp_min(1e-300)
 
 
+def drifting_factors(batch: int, n: int, rank: int, steps: int, beta: float = 0.95, seed: int = 5):
+    """float64 factors [batch, n, n] moving like SOAP's, L <- beta L + (1 - beta) g g^T, one per step: g comes
+    from a rank-`rank` direction that itself drifts a little every step."""
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(batch, n, rank, dtype=torch.float64, generator=generator)
+    factor = direction @ direction.mT
+    for _ in range(steps):
+        direction = direction + 0.1 * torch.randn(batch, n, rank, dtype=torch.float64, generator=generator)
+        gradient = direction @ torch.randn(batch, rank, 1, dtype=torch.float64, generator=generator)
+        factor = beta * factor + (1 - beta) * gradient @ gradient.mT
+        yield factor
+
+
 def _qr_reference_path(factor: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """SOAP's reference refresh in float64: sort by diag(Q^T L Q) (stable), then torch.linalg.qr(L Q_sorted)."""
     factor, basis = factor.double(), basis.double()
@@ -321,15 +334,8 @@ def test_exact_order_maps_new_columns_to_the_old_ones():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_many_warm_refreshes_of_a_drifting_factor_stay_orthonormal(method, dtype):
     """1000 refreshes of a factor that moves like SOAP's (L <- b L + (1 - b) g g^T), each from the last basis."""
-    generator = torch.Generator().manual_seed(5)
-    batch, n, beta = 2, 12, 0.95
-    direction = torch.randn(batch, n, 4, dtype=torch.float64, generator=generator)
-    factor = direction @ direction.mT
-    basis = torch.eye(n, dtype=dtype).expand(batch, n, n).clone()
-    for step in range(1000):
-        direction = direction + 0.1 * torch.randn(batch, n, 4, dtype=torch.float64, generator=generator)
-        gradient = direction @ torch.randn(batch, 4, 1, dtype=torch.float64, generator=generator)
-        factor = beta * factor + (1 - beta) * gradient @ gradient.mT
+    basis = torch.eye(12, dtype=dtype).expand(2, 12, 12).clone()
+    for step, factor in enumerate(drifting_factors(batch=2, n=12, rank=4, steps=1000)):
         basis, _ = refresh_eigenbasis(factor.to(dtype), basis, method)
         if step % 100 == 99:
             assert _orthogonality_error(basis) < ORTHOGONALITY[dtype]
