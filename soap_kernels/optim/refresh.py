@@ -32,21 +32,13 @@ EXACT_REFRESH_MAX_SWEEPS = 8
 CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
 
 
-def capturable_method(method: str) -> str:
-    """The refresh a capturable step runs for `method`: no cuSOLVER, no host synchronisation."""
-    return "qr_kernel" if method == "qr" else method
-
-
 def step_method(method: str, capturable: bool, impl: str, device: torch.device) -> str:
-    """The refresh a step runs for the group's `method`: capturable steps need the graph-safe op; "qr" on a
-    CPU with the C++ kernel runs it too (Householder in the input dtype, matrices over threads: faster than
-    torch.linalg.qr on a batch, bench/refresh.py). On CUDA "qr" stays torch.linalg.qr until the CholeskyQR
-    kernel has been timed on a GPU."""
-    if capturable:
-        return capturable_method(method)
-    if method == "qr" and impl != "torch" and torch.device(device).type == "cpu" and native_kernels_for(device):
-        return "qr_kernel"
-    return method
+    """The refresh a step runs for the group's `method`: "qr" becomes the op ("qr_kernel") in a capturable step
+    (no cuSOLVER, no host synchronisation) and on a CPU with the C++ kernel (Householder in the input dtype,
+    matrices over threads: faster than torch.linalg.qr on a batch, bench/refresh.py). On CUDA an eager "qr"
+    stays torch.linalg.qr until the CholeskyQR kernel has been timed on a GPU."""
+    on_cpu_kernel = impl != "torch" and torch.device(device).type == "cpu" and native_kernels_for(device)
+    return "qr_kernel" if method == "qr" and (capturable or on_cpu_kernel) else method
 
 
 def initial_basis(factor: torch.Tensor) -> torch.Tensor:
