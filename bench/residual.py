@@ -1,15 +1,17 @@
-"""PINN residual loss + backward: nested autograd vs torch.func vs soap_kernels jets (torch / Triton).
+"""PINN residual loss + backward: nested autograd vs torch.func vs soap_kernels jets (torch / C++ / Triton).
 
 Residuals on N random points of [0, 1]^2 (inputs (t, x) or (x, y)):
     allen_cahn: r = u_t - 1e-4 u_xx + 5 u^3 - 5 u
     laplacian:  r = u_xx + u_yy - sin(pi x) sin(pi y)
-loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients). jets_torch_compiled is
-jets_torch under torch.compile (inductor; its compile time is reported as first_call_s). Providers are timed
-interleaved, one repetition each per round, so background load hits them alike; medians and ratios are
-of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated).
+loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients). jets_torch runs the torch
+reference of the jet rules, jets_native their C++ CPU kernels (what backend "auto" picks on a CPU), jets_triton
+the Triton kernels (CUDA). jets_torch_compiled is jets_torch under torch.compile (inductor; its compile time is
+reported as first_call_s). Providers are timed interleaved, one repetition each per round, so background load
+hits them alike; medians and ratios are of those samples. Peak memory is measured on CUDA only
+(torch.cuda.max_memory_allocated).
 matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
 second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
-the elementwise work.
+the elementwise work (and the memory traffic and page faults of its intermediates, which jets_native avoids).
 
     python bench/residual.py                       # the CPU goal case: MLP 4x256, N=4096, allen_cahn
     python bench/residual.py --sizes 2048 8192 32768 --models mlp piratenet --problems allen_cahn laplacian
@@ -31,9 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import soap_kernels  # noqa: E402
 from bench.harness import device_name, quantile, save_results, time_fn  # noqa: E402
 from soap_kernels import nn as snn  # noqa: E402
+from soap_kernels._backend import native_kernels_for  # noqa: E402
 from soap_kernels.jets import jet_autograd  # noqa: E402
 
-PROVIDERS = ("nested_autograd", "torch_func", "jets_torch", "jets_torch_compiled", "jets_triton")
+PROVIDERS = ("nested_autograd", "torch_func", "jets_torch", "jets_native", "jets_torch_compiled", "jets_triton")
+_JET_BACKENDS = {"jets_torch": "torch", "jets_native": "auto", "jets_triton": "triton"}
 
 
 def build_model(name: str, device: torch.device) -> torch.nn.Module:
@@ -56,7 +60,7 @@ def loss_function(provider: str, problem: str, model: torch.nn.Module, x: torch.
     if provider == "jets_torch_compiled":
         # inductor sees through the triton_op bodies and fuses the jet rules' elementwise passes
         return torch.compile(loss_function("jets_torch", problem, model, x))
-    if provider in ("nested_autograd", "jets_torch", "jets_triton"):
+    if provider == "nested_autograd" or provider in _JET_BACKENDS:
         if problem == "allen_cahn":
             requests, laplacian = [(0,), (1, 1)], None
         else:
@@ -66,8 +70,7 @@ def loss_function(provider: str, problem: str, model: torch.nn.Module, x: torch.
             if provider == "nested_autograd":
                 ders = [(0, 0), (1, 1)] if laplacian else requests
                 return jet_autograd(model, x, ders)
-            backend = "torch" if provider == "jets_torch" else "triton"
-            return soap_kernels.jet(model, x, requests, laplacian_axes=laplacian, backend=backend)
+            return soap_kernels.jet(model, x, requests, laplacian_axes=laplacian, backend=_JET_BACKENDS[provider])
 
         def loss():
             d = derivatives()
@@ -106,6 +109,8 @@ def available(provider: str, device: torch.device) -> str | None:
     """None when the provider can run here, else why not."""
     if provider == "jets_triton" and device.type != "cuda":
         return "not measured: needs a CUDA GPU (the Triton interpreter on CPU is not a timing target)"
+    if provider == "jets_native" and (device.type != "cpu" or not native_kernels_for(device)):
+        return "not measured: the C++ jet kernels run on CPU tensors, with soap_kernels._C built"
     return None
 
 

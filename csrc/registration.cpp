@@ -17,6 +17,13 @@ TORCH_LIBRARY(soap_kernels, m) {
   // becomes diagonal (its eigenvalues, unsorted) and vectors_t receives V^T (row i: the eigenvector rotated
   // out of coordinate i). The sub-problem solver of the block-Jacobi driver (soap_kernels/ops/block_jacobi.py).
   m.def("jacobi_eigen_(Tensor(a!) matrices, Tensor(b!) vectors_t, int max_sweeps) -> ()");
+  // An activation's jet rule over a stack z [K, N, F] (grad None) or its adjoint (grad = dL/dh), as the term
+  // program `terms` (8 integers per term) / `coefs`, with the derivative tower's polynomials `tower_coefs`
+  // (tower_orders rows) in the base b = tanh(z_0) or sigmoid(z_0) (given as `base` when already computed).
+  // CPU only; the encoding is in soap_kernels/ops/jet_dense_native.py. Returns a new [K, N, F] stack.
+  m.def(
+      "jet_activation(Tensor z, Tensor? grad, Tensor? base, str activation, float[] tower_coefs, int tower_orders, "
+      "int[] terms, float[] coefs) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {

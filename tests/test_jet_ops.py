@@ -24,7 +24,7 @@ def _inputs(plan, n=5, f_in=7, f_out=3, requires_grad=True):
 def test_custom_backward_equals_autograd_through_the_reference(plan, activation):
     torch.manual_seed(0)
     x, w, b = _inputs(plan)
-    h, _ = jet_dense_activation(x, w, b, activation, plan.key, False)
+    h, _ = jet_dense_activation(x, w, b, activation, plan.key, "torch")
     expected = activation_jet_ref(linear_jet_ref(x, w, b), activation, plan)
     torch.testing.assert_close(h, expected)
     g = torch.randn_like(h)
@@ -39,7 +39,7 @@ def test_opcheck_forward(plan):
     torch.manual_seed(1)
     for bias in (True, False):
         x, w, b = _inputs(plan)
-        torch.library.opcheck(jet_dense_activation, (x, w, b if bias else None, "tanh", plan.key, False))
+        torch.library.opcheck(jet_dense_activation, (x, w, b if bias else None, "tanh", plan.key, "torch"))
 
 
 def test_opcheck_backward():
@@ -49,23 +49,23 @@ def test_opcheck_backward():
     z = linear_jet_ref(x, w, None)
     g = torch.randn_like(z)
     for compute_grad_x in (True, False):
-        torch.library.opcheck(jet_dense_activation_backward, (g, z, x, w, "gelu", plan.key, False, compute_grad_x))
+        torch.library.opcheck(jet_dense_activation_backward, (g, z, x, w, "gelu", plan.key, "torch", compute_grad_x))
 
 
 def test_gradcheck_op():
     torch.manual_seed(3)
     plan = PLANS[1]
     x, w, b = _inputs(plan, n=2, f_in=3, f_out=2)
-    assert torch.autograd.gradcheck(lambda *a: jet_dense_activation(*a, "sin", plan.key, False)[0], (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: jet_dense_activation(*a, "sin", plan.key, "torch")[0], (x, w, b))
 
 
 def test_shape_errors_name_the_tensor():
     plan = PLANS[0]
     x, w, b = _inputs(plan, requires_grad=False)
     with pytest.raises(ValueError, match="weight shape"):
-        jet_dense_activation(x, w.t(), b, "tanh", plan.key, False)
+        jet_dense_activation(x, w.t(), b, "tanh", plan.key, "torch")
     with pytest.raises(ValueError, match=r"expected \[4, N, F\]"):
-        jet_dense_activation(x[:2], w, b, "tanh", plan.key, False)
+        jet_dense_activation(x[:2], w, b, "tanh", plan.key, "torch")
 
 
 def test_residual_loss_under_torch_compile_matches_eager():

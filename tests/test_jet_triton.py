@@ -1,6 +1,5 @@
 """The jet Triton kernels against the torch reference: TRITON_INTERPRET=1 on CPU, or a CUDA GPU."""
 
-
 import pytest
 import torch
 
@@ -51,14 +50,14 @@ def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype
         x = torch.randn(plan.num_slots, n, f_in, dtype=dtype, device=device)
         w = torch.randn(f_out, f_in, dtype=dtype, device=device) / f_in**0.5
         b = torch.randn(f_out, dtype=dtype, device=device) if bias else None
-        h, z = jet_dense_activation(x, w, b, activation, plan.key, True)
+        h, z = jet_dense_activation(x, w, b, activation, plan.key, "triton")
         h_ref, z_ref = jet_dense_activation_ref(x, w, b, activation, plan.key)
         shape = f"N={n} F_in={f_in} F_out={f_out}"
         _close(z, z_ref, dtype, activation, f"z {shape}")
         _close(h, h_ref, dtype, activation, f"h {shape}")
         g = torch.randn_like(h)
         for compute_grad_x in (True, False):
-            ours = jet_dense_activation_backward(g, z_ref, x, w, activation, plan.key, True, compute_grad_x)
+            ours = jet_dense_activation_backward(g, z_ref, x, w, activation, plan.key, "triton", compute_grad_x)
             ref = jet_dense_activation_backward_ref(g, z_ref, x, w, activation, plan.key, compute_grad_x)
             for a, e, name in zip(ours, ref, ("grad_x", "grad_w", "grad_b")):
                 _close(a, e, dtype, activation, f"{name} {shape} compute_grad_x={compute_grad_x}")
@@ -70,7 +69,7 @@ def test_wide_layer_257(device):
     x = torch.randn(plan.num_slots, 5, 257, dtype=torch.float64, device=device)
     w = torch.randn(257, 257, dtype=torch.float64, device=device) / 16
     b = torch.randn(257, dtype=torch.float64, device=device)
-    h, _ = jet_dense_activation(x, w, b, "tanh", plan.key, True)
+    h, _ = jet_dense_activation(x, w, b, "tanh", plan.key, "triton")
     torch.testing.assert_close(h, jet_dense_activation_ref(x, w, b, "tanh", plan.key)[0], rtol=1e-12, atol=1e-12)
 
 
@@ -82,10 +81,11 @@ def test_opcheck_triton_path(device):
     x = torch.randn(plan.num_slots, 5, 7, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(3, 7, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
-    torch.library.opcheck(jet_dense_activation, (x, w, b, "tanh", plan.key, True), test_utils=utils)
+    torch.library.opcheck(jet_dense_activation, (x, w, b, "tanh", plan.key, "triton"), test_utils=utils)
     z = torch.randn(plan.num_slots, 5, 3, dtype=torch.float64, device=device)
     torch.library.opcheck(
-        jet_dense_activation_backward, (torch.randn_like(z), z, x.detach(), w.detach(), "tanh", plan.key, True, True),
+        jet_dense_activation_backward,
+        (torch.randn_like(z), z, x.detach(), w.detach(), "tanh", plan.key, "triton", True),
         test_utils=utils,
     )
 
@@ -111,7 +111,7 @@ def test_unsupported_dtype_is_not_implemented(device):
     plan = LAYOUTS["value_only"]
     x = torch.randn(1, 3, 4, dtype=torch.float16, device=device)
     with pytest.raises(NotImplementedError, match="float16"):
-        jet_dense_activation(x, torch.randn(2, 4, dtype=torch.float16, device=device), None, "tanh", plan.key, True)
+        jet_dense_activation(x, torch.randn(2, 4, dtype=torch.float16, device=device), None, "tanh", plan.key, "triton")
 
 
 def test_triton_backend_refused_without_gpu_or_interpreter(monkeypatch):
@@ -159,7 +159,7 @@ def test_empty_dimensions_match_reference(device, n, f_in, f_out, poisoned_empty
     x = torch.randn(plan.num_slots, n, f_in, dtype=torch.float64, device=device)
     w = torch.randn(f_out, f_in, dtype=torch.float64, device=device)
     b = torch.randn(f_out, dtype=torch.float64, device=device)
-    h, z = jet_dense_activation(x, w, b, "tanh", plan.key, True)
+    h, z = jet_dense_activation(x, w, b, "tanh", plan.key, "triton")
     # the reference forward cannot view an empty feature dim as [-1, 0]: form z = x W^T + b here
     z_ref = torch.einsum("knf,of->kno", x, w)
     z_ref[0] += b
@@ -170,7 +170,7 @@ def test_empty_dimensions_match_reference(device, n, f_in, f_out, poisoned_empty
     grad_z = activation_jet_adjoint_ref(g, z_ref, "tanh", plan)  # the reference backward has the same [-1, 0] view
     expected = (grad_z @ w, torch.einsum("kno,knf->of", grad_z, x), grad_z[0].sum(0))
     for compute_grad_x in (True, False):
-        ours = jet_dense_activation_backward(g, z_ref, x, w, "tanh", plan.key, True, compute_grad_x)
+        ours = jet_dense_activation_backward(g, z_ref, x, w, "tanh", plan.key, "triton", compute_grad_x)
         for a, e, name in zip(ours, expected, ("grad_x", "grad_w", "grad_b")):
             if name == "grad_x" and not compute_grad_x:
                 assert a.numel() == 0
@@ -186,12 +186,12 @@ def test_weight_of_another_dtype_is_cast_like_the_forward(device):
     x = torch.randn(plan.num_slots, 7, 5, dtype=torch.float64, device=device)
     w32 = torch.randn(3, 5, dtype=torch.float32, device=device)
     w = w32.double()  # the same values
-    h, z = jet_dense_activation(x, w32, None, "tanh", plan.key, True)
+    h, z = jet_dense_activation(x, w32, None, "tanh", plan.key, "triton")
     h_ref, z_ref = jet_dense_activation_ref(x, w, None, "tanh", plan.key)
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(h)
-    grad_x, grad_w, grad_b = jet_dense_activation_backward(g, z_ref, x, w32, "tanh", plan.key, True, True)
-    ref_x, ref_w, ref_b = jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, True)
+    grad_x, grad_w, grad_b = jet_dense_activation_backward(g, z_ref, x, w32, "tanh", plan.key, "triton", True)
+    ref_x, ref_w, ref_b = jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, "triton")
     torch.testing.assert_close(grad_x, ref_x, rtol=1e-12, atol=1e-12)
     assert grad_w.dtype == grad_b.dtype == torch.float32
     torch.testing.assert_close(grad_w, ref_w.float())
@@ -207,8 +207,8 @@ def test_every_launch_runs_under_a_guard_for_the_inputs_device(device, monkeypat
     plan = LAYOUTS["allen_cahn"]
     x = torch.randn(plan.num_slots, 5, 7, dtype=torch.float64, device=device)
     w = torch.randn(3, 7, dtype=torch.float64, device=device)
-    h, z = jet_dense_activation(x, w, None, "tanh", plan.key, True)
-    jet_dense_activation_backward(torch.randn_like(h), z, x, w, "tanh", plan.key, True, True)
+    h, z = jet_dense_activation(x, w, None, "tanh", plan.key, "triton")
+    jet_dense_activation_backward(torch.randn_like(h), z, x, w, "tanh", plan.key, "triton", True)
     assert launches == [
         ("_jet_dense_activation_kernel", [torch.device(device)]),
         ("_jet_dense_activation_backward_kernel", [torch.device(device)]),
@@ -226,13 +226,13 @@ def test_inputs_on_a_gpu_that_is_not_current():
     w = torch.randn(17, 33, dtype=torch.float64, device=device) / 6
     b = torch.randn(17, dtype=torch.float64, device=device)
     with torch.cuda.device(0):
-        h, z = jet_dense_activation(x, w, b, "tanh", plan.key, True)
+        h, z = jet_dense_activation(x, w, b, "tanh", plan.key, "triton")
         g = torch.randn_like(h)
-        ours = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, True, True)
+        ours = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, "triton", True)
         torch.cuda.synchronize(device)
     h_ref, z_ref = jet_dense_activation_ref(x, w, b, "tanh", plan.key)
     torch.testing.assert_close(h, h_ref, rtol=1e-11, atol=1e-11)
-    for a, e in zip(ours, jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, True)):
+    for a, e in zip(ours, jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, "triton")):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
@@ -245,7 +245,7 @@ def test_slots_past_2_31_elements():
     n, features = 2**24 + 2, 32
     x = torch.randn(plan.num_slots, n, features, device="cuda")
     w = torch.randn(features, features, device="cuda") / 6
-    h, z = jet_dense_activation(x, w, None, "tanh", plan.key, True)
+    h, z = jet_dense_activation(x, w, None, "tanh", plan.key, "triton")
     tail = x[:, -64:].contiguous()
     h_ref, z_ref = jet_dense_activation_ref(tail, w, None, "tanh", plan.key)
     torch.testing.assert_close(z[:, -64:], z_ref, rtol=1e-4, atol=1e-5)
@@ -253,7 +253,7 @@ def test_slots_past_2_31_elements():
     del h
     g = torch.zeros_like(z)
     g[:, -64:] = 1.0
-    grad_x, _, _ = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, True, True)
+    grad_x, _, _ = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, "triton", True)
     z_tail = z[:, -64:].contiguous()
-    ref_x, _, _ = jet_dense_activation_backward_ref(g[:, -64:], z_tail, tail, w, "tanh", plan.key, True)
+    ref_x, _, _ = jet_dense_activation_backward_ref(g[:, -64:], z_tail, tail, w, "tanh", plan.key, "triton")
     torch.testing.assert_close(grad_x[:, -64:], ref_x, rtol=1e-4, atol=1e-5)

@@ -47,7 +47,7 @@ def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @functools.cache
-def _logistic_polynomials(kind: str, order: int) -> tuple[tuple[float, ...], ...]:
+def logistic_polynomials(kind: str, order: int) -> tuple[tuple[float, ...], ...]:
     """Coefficients (lowest degree first) of P_k with s^(k) = P_k(s), for s = tanh or sigmoid."""
     first = (1.0, 0.0, -1.0) if kind == "tanh" else (0.0, 1.0, -1.0)  # 1 - t^2 ; s - s^2
     polys = [(0.0, 1.0)]
@@ -84,7 +84,7 @@ def _polynomial(coefficients: tuple[float, ...], t: torch.Tensor, t_squared: tor
 
 
 def _logistic_tower(kind: str, value: torch.Tensor, order: int) -> list[torch.Tensor]:
-    polys = _logistic_polynomials(kind, order)
+    polys = logistic_polynomials(kind, order)
     squared = value * value if order else value
     return [value] + [_polynomial(polys[k], value, squared) for k in range(1, order + 1)]
 

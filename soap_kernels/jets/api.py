@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from soap_kernels._backend import requested_backend, triton_available, triton_interpreted
+from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.autograd import jet_autograd
 from soap_kernels.jets.jet import Jet
 from soap_kernels.jets.module import JetModule
@@ -16,20 +17,23 @@ from soap_kernels.jets.plan import JetPlan
 _WARNED_FALLBACK: set[str] = set()
 
 
-def _use_triton(x: torch.Tensor, backend: str) -> bool:
-    """Whether the fused layers run Triton kernels: "auto" uses them on CUDA tensors only."""
+def _layer_kernels(x: torch.Tensor, backend: str) -> str:
+    """Which kernels the fused layers run: "auto" takes Triton on CUDA tensors and the C++ kernels on CPU
+    tensors when they are built, else the torch reference ("torch")."""
     chosen = requested_backend(backend)
     if chosen == "auto":
-        return x.is_cuda and triton_available()
+        if x.is_cuda and triton_available():
+            return "triton"
+        return "native" if x.device.type == "cpu" and has_native_cpu() else "torch"
     if chosen == "torch":
-        return False
+        return "torch"
     if chosen == "triton":
         if not (triton_available() and (x.is_cuda or triton_interpreted())):
             raise RuntimeError(
                 f"jet backend 'triton' cannot run on {x.device}: it needs Triton and a CUDA tensor, "
                 "or TRITON_INTERPRET=1 with CPU tensors"
             )
-        return True
+        return "triton"
     raise NotImplementedError("jets have no CUDA C++ kernels; use backend 'triton' or 'torch' for jet()")
 
 
@@ -68,13 +72,12 @@ def jet(
     (i,), (i, j), (1, 1, 1) for u_xxx, (0, 1, 1) for u_txx (mixed orders allowed). soap_kernels.nn networks
     are propagated in forward mode; any other model falls back to nested autograd with a one-time warning.
     Gradients with respect to parameters (and x when it requires grad) need only a first-order backward.
-    backend: "auto" (Triton on CUDA tensors, torch otherwise), "torch" or "triton"; SOAP_KERNELS_BACKEND wins.
+    backend: "auto" (Triton on CUDA tensors, the C++ kernels on CPU tensors), "torch" or "triton";
+    SOAP_KERNELS_BACKEND wins.
     """
     _check_input(model, x)
     if isinstance(derivatives, tuple) and derivatives and all(isinstance(a, int) for a in derivatives):
-        raise TypeError(
-            f"derivatives={derivatives!r} must be a list of index tuples, e.g. [{derivatives!r}]"
-        )
+        raise TypeError(f"derivatives={derivatives!r} must be a list of index tuples, e.g. [{derivatives!r}]")
     if not isinstance(derivatives, list | tuple):
         raise TypeError(f"derivatives must be a list of index tuples such as [(0,), (1, 1)], got {derivatives!r}")
     derivatives = list(derivatives)
@@ -90,7 +93,7 @@ def jet(
                 stacklevel=2,
             )
         return jet_autograd(model, x, derivatives, laplacian_axes)
-    output = model.forward_jet(Jet.seed(x, plan, _use_triton(x, backend))).stack
+    output = model.forward_jet(Jet.seed(x, plan, _layer_kernels(x, backend))).stack
     result: dict = {(): output[0]}
     for request in derivatives:
         result[tuple(request)] = output[plan.slot(tuple(request))]

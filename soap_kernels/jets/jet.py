@@ -18,16 +18,17 @@ from soap_kernels.jets.reference import activation_jet_ref, linear_jet_ref, prod
 
 @dataclass(frozen=True)
 class Jet:
-    """stack[k] = D_k f for the slots of `plan`; `use_triton` picks the kernels for the fused layers."""
+    """stack[k] = D_k f for the slots of `plan`; `kernels` ("torch", "triton" or "native") picks the
+    implementation of the fused layers (soap_kernels/ops/jet_dense.py)."""
 
     stack: torch.Tensor
     plan: JetPlan
-    use_triton: bool = False
+    kernels: str = "torch"
 
     @staticmethod
-    def seed(x: torch.Tensor, plan: JetPlan, use_triton: bool = False) -> Jet:
+    def seed(x: torch.Tensor, plan: JetPlan, kernels: str = "torch") -> Jet:
         """The jet of the input coordinates x [N, d] themselves."""
-        return Jet(seed_jet_ref(x, plan), plan, use_triton)
+        return Jet(seed_jet_ref(x, plan), plan, kernels)
 
     @property
     def value(self) -> torch.Tensor:
@@ -38,7 +39,7 @@ class Jet:
         return self.stack.shape[-1]
 
     def _like(self, stack: torch.Tensor) -> Jet:
-        return Jet(stack, self.plan, self.use_triton)
+        return Jet(stack, self.plan, self.kernels)
 
     def dense(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None) -> Jet:
         """s(x W^T + b) as a jet; with activation None, just the affine map."""
@@ -46,9 +47,7 @@ class Jet:
             return self._like(linear_jet_ref(self.stack, weight, bias))
         from soap_kernels.ops.jet_dense import jet_dense_activation
 
-        h, _ = jet_dense_activation(
-            self.stack.contiguous(), weight, bias, activation, self.plan.key, self.use_triton
-        )
+        h, _ = jet_dense_activation(self.stack.contiguous(), weight, bias, activation, self.plan.key, self.kernels)
         return self._like(h)
 
     def activation(self, name: str) -> Jet:

@@ -9,9 +9,11 @@ returning (h, z); z is kept for the backward and marked non-differentiable. Back
     g_z = (dh/dz)^T g       (activation-adjoint rule, plan.activation_adjoint_terms)
     dL/dx = g_z W,  dL/dW = sum_k g_z,k^T x_k  (one GEMM over all K*N rows),  dL/db = sum_n g_z,0.
 
-Both are torch.library.triton_op ops: on CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 when
-`use_triton` is set, they launch the Triton kernels of ops/jet_dense_triton.py; otherwise the torch
-reference of jets/reference.py. Neither needs double backward, so the jet is torch.compile friendly.
+Both are torch.library.triton_op ops; `kernels` picks the implementation: "triton" launches the Triton kernels
+of ops/jet_dense_triton.py (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "native" runs the
+elementwise rules in the C++ CPU kernel of ops/jet_dense_native.py (where it supports the dtype and activation;
+otherwise the reference), "torch" the torch reference of jets/reference.py. Neither needs double backward, so
+the jet is torch.compile friendly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from soap_kernels.jets.reference import (
     linear_jet_into,
     weight_gradient,
 )
+from soap_kernels.ops.jet_dense_native import (
+    activation_jet_native,
+    jet_dense_activation_native,
+    native_jet_supported,
+)
+
+KERNELS = ("torch", "triton", "native")
 
 
 def jet_dense_activation_ref(
@@ -47,14 +56,22 @@ def jet_dense_activation_backward_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Torch reference of the backward: (dL/dx, dL/dW, dL/db); dL/dx is empty when not asked for."""
     grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout), out=torch.empty_like(z))
-    f_out, f_in = weight.shape
+    return linear_jet_backward(grad_z, x, weight, compute_grad_x)
+
+
+def linear_jet_backward(
+    grad_z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, compute_grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dW, dL/db) of z = x W^T + b given dL/dz: the GEMMs every CPU path shares."""
     grad_weight = weight_gradient(grad_z, x)
     grad_bias = grad_z[0].sum(0)
     grad_x = torch.matmul(grad_z, weight) if compute_grad_x else x.new_empty(0)
     return grad_x, grad_weight, grad_bias
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: str) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: str, kernels: str) -> None:
+    if kernels not in KERNELS:
+        raise ValueError(f"jet_dense_activation: unknown kernels {kernels!r}; expected one of {KERNELS}")
     plan = JetPlan.from_key(layout)
     if x.dim() != 3 or x.shape[0] != plan.num_slots:
         raise ValueError(f"jet_dense_activation: x has shape {tuple(x.shape)}, expected [{plan.num_slots}, N, F]")
@@ -73,19 +90,21 @@ def jet_dense_activation(
     bias: torch.Tensor | None,
     activation: str,
     layout: str,
-    use_triton: bool,
+    kernels: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(h, z): z = x W^T + b (bias on the value slot), h = activation jet of z. See the module docstring."""
-    _check(x, weight, bias, layout)
-    if use_triton:
+    _check(x, weight, bias, layout, kernels)
+    if kernels == "triton":
         from soap_kernels.ops.jet_dense_triton import jet_dense_activation_triton
 
         return jet_dense_activation_triton(x, weight, bias, activation, layout)
+    if kernels == "native" and native_jet_supported(x, activation):
+        return jet_dense_activation_native(x, weight, bias, activation, layout)
     return jet_dense_activation_ref(x, weight, bias, activation, layout)
 
 
 @jet_dense_activation.register_fake
-def _(x, weight, bias, activation, layout, use_triton):
+def _(x, weight, bias, activation, layout, kernels):
     shape = (x.shape[0], x.shape[1], weight.shape[0])
     return x.new_empty(shape), x.new_empty(shape)
 
@@ -98,39 +117,47 @@ def jet_dense_activation_backward(
     weight: torch.Tensor,
     activation: str,
     layout: str,
-    use_triton: bool,
+    kernels: str,
     compute_grad_x: bool,
+    value: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dW, dL/db) of jet_dense_activation given dL/dh (dL/dx empty unless compute_grad_x)."""
-    if use_triton:
+    """(dL/dx, dL/dW, dL/db) of jet_dense_activation given dL/dh (dL/dx empty unless compute_grad_x).
+
+    value: the forward's h[0] = s(z_0), optional; the C++ kernels reuse it instead of evaluating tanh/sigmoid again.
+    """
+    if kernels == "triton":
         from soap_kernels.ops.jet_dense_triton import jet_dense_activation_backward_triton
 
         return jet_dense_activation_backward_triton(grad_h, z, x, weight, activation, layout, compute_grad_x)
+    if kernels == "native" and native_jet_supported(z, activation):
+        grad_z = activation_jet_native(z, activation, layout, grad=grad_h, value=value)
+        return linear_jet_backward(grad_z, x, weight, compute_grad_x)
     return jet_dense_activation_backward_ref(grad_h, z, x, weight, activation, layout, compute_grad_x)
 
 
 @jet_dense_activation_backward.register_fake
-def _(grad_h, z, x, weight, activation, layout, use_triton, compute_grad_x):
+def _(grad_h, z, x, weight, activation, layout, kernels, compute_grad_x, value=None):
     grad_x = x.new_empty(x.shape) if compute_grad_x else x.new_empty(0)
     return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, activation, layout, use_triton = inputs
-    _, z = output
+    x, weight, bias, activation, layout, kernels = inputs
+    h, z = output
     ctx.mark_non_differentiable(z)
     ctx.set_materialize_grads(False)  # z never receives a gradient: don't allocate a [K, N, F] of zeros for it
-    ctx.save_for_backward(x, weight, z)
-    ctx.options = (activation, layout, use_triton, bias is not None)
+    # the C++ backward reuses s(z_0) (h is alive anyway: the next layer saves it as its input)
+    ctx.save_for_backward(x, weight, z, h[0] if kernels == "native" else None)
+    ctx.options = (activation, layout, kernels, bias is not None)
 
 
 def _backward(ctx, grad_h, grad_z_unused):
-    x, weight, z = ctx.saved_tensors
-    activation, layout, use_triton, has_bias = ctx.options
+    x, weight, z, value = ctx.saved_tensors
+    activation, layout, kernels, has_bias = ctx.options
     if grad_h is None:
         return None, None, None, None, None, None
     grad_x, grad_weight, grad_bias = jet_dense_activation_backward(
-        grad_h.contiguous(), z, x, weight, activation, layout, use_triton, ctx.needs_input_grad[0]
+        grad_h.contiguous(), z, x, weight, activation, layout, kernels, ctx.needs_input_grad[0], value
     )
     return (
         grad_x if ctx.needs_input_grad[0] else None,

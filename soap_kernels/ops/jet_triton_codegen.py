@@ -13,7 +13,7 @@ import hashlib
 import linecache
 import math
 
-from soap_kernels.jets.activations import _logistic_polynomials, check_activation
+from soap_kernels.jets.activations import check_activation, logistic_polynomials
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
@@ -34,7 +34,7 @@ def _horner(coefficients: tuple[float, ...], t: str, dtype: str) -> str:
 
 
 def _logistic_lines(kind: str, value: str, order: int, prefix: str, dtype: str) -> list[str]:
-    polys = _logistic_polynomials(kind, order)
+    polys = logistic_polynomials(kind, order)
     lines = [f"{prefix}0 = {value}"]
     lines += [f"{prefix}{k} = {_horner(polys[k], f'{prefix}0', dtype)}" for k in range(1, order + 1)]
     return lines

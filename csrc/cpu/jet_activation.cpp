@@ -1,0 +1,362 @@
+// CPU kernel of soap_kernels::jet_activation: an activation's jet rule (forward) or its adjoint (backward) over a
+// jet stack z [K, N, F], all output slots in one pass over row blocks, without [N, F] temporaries.
+//
+// The rule is a term program compiled in Python (soap_kernels/jets/plan.py, encoded by
+// soap_kernels/ops/jet_dense_native.py), eight integers of `terms` per term:
+//     (out_slot, order m, grad_slot or -1, number of factors, factor slots f_0..f_3)
+//     out[out_slot] += coef * s^(m)(z_0) * grad[grad_slot] * prod_i z[f_i]
+// The derivative tower s^(m)(z_0), m = 0..M, comes from one or two base functions of z_0 that ATen evaluates
+// (vectorised) on each block:
+//     tanh, sigmoid: s^(m) = P_m(b), b = tanh(z_0) or sigmoid(z_0), P_m = row m of tower_coefs (lowest degree
+//                    first; tower_orders rows)
+//     silu:          s^(m) = z_0 P_m(b) + m P_{m-1}(b), b = sigmoid(z_0), P the sigmoid polynomials
+//     sin, cos:      s^(m) = sin(z_0 + (m + phase) pi/2), phase 0 for sin, 1 for cos
+// Why blocks: the torch reference runs one pass per multiplication and allocates every intermediate; on a CPU those
+// fresh [N, F] tensors page-fault (glibc returns large blocks to the OS) and cost more than the arithmetic. Here a
+// block (4096 elements of every slot) lives in L1/L2 while all of its terms are computed.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/cos.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/sin.h>
+#include <ATen/ops/tanh.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace soap_kernels {
+namespace {
+
+enum class TowerKind { kTanh, kSigmoid, kSilu, kSin, kCos };
+
+constexpr int64_t kTermColumns = 8;  // out_slot, order, grad_slot, num_factors, f0..f3
+constexpr int64_t kMaxFactors = 4;
+constexpr int64_t kBlockElements = 4096;
+
+// The block loop is compiled twice, for AVX2+FMA (x86-64-v3) and for the baseline, and the loader picks the
+// one the CPU runs (GCC function multiversioning): the elementwise loops are 2x wider. Every helper it calls is
+// forced inline so it is compiled into each clone.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SOAP_KERNELS_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define SOAP_KERNELS_CPU_CLONES
+#endif
+#define SOAP_KERNELS_INLINE inline __attribute__((always_inline))
+
+TowerKind tower_kind(std::string_view activation) {
+  if (activation == "tanh") return TowerKind::kTanh;
+  if (activation == "sigmoid") return TowerKind::kSigmoid;
+  if (activation == "silu") return TowerKind::kSilu;
+  if (activation == "sin") return TowerKind::kSin;
+  if (activation == "cos") return TowerKind::kCos;
+  TORCH_CHECK(false, "soap_kernels::jet_activation: no C++ tower for activation '", activation,
+              "' (tanh, sigmoid, silu, sin, cos have one; use the torch reference for others)");
+}
+
+struct Term {
+  int64_t out_slot, order, grad_slot, num_factors;
+  std::array<int64_t, kMaxFactors> factors;
+  double coef;
+};
+
+std::vector<Term> read_terms(c10::IntArrayRef terms, c10::ArrayRef<double> coefs, int64_t num_slots,
+                             int64_t max_order, bool has_grad) {
+  TORCH_CHECK(terms.size() % kTermColumns == 0 && terms.size() / kTermColumns == coefs.size(),
+              "soap_kernels::jet_activation: terms must hold ", kTermColumns, " integers per coefficient, got ",
+              terms.size(), " integers for ", coefs.size(), " coefficients");
+  std::vector<Term> program(coefs.size());
+  for (size_t i = 0; i < program.size(); ++i) {
+    const int64_t* row = terms.data() + i * kTermColumns;
+    Term& term = program[i];
+    term = {row[0], row[1], row[2], row[3], {row[4], row[5], row[6], row[7]}, coefs[i]};
+    TORCH_CHECK(term.out_slot >= 0 && term.out_slot < num_slots, "soap_kernels::jet_activation: term ", i,
+                " writes slot ", term.out_slot, " of ", num_slots);
+    TORCH_CHECK(term.order >= 0 && term.order <= max_order, "soap_kernels::jet_activation: term ", i,
+                " needs derivative order ", term.order, " but the tower goes to ", max_order);
+    TORCH_CHECK(term.grad_slot < num_slots && (term.grad_slot < 0 || has_grad), "soap_kernels::jet_activation: term ",
+                i, " reads grad slot ", term.grad_slot, has_grad ? "" : " but no grad was given");
+    TORCH_CHECK(term.num_factors >= 0 && term.num_factors <= kMaxFactors, "soap_kernels::jet_activation: term ", i,
+                " has ", term.num_factors, " factors");
+    for (int64_t f = 0; f < term.num_factors; ++f) {
+      TORCH_CHECK(term.factors[f] >= 0 && term.factors[f] < num_slots, "soap_kernels::jet_activation: term ", i,
+                  " reads slot ", term.factors[f], " of ", num_slots);
+    }
+    TORCH_CHECK(i == 0 || program[i - 1].out_slot <= term.out_slot,
+                "soap_kernels::jet_activation: terms must be sorted by output slot");
+  }
+  return program;
+}
+
+// An ATen tensor over `count` elements at `data` (no copy, no ownership): lets ATen's vectorised tanh/sin/...
+// write into a thread's block buffer.
+template <typename scalar_t>
+at::Tensor block_view(const scalar_t* data, int64_t count) {
+  return at::from_blob(const_cast<scalar_t*>(data), {count},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+}
+
+// sum_{d < degree_count} coefs[d] b^d by Horner's rule, element-wise over `count` elements.
+template <typename scalar_t>
+SOAP_KERNELS_INLINE void polynomial(const double* coefs, int64_t degree_count, const scalar_t* __restrict b,
+                                    scalar_t* __restrict out, int64_t count) {
+  const auto top = static_cast<scalar_t>(degree_count ? coefs[degree_count - 1] : 0.0);
+  for (int64_t e = 0; e < count; ++e) out[e] = top;
+  for (int64_t d = degree_count - 2; d >= 0; --d) {
+    const auto c = static_cast<scalar_t>(coefs[d]);
+    for (int64_t e = 0; e < count; ++e) out[e] = out[e] * b[e] + c;
+  }
+}
+
+// out (=, or += when accumulate) coef * prod_{i < N} operands[i] over `count` elements: one pass per term, the
+// operand count a compile-time constant so the product unrolls and the loop vectorises.
+template <typename scalar_t, int N>
+SOAP_KERNELS_INLINE void term_pass(scalar_t* __restrict out, scalar_t coef, const scalar_t* const* operands,
+                                   int64_t count, bool accumulate) {
+  std::array<const scalar_t* __restrict, N> op;
+  for (int i = 0; i < N; ++i) op[i] = operands[i];
+  if (accumulate) {
+    for (int64_t e = 0; e < count; ++e) {
+      scalar_t v = coef;
+      for (int i = 0; i < N; ++i) v *= op[i][e];
+      out[e] += v;
+    }
+  } else {
+    for (int64_t e = 0; e < count; ++e) {
+      scalar_t v = coef;
+      for (int i = 0; i < N; ++i) v *= op[i][e];
+      out[e] = v;
+    }
+  }
+}
+
+template <typename scalar_t>
+SOAP_KERNELS_INLINE void term(scalar_t* out, scalar_t coef, const scalar_t* const* operands, int num_operands,
+                              int64_t count, bool accumulate) {
+  switch (num_operands) {  // the tower row, the grad slot (adjoint), up to kMaxFactors z slots
+    case 1: return term_pass<scalar_t, 1>(out, coef, operands, count, accumulate);
+    case 2: return term_pass<scalar_t, 2>(out, coef, operands, count, accumulate);
+    case 3: return term_pass<scalar_t, 3>(out, coef, operands, count, accumulate);
+    case 4: return term_pass<scalar_t, 4>(out, coef, operands, count, accumulate);
+    case 5: return term_pass<scalar_t, 5>(out, coef, operands, count, accumulate);
+    case 6: return term_pass<scalar_t, 6>(out, coef, operands, count, accumulate);
+    default: TORCH_CHECK(false, "soap_kernels::jet_activation: a term with ", num_operands, " operands");
+  }
+}
+
+// The derivative tower's polynomials s^(m) = P_m(b), trimmed to their highest non-zero coefficient. tanh's are
+// alternately even and odd; those are evaluated in b^2 (half the Horner steps and roundings, as the reference does).
+struct TowerPolynomial {
+  std::vector<double> coefs;  // lowest degree first, in b (parity 0) or in b^2 (parity 1: b Q(b^2), 2: Q(b^2))
+  int parity = 0;
+};
+
+struct TowerPolynomials {
+  std::vector<TowerPolynomial> rows;
+  bool needs_square = false;
+  TowerPolynomials(c10::ArrayRef<double> table, int64_t orders) {
+    const auto stride = static_cast<int64_t>(table.size()) / orders;
+    for (int64_t m = 0; m < orders; ++m) {
+      std::vector<double> c(table.begin() + m * stride, table.begin() + (m + 1) * stride);
+      while (!c.empty() && c.back() == 0.0) c.pop_back();
+      TowerPolynomial row;
+      for (int parity : {2, 1}) {  // parity 2 keeps the even coefficients, 1 the odd ones
+        bool others_zero = c.size() >= 2;
+        for (size_t d = parity == 2 ? 1 : 0; d < c.size(); d += 2) others_zero = others_zero && c[d] == 0.0;
+        if (others_zero && row.parity == 0) {
+          row.parity = parity;
+          for (size_t d = parity == 2 ? 0 : 1; d < c.size(); d += 2) row.coefs.push_back(c[d]);
+        }
+      }
+      if (row.parity == 0) row.coefs = c;
+      needs_square = needs_square || row.parity != 0;
+      rows.push_back(std::move(row));
+    }
+  }
+  int64_t orders() const { return static_cast<int64_t>(rows.size()); }
+};
+
+template <typename scalar_t>
+struct TowerBuffers {
+  std::vector<scalar_t> base, second, tower;  // second: cos(z_0) for sin/cos, b^2 for even/odd polynomials
+  TowerBuffers(int64_t orders, int64_t block) : base(block), second(block), tower(orders * block) {}
+};
+
+// tower[m * block + e] = s^(m)(z0[e]) for m = 0..orders-1 over `count` elements. `given_base`, when not null, is
+// the tanh/sigmoid of z0 the forward already computed (its output's value slot), so it is not evaluated again.
+template <typename scalar_t>
+SOAP_KERNELS_INLINE void fill_tower(TowerKind kind, const TowerPolynomials& polys, const scalar_t* z0,
+                                    const scalar_t* given_base, int64_t count, int64_t block,
+                                    TowerBuffers<scalar_t>& buffers) {
+  const int64_t orders = polys.orders();
+  const at::Tensor z_view = block_view(z0, count);
+  at::Tensor base = block_view(buffers.base.data(), count);
+  scalar_t* tower = buffers.tower.data();
+  if (kind == TowerKind::kSin || kind == TowerKind::kCos) {
+    at::sin_out(base, z_view);
+    at::Tensor cosine = block_view(buffers.second.data(), count);
+    at::cos_out(cosine, z_view);
+    const int phase = kind == TowerKind::kSin ? 0 : 1;
+    for (int64_t m = 0; m < orders; ++m) {
+      const int quarter = static_cast<int>((m + phase) % 4);
+      const scalar_t* source = quarter % 2 == 0 ? buffers.base.data() : buffers.second.data();
+      const scalar_t sign = quarter >= 2 ? scalar_t(-1) : scalar_t(1);
+      scalar_t* out = tower + m * block;
+      for (int64_t e = 0; e < count; ++e) out[e] = sign * source[e];
+    }
+    return;
+  }
+  const scalar_t* b = given_base;
+  if (b == nullptr) {
+    if (kind == TowerKind::kTanh) {
+      at::tanh_out(base, z_view);
+    } else {
+      at::sigmoid_out(base, z_view);
+    }
+    b = buffers.base.data();
+  }
+  scalar_t* square = buffers.second.data();
+  if (polys.needs_square) {
+    for (int64_t e = 0; e < count; ++e) square[e] = b[e] * b[e];
+  }
+  for (int64_t m = 0; m < orders; ++m) {
+    const TowerPolynomial& p = polys.rows[m];
+    scalar_t* row = tower + m * block;
+    polynomial(p.coefs.data(), static_cast<int64_t>(p.coefs.size()), p.parity ? square : b, row, count);
+    if (p.parity == 1) {
+      for (int64_t e = 0; e < count; ++e) row[e] *= b[e];
+    }
+  }
+  if (kind == TowerKind::kSilu) {
+    // top-down so P_{m-1}(b) is still in row m-1 when row m needs it
+    for (int64_t m = orders - 1; m >= 0; --m) {
+      scalar_t* row = tower + m * block;
+      const scalar_t* below = m > 0 ? tower + (m - 1) * block : nullptr;
+      const auto mm = static_cast<scalar_t>(m);
+      for (int64_t e = 0; e < count; ++e) row[e] = z0[e] * row[e] + (below ? mm * below[e] : scalar_t(0));
+    }
+  }
+}
+
+// What the block loop reads and writes: a [K, N, F] stack is K slots of slot_stride elements each.
+template <typename scalar_t>
+struct JetBlocks {
+  TowerKind kind;
+  const TowerPolynomials* polys;
+  const std::vector<Term>* program;
+  const scalar_t* z;
+  const scalar_t* grad;  // null in the forward
+  const scalar_t* base;  // null unless the forward's tanh/sigmoid of z_0 is given
+  scalar_t* out;
+  int64_t slot_stride;
+};
+
+template <typename scalar_t>
+SOAP_KERNELS_INLINE void run_blocks(const JetBlocks<scalar_t>& a, int64_t first_block, int64_t last_block) {
+  const int64_t block = kBlockElements;
+  TowerBuffers<scalar_t> buffers(a.polys->orders(), block);
+  std::array<const scalar_t*, 2 + kMaxFactors> operands;
+  for (int64_t blk = first_block; blk < last_block; ++blk) {
+    const int64_t offset = blk * block;
+    const int64_t count = std::min(block, a.slot_stride - offset);
+    fill_tower(a.kind, *a.polys, a.z + offset, a.base ? a.base + offset : nullptr, count, block, buffers);
+    int64_t written_slot = -1;
+    for (const Term& t : *a.program) {
+      int num_operands = 0;
+      operands[num_operands++] = buffers.tower.data() + t.order * block;
+      if (t.grad_slot >= 0) operands[num_operands++] = a.grad + t.grad_slot * a.slot_stride + offset;
+      for (int64_t f = 0; f < t.num_factors; ++f) {
+        operands[num_operands++] = a.z + t.factors[f] * a.slot_stride + offset;
+      }
+      // the first term of a slot assigns it, the others accumulate
+      term(a.out + t.out_slot * a.slot_stride + offset, static_cast<scalar_t>(t.coef), operands.data(), num_operands,
+           count, t.out_slot == written_slot);
+      written_slot = t.out_slot;
+    }
+  }
+}
+
+SOAP_KERNELS_CPU_CLONES void run_blocks_float(const JetBlocks<float>& a, int64_t first, int64_t last) {
+  run_blocks(a, first, last);
+}
+
+SOAP_KERNELS_CPU_CLONES void run_blocks_double(const JetBlocks<double>& a, int64_t first, int64_t last) {
+  run_blocks(a, first, last);
+}
+
+template <typename scalar_t>
+void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at::Tensor* base, TowerKind kind,
+                          const TowerPolynomials& polys, const std::vector<Term>& program, at::Tensor& out) {
+  const int64_t slot_stride = z.size(1) * z.size(2);  // elements per slot; blocks split it, whatever F is
+  const JetBlocks<scalar_t> blocks{kind,
+                                   &polys,
+                                   &program,
+                                   z.data_ptr<scalar_t>(),
+                                   grad ? grad->data_ptr<scalar_t>() : nullptr,
+                                   base ? base->data_ptr<scalar_t>() : nullptr,
+                                   out.data_ptr<scalar_t>(),
+                                   slot_stride};
+  const int64_t num_blocks = (slot_stride + kBlockElements - 1) / kBlockElements;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t first_block, int64_t last_block) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      run_blocks_float(blocks, first_block, last_block);
+    } else {
+      run_blocks_double(blocks, first_block, last_block);
+    }
+  });
+}
+
+at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tensor>& grad,
+                              const std::optional<at::Tensor>& base, std::string_view activation,
+                              c10::ArrayRef<double> tower_coefs, int64_t tower_orders, c10::IntArrayRef terms,
+                              c10::ArrayRef<double> coefs) {
+  TORCH_CHECK(z.dim() == 3 && z.is_contiguous(), "soap_kernels::jet_activation: z must be a contiguous [K, N, F] "
+              "stack, got shape ", z.sizes());
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
+              "soap_kernels::jet_activation: z must be float32 or float64, got ", z.scalar_type());
+  if (grad) {
+    TORCH_CHECK(grad->sizes() == z.sizes() && grad->scalar_type() == z.scalar_type() && grad->is_contiguous() &&
+                    grad->device() == z.device(),
+                "soap_kernels::jet_activation: grad must be contiguous and match z's shape ", z.sizes(), " and dtype ",
+                z.scalar_type());
+  }
+  TORCH_CHECK(tower_orders >= 1 && static_cast<int64_t>(tower_coefs.size()) % tower_orders == 0,
+              "soap_kernels::jet_activation: tower_coefs (", tower_coefs.size(), " numbers) must be tower_orders = ",
+              tower_orders, " rows of polynomial coefficients");
+  const TowerKind kind = tower_kind(activation);
+  if (base) {
+    TORCH_CHECK(kind == TowerKind::kTanh || kind == TowerKind::kSigmoid,
+                "soap_kernels::jet_activation: a precomputed base is tanh(z_0) or sigmoid(z_0); ", activation,
+                " takes none");
+    TORCH_CHECK(base->dim() == 2 && base->size(0) == z.size(1) && base->size(1) == z.size(2) &&
+                    base->scalar_type() == z.scalar_type() && base->is_contiguous() && base->device() == z.device(),
+                "soap_kernels::jet_activation: base must be a contiguous [N, F] tensor like z[0], got ",
+                base->sizes());
+  }
+  TORCH_CHECK(kind == TowerKind::kSin || kind == TowerKind::kCos || !tower_coefs.empty(),
+              "soap_kernels::jet_activation: ", activation, " needs polynomial tower coefficients");
+  const std::vector<Term> program = read_terms(terms, coefs, z.size(0), tower_orders - 1, grad.has_value());
+  const TowerPolynomials polys(tower_coefs, tower_orders);
+  at::Tensor out = at::empty_like(z);
+  std::vector<bool> written(z.size(0), false);
+  for (const Term& term : program) written[term.out_slot] = true;
+  for (int64_t slot = 0; slot < z.size(0); ++slot) {
+    if (!written[slot]) out[slot].zero_();  // a slot no term writes is zero
+  }
+  if (z.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "jet_activation_cpu", [&] {
+    jet_activation_typed<scalar_t>(z, grad ? &*grad : nullptr, base ? &*base : nullptr, kind, polys, program, out);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(soap_kernels, CPU, m) { m.impl("jet_activation", &jet_activation_cpu); }
+
+}  // namespace soap_kernels

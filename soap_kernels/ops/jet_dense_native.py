@@ -1,0 +1,103 @@
+"""The C++ CPU path of soap_kernels::jet_dense_activation: ATen GEMMs plus the fused activation-jet kernel.
+
+The GEMMs are the reference's (linear_jet_into forward; weight_gradient and g_z W backward); the elementwise
+rules run in soap_kernels::jet_activation (csrc/cpu/jet_activation.cpp): the forward rule
+h_k = sum coef * s^(m)(z_0) * prod z_factors, or the adjoint g_z,j = sum coef * s^(m)(z_0) * g_k * prod z_factors,
+in one pass over blocks of every slot instead of one pass (and one fresh [N, F] tensor) per multiplication.
+The term programs are the JetPlan's, encoded as rows (out_slot, m, grad_slot or -1, #factors, f_0..f_3).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from soap_kernels._native import has_native_cpu
+from soap_kernels.jets.activations import logistic_polynomials
+from soap_kernels.jets.plan import JetPlan
+from soap_kernels.jets.reference import linear_jet_into
+
+NATIVE_ACTIVATIONS = ("tanh", "sigmoid", "silu", "sin", "cos")
+_OP_NAME = "soap_kernels::jet_activation"
+_MAX_FACTORS = 4
+
+
+def native_jet_supported(x: torch.Tensor, activation: str) -> bool:
+    """Whether the C++ jet kernel can run this layer: CPU float32/float64 tensors and an activation it knows."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and activation in NATIVE_ACTIVATIONS
+        and has_native_cpu()
+    )
+
+
+@functools.cache
+def _tower_coefficients(activation: str, orders: int) -> list[float]:
+    """`orders` rows, flattened, of equal length: row m holds P_m with s^(m) = P_m(tanh or sigmoid of z_0)
+    (silu: the sigmoid's), lowest degree first; sin and cos need none (empty)."""
+    if activation in ("sin", "cos"):
+        return []
+    polys = logistic_polynomials("tanh" if activation == "tanh" else "sigmoid", orders - 1)
+    width = max(len(p) for p in polys)
+    return [c for poly in polys for c in (*poly, *(0.0,) * (width - len(poly)))]
+
+
+@functools.cache
+def _program(layout: str, adjoint: bool) -> tuple[list[int], list[float], int]:
+    """(terms, 8 integers per term, coefs, tower orders needed) of the forward or adjoint rule."""
+    plan = JetPlan.from_key(layout)
+    rows: list[int] = []
+    coefs: list[float] = []
+    if adjoint:
+        programs = plan.activation_adjoint_terms
+        flat = [(slot, coef, m, k, factors) for slot, terms in enumerate(programs) for coef, m, k, factors in terms]
+    else:
+        programs = plan.activation_terms
+        flat = [(slot, coef, m, -1, factors) for slot, terms in enumerate(programs) for coef, m, factors in terms]
+    for slot, coef, m, grad_slot, factors in flat:
+        if len(factors) > _MAX_FACTORS:
+            raise ValueError(f"jet layout {layout!r} has a term with {len(factors)} factors; at most {_MAX_FACTORS}")
+        padded = list(factors) + [-1] * (_MAX_FACTORS - len(factors))
+        rows.extend([slot, m, grad_slot, len(factors), *padded])
+        coefs.append(coef)
+    return rows, coefs, 1 + max(m for _, _, m, _, _ in flat)
+
+
+def activation_jet_native(
+    z: torch.Tensor,
+    activation: str,
+    layout: str,
+    grad: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The activation's jet of z (grad None), or its adjoint (dh/dz)^T grad, by the C++ kernel.
+
+    value: s(z_0) from the forward (the output's value slot); for tanh and sigmoid it is the base of the
+    derivative tower, which then need not be evaluated again.
+    """
+    terms, coefs, orders = _program(layout, grad is not None)
+    base = value if activation in ("tanh", "sigmoid") else None
+    return torch.ops.soap_kernels.jet_activation(
+        z, grad, base, activation, _tower_coefficients(activation, orders), orders, terms, coefs
+    )
+
+
+def jet_dense_activation_native(x, weight, bias, activation, layout):
+    """(h, z) of jet_dense_activation with the elementwise rule in C++."""
+    z = linear_jet_into(x, weight, bias)
+    return activation_jet_native(z, activation, layout), z
+
+
+def _register_fake() -> None:
+    """The meta kernel (shapes only) so the op works under torch.compile and FakeTensor tracing."""
+    if not has_native_cpu():
+        return
+
+    @torch.library.register_fake(_OP_NAME)
+    def _(z, grad, base, activation, tower_coefs, tower_orders, terms, coefs):
+        return torch.empty_like(z)
+
+
+_register_fake()

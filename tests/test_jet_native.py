@@ -1,0 +1,147 @@
+"""The C++ CPU jet kernel (soap_kernels::jet_activation) against the torch reference of the jet rules."""
+
+import pytest
+import torch
+
+import soap_kernels
+from soap_kernels import nn as snn
+from soap_kernels._native import has_native_cpu
+from soap_kernels.jets.api import _layer_kernels
+from soap_kernels.jets.plan import JetPlan
+from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref
+from soap_kernels.ops.jet_dense import jet_dense_activation
+from soap_kernels.ops.jet_dense_native import NATIVE_ACTIVATIONS, activation_jet_native, native_jet_supported
+
+pytestmark = pytest.mark.skipif(not has_native_cpu(), reason="soap_kernels._C is not built")
+
+LAYOUTS = {
+    "allen_cahn": JetPlan.build(2, [(0,), (1, 1)]),
+    "kuramoto_sivashinsky": JetPlan.build(2, [(0,), (1, 1), (1, 1, 1, 1)]),
+    "mixed_kdv_laplacian": JetPlan.build(3, [(0, 1), (1, 1, 1)], laplacian_axes=[0, 2]),
+    "value_only": JetPlan.build(2, []),
+}
+# N * F not a multiple of the kernel's 4096-element block, and one shape spanning several blocks (both threads)
+SHAPES = [(1, 1), (7, 33), (257, 5), (300, 31)]
+
+
+def _relative_error(ours, reference):
+    return ((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("activation", NATIVE_ACTIVATIONS)
+def test_forward_and_adjoint_match_the_reference_in_float64(layout, activation):
+    torch.manual_seed(0)
+    for n, f in SHAPES:
+        z = torch.randn(layout.num_slots, n, f, dtype=torch.float64)
+        grad = torch.randn_like(z)
+        forward = activation_jet_native(z, activation, layout.key)
+        assert _relative_error(forward, activation_jet_ref(z, activation, layout)) < 1e-13, (n, f)
+        adjoint = activation_jet_native(z, activation, layout.key, grad=grad)
+        assert _relative_error(adjoint, activation_jet_adjoint_ref(grad, z, activation, layout)) < 1e-13, (n, f)
+        # the forward's value slot as the tower's base (tanh, sigmoid) gives the same adjoint
+        with_value = activation_jet_native(z, activation, layout.key, grad=grad, value=forward[0].contiguous())
+        assert _relative_error(with_value, adjoint) < 1e-14, (n, f)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sin", "silu"])
+def test_float32_is_as_accurate_as_the_float32_reference(activation):
+    """Against the float64 reference, the kernel's float32 error is within 4x the torch float32 reference's: both
+    round the same products, in another order (measured: 0.5x-2.5x; silu's high orders cancel the most)."""
+    torch.manual_seed(1)
+    layout = LAYOUTS["kuramoto_sivashinsky"]
+    z = torch.randn(layout.num_slots, 257, 33, dtype=torch.float64)
+    grad = torch.randn_like(z)
+    exact = activation_jet_ref(z, activation, layout), activation_jet_adjoint_ref(grad, z, activation, layout)
+    ours = (
+        activation_jet_native(z.float(), activation, layout.key),
+        activation_jet_native(z.float(), activation, layout.key, grad=grad.float()),
+    )
+    torch32 = (
+        activation_jet_ref(z.float(), activation, layout),
+        activation_jet_adjoint_ref(grad.float(), z.float(), activation, layout),
+    )
+    for mine, reference32, truth in zip(ours, torch32, exact, strict=True):
+        assert _relative_error(mine.double(), truth) <= 4 * _relative_error(reference32.double(), truth) + 1e-7
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    """Each element is computed by one thread from its own inputs: any split gives the same bits."""
+    torch.manual_seed(2)
+    layout = LAYOUTS["allen_cahn"]
+    z = torch.randn(layout.num_slots, 1000, 37)
+    grad = torch.randn_like(z)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = activation_jet_native(z, "tanh", layout.key, grad=grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(activation_jet_native(z, "tanh", layout.key, grad=grad), serial)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "cos", "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_layer_equals_the_torch_layer_with_gradients(activation, bias):
+    """jet_dense_activation with kernels="native" (gelu: the reference, it has no C++ tower) against "torch"."""
+    torch.manual_seed(3)
+    layout = LAYOUTS["mixed_kdv_laplacian"]
+    x = torch.randn(layout.num_slots, 33, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+    inputs = [t for t in (x, w, b) if t is not None]
+    results = {}
+    for kernels in ("native", "torch"):
+        h, z = jet_dense_activation(x, w, b, activation, layout.key, kernels)
+        g = torch.sin(torch.arange(h.numel(), dtype=torch.float64)).reshape(h.shape)
+        results[kernels] = (h, z, torch.autograd.grad(h, inputs, g))
+    (h, z, grads), (h_ref, z_ref, grads_ref) = results["native"], results["torch"]
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    torch.testing.assert_close(h, h_ref, rtol=1e-13, atol=1e-13)
+    for ours, theirs in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_jet_on_cpu_runs_the_native_kernels_by_default():
+    torch.manual_seed(4)
+    x = torch.rand(9, 2, dtype=torch.float64)
+    assert _layer_kernels(x, "auto") == "native"
+    assert _layer_kernels(x, "torch") == "torch"
+    assert native_jet_supported(x, "tanh") and not native_jet_supported(x, "gelu")
+    assert not native_jet_supported(x.half(), "tanh")
+    model = snn.PirateNet(2, 1, 16, 2, "tanh", rwf=(1.0, 0.1), alpha_init=0.5).double()
+    derivatives = [(0,), (1, 1)]
+    ours = soap_kernels.jet(model, x, derivatives)
+    reference = soap_kernels.jet(model, x, derivatives, backend="torch")
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], rtol=1e-12, atol=1e-12)
+
+
+def test_opcheck():
+    torch.manual_seed(5)
+    layout = LAYOUTS["allen_cahn"]
+    z = torch.randn(layout.num_slots, 7, 5, dtype=torch.float64)
+    grad = torch.randn_like(z)
+    from soap_kernels.ops.jet_dense_native import _program, _tower_coefficients
+
+    for adjoint in (False, True):
+        terms, coefs, orders = _program(layout.key, adjoint)
+        args = (z, grad if adjoint else None, None, "tanh", _tower_coefficients("tanh", orders), orders, terms, coefs)
+        torch.library.opcheck(torch.ops.soap_kernels.jet_activation.default, args)
+
+
+def test_bad_arguments_raise():
+    layout = LAYOUTS["allen_cahn"]
+    z = torch.randn(layout.num_slots, 3, 4)
+    with pytest.raises(ValueError, match="unknown kernels 'cuda'"):
+        jet_dense_activation(z, torch.randn(2, 4), None, "tanh", layout.key, "cuda")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ tower for activation 'gelu'"):
+        torch.ops.soap_kernels.jet_activation(z, None, None, "gelu", [], 1, [0, 0, -1, 0, -1, -1, -1, -1], [1.0])
+    with pytest.raises(RuntimeError, match="writes slot 7"):
+        torch.ops.soap_kernels.jet_activation(z, None, None, "sin", [], 1, [7, 0, -1, 0, -1, -1, -1, -1], [1.0])
+    with pytest.raises(RuntimeError, match="but no grad was given"):
+        torch.ops.soap_kernels.jet_activation(z, None, None, "sin", [], 1, [0, 0, 1, 0, -1, -1, -1, -1], [1.0])
+    with pytest.raises(RuntimeError, match="must be a contiguous"):
+        activation_jet_native(z.transpose(1, 2), "tanh", layout.key)
+    with pytest.raises(RuntimeError, match="precomputed base"):  # silu's tower is not a polynomial in silu(z_0)
+        torch.ops.soap_kernels.jet_activation(z, None, z[0], "silu", [0.0, 1.0], 1, [0, 0, -1, 0] + [-1] * 4, [1.0])
