@@ -138,11 +138,14 @@ def activation_jet_adjoint_ref(
 
 def product_jet_ref(x: torch.Tensor, y: torch.Tensor, plan: JetPlan) -> torch.Tensor:
     """The jet of the elementwise product x * y (Leibniz rule)."""
+    # one unbind per operand, not an indexing per use: each x[a]'s backward would allocate a zero [K, N, F]
+    # stack to put its slot gradient in (select_backward), here once per term
+    x_slots, y_slots = x.unbind(0), y.unbind(0)
     slots = []
     for terms in plan.product_terms:
         total = None
         for coef, a, b in terms:
-            piece = x[a] * y[b]
+            piece = x_slots[a] * y_slots[b]
             if coef != 1.0:
                 piece = piece * coef
             total = piece if total is None else total + piece
