@@ -24,6 +24,9 @@ TORCH_LIBRARY(soap_kernels, m) {
   m.def(
       "jet_activation(Tensor z, Tensor? grad, Tensor? base, str activation, float[] tower_coefs, int tower_orders, "
       "int[] terms, float[] coefs) -> Tensor");
+  // out[s] = sum over terms (s, i, j) of coef * a[i] * b[j] for jet stacks a [Ka, N, F], b [Kb, N, F]: the
+  // Leibniz product of two jets and its backward (CPU only; soap_kernels/ops/jet_product.py).
+  m.def("jet_bilinear(Tensor a, Tensor b, int num_slots, int[] terms, float[] coefs) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -145,3 +145,44 @@ def test_bad_arguments_raise():
         activation_jet_native(z.transpose(1, 2), "tanh", layout.key)
     with pytest.raises(RuntimeError, match="precomputed base"):  # silu's tower is not a polynomial in silu(z_0)
         torch.ops.soap_kernels.jet_activation(z, None, z[0], "silu", [0.0, 1.0], 1, [0, 0, -1, 0] + [-1] * 4, [1.0])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_leibniz_product_and_its_backward_match_the_reference(layout):
+    from soap_kernels.jets.reference import product_jet_ref
+    from soap_kernels.ops.jet_product import jet_product
+
+    torch.manual_seed(6)
+    for n, f in SHAPES:
+        x = torch.randn(layout.num_slots, n, f, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(layout.num_slots, n, f, dtype=torch.float64, requires_grad=True)
+        ours, reference = jet_product(x, y, layout.key), product_jet_ref(x, y, layout)
+        assert _relative_error(ours, reference) < 1e-14, (n, f)
+        g = torch.randn_like(ours)
+        for mine, theirs in zip(torch.autograd.grad(ours, (x, y), g), torch.autograd.grad(reference, (x, y), g)):
+            assert _relative_error(mine, theirs) < 1e-14, (n, f)
+
+
+def test_leibniz_product_gradcheck_and_opcheck():
+    from soap_kernels.ops.jet_product import _programs, jet_product
+
+    torch.manual_seed(7)
+    layout = LAYOUTS["mixed_kdv_laplacian"]
+    x = torch.randn(layout.num_slots, 3, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(layout.num_slots, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: jet_product(a, b, layout.key), (x, y))
+    torch.library.opcheck(jet_product, (x, y, layout.key))
+    terms, coefs = _programs(layout.key)["forward"]
+    torch.library.opcheck(
+        torch.ops.soap_kernels.jet_bilinear.default, (x.detach(), y.detach(), layout.num_slots, terms, coefs)
+    )
+
+
+def test_jet_bilinear_rejects_bad_programs_and_stacks():
+    a = torch.randn(3, 4, 5)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.soap_kernels.jet_bilinear(a, a, 2, [0, 3, 0], [1.0])
+    with pytest.raises(RuntimeError, match="sorted by output slot"):
+        torch.ops.soap_kernels.jet_bilinear(a, a, 2, [1, 0, 0, 0, 0, 0], [1.0, 1.0])
+    with pytest.raises(RuntimeError, match="must share N, F and dtype"):
+        torch.ops.soap_kernels.jet_bilinear(a, torch.randn(3, 4, 6), 2, [0, 0, 0], [1.0])

@@ -24,10 +24,11 @@
 #include <ATen/ops/tanh.h>
 #include <torch/library.h>
 
+#include "soap_kernels/jet_terms.h"
+
 #include <algorithm>
 #include <array>
 #include <string_view>
-#include <type_traits>
 #include <vector>
 
 namespace soap_kernels {
@@ -37,17 +38,7 @@ enum class TowerKind { kTanh, kSigmoid, kSilu, kSin, kCos };
 
 constexpr int64_t kTermColumns = 8;  // out_slot, order, grad_slot, num_factors, f0..f3
 constexpr int64_t kMaxFactors = 4;
-constexpr int64_t kBlockElements = 4096;
 
-// The block loop is compiled twice, for AVX2+FMA (x86-64-v3) and for the baseline, and the loader picks the
-// one the CPU runs (GCC function multiversioning): the elementwise loops are 2x wider. Every helper it calls is
-// forced inline so it is compiled into each clone.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SOAP_KERNELS_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define SOAP_KERNELS_CPU_CLONES
-#endif
-#define SOAP_KERNELS_INLINE inline __attribute__((always_inline))
 
 TowerKind tower_kind(std::string_view activation) {
   if (activation == "tanh") return TowerKind::kTanh;
@@ -110,42 +101,6 @@ SOAP_KERNELS_INLINE void polynomial(const double* coefs, int64_t degree_count, c
   for (int64_t d = degree_count - 2; d >= 0; --d) {
     const auto c = static_cast<scalar_t>(coefs[d]);
     for (int64_t e = 0; e < count; ++e) out[e] = out[e] * b[e] + c;
-  }
-}
-
-// out (=, or += when accumulate) coef * prod_{i < N} operands[i] over `count` elements: one pass per term, the
-// operand count a compile-time constant so the product unrolls and the loop vectorises.
-template <typename scalar_t, int N>
-SOAP_KERNELS_INLINE void term_pass(scalar_t* __restrict out, scalar_t coef, const scalar_t* const* operands,
-                                   int64_t count, bool accumulate) {
-  std::array<const scalar_t* __restrict, N> op;
-  for (int i = 0; i < N; ++i) op[i] = operands[i];
-  if (accumulate) {
-    for (int64_t e = 0; e < count; ++e) {
-      scalar_t v = coef;
-      for (int i = 0; i < N; ++i) v *= op[i][e];
-      out[e] += v;
-    }
-  } else {
-    for (int64_t e = 0; e < count; ++e) {
-      scalar_t v = coef;
-      for (int i = 0; i < N; ++i) v *= op[i][e];
-      out[e] = v;
-    }
-  }
-}
-
-template <typename scalar_t>
-SOAP_KERNELS_INLINE void term(scalar_t* out, scalar_t coef, const scalar_t* const* operands, int num_operands,
-                              int64_t count, bool accumulate) {
-  switch (num_operands) {  // the tower row, the grad slot (adjoint), up to kMaxFactors z slots
-    case 1: return term_pass<scalar_t, 1>(out, coef, operands, count, accumulate);
-    case 2: return term_pass<scalar_t, 2>(out, coef, operands, count, accumulate);
-    case 3: return term_pass<scalar_t, 3>(out, coef, operands, count, accumulate);
-    case 4: return term_pass<scalar_t, 4>(out, coef, operands, count, accumulate);
-    case 5: return term_pass<scalar_t, 5>(out, coef, operands, count, accumulate);
-    case 6: return term_pass<scalar_t, 6>(out, coef, operands, count, accumulate);
-    default: TORCH_CHECK(false, "soap_kernels::jet_activation: a term with ", num_operands, " operands");
   }
 }
 
@@ -258,7 +213,7 @@ struct JetBlocks {
 
 template <typename scalar_t>
 SOAP_KERNELS_INLINE void run_blocks(const JetBlocks<scalar_t>& a, int64_t first_block, int64_t last_block) {
-  const int64_t block = kBlockElements;
+  const int64_t block = kJetBlockElements;
   TowerBuffers<scalar_t> buffers(a.polys->orders(), block);
   std::array<const scalar_t*, 2 + kMaxFactors> operands;
   for (int64_t blk = first_block; blk < last_block; ++blk) {
@@ -281,11 +236,12 @@ SOAP_KERNELS_INLINE void run_blocks(const JetBlocks<scalar_t>& a, int64_t first_
   }
 }
 
-SOAP_KERNELS_CPU_CLONES void run_blocks_float(const JetBlocks<float>& a, int64_t first, int64_t last) {
+// one overload per dtype, so AT_DISPATCH's (non-template) lambda picks it
+SOAP_KERNELS_CPU_CLONES void run_activation_blocks(const JetBlocks<float>& a, int64_t first, int64_t last) {
   run_blocks(a, first, last);
 }
 
-SOAP_KERNELS_CPU_CLONES void run_blocks_double(const JetBlocks<double>& a, int64_t first, int64_t last) {
+SOAP_KERNELS_CPU_CLONES void run_activation_blocks(const JetBlocks<double>& a, int64_t first, int64_t last) {
   run_blocks(a, first, last);
 }
 
@@ -301,14 +257,8 @@ void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at:
                                    base ? base->data_ptr<scalar_t>() : nullptr,
                                    out.data_ptr<scalar_t>(),
                                    slot_stride};
-  const int64_t num_blocks = (slot_stride + kBlockElements - 1) / kBlockElements;
-  at::parallel_for(0, num_blocks, 1, [&](int64_t first_block, int64_t last_block) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      run_blocks_float(blocks, first_block, last_block);
-    } else {
-      run_blocks_double(blocks, first_block, last_block);
-    }
-  });
+  const int64_t num_blocks = (slot_stride + kJetBlockElements - 1) / kJetBlockElements;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t first, int64_t last) { run_activation_blocks(blocks, first, last); });
 }
 
 at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tensor>& grad,
