@@ -80,7 +80,7 @@ def test_result_does_not_depend_on_the_thread_count():
     assert torch.equal(activation_jet_native(z, "tanh", layout.key, grad=grad), serial)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "cos", "gelu"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "silu", "cos", "gelu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_native_layer_equals_the_torch_layer_with_gradients(activation, bias):
     """jet_dense_activation with kernels="native" (gelu: the reference, it has no C++ tower) against "torch"."""
@@ -142,7 +142,11 @@ def test_bad_arguments_raise():
     with pytest.raises(RuntimeError, match="but no grad was given"):
         torch.ops.soap_kernels.jet_activation(z, None, None, "sin", [], 1, [0, 0, 1, 0, -1, -1, -1, -1], [1.0])
     with pytest.raises(RuntimeError, match="must be a contiguous"):
-        activation_jet_native(z.transpose(1, 2), "tanh", layout.key)
+        torch.ops.soap_kernels.jet_activation(
+            z.transpose(1, 2), None, None, "sin", [], 1, [0, 0, -1, 0] + [-1] * 4, [1.0]
+        )
+    with pytest.raises(RuntimeError, match="grad slot -2"):
+        torch.ops.soap_kernels.jet_activation(z, z, None, "sin", [], 1, [0, 0, -2, 0] + [-1] * 4, [1.0])
     with pytest.raises(RuntimeError, match="precomputed base"):  # silu's tower is not a polynomial in silu(z_0)
         torch.ops.soap_kernels.jet_activation(z, None, z[0], "silu", [0.0, 1.0], 1, [0, 0, -1, 0] + [-1] * 4, [1.0])
 
@@ -163,19 +167,31 @@ def test_leibniz_product_and_its_backward_match_the_reference(layout):
             assert _relative_error(mine, theirs) < 1e-14, (n, f)
 
 
-def test_leibniz_product_gradcheck_and_opcheck():
-    from soap_kernels.ops.jet_product import _programs, jet_product
+def test_leibniz_product_gradcheck_gradgradcheck_and_opcheck():
+    """jet_bilinear's registered backward is jet_bilinear again, so the product differentiates twice."""
+    from soap_kernels.ops.jet_product import _product_program, jet_product
 
     torch.manual_seed(7)
     layout = LAYOUTS["mixed_kdv_laplacian"]
     x = torch.randn(layout.num_slots, 3, 2, dtype=torch.float64, requires_grad=True)
     y = torch.randn(layout.num_slots, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: jet_product(a, b, layout.key), (x, y))
-    torch.library.opcheck(jet_product, (x, y, layout.key))
-    terms, coefs = _programs(layout.key)["forward"]
-    torch.library.opcheck(
-        torch.ops.soap_kernels.jet_bilinear.default, (x.detach(), y.detach(), layout.num_slots, terms, coefs)
-    )
+    assert torch.autograd.gradgradcheck(lambda a, b: jet_product(a, b, layout.key), (x, y))
+    terms, coefs = _product_program(layout.key)
+    torch.library.opcheck(torch.ops.soap_kernels.jet_bilinear.default, (x, y, layout.num_slots, terms, coefs))
+
+
+def test_leibniz_product_of_strided_stacks_and_bad_shapes():
+    from soap_kernels.jets.reference import product_jet_ref
+    from soap_kernels.ops.jet_product import jet_product
+
+    torch.manual_seed(8)
+    layout = LAYOUTS["allen_cahn"]
+    x = torch.randn(layout.num_slots, 5, 9, dtype=torch.float64)[:, :, ::2]  # not contiguous
+    y = torch.randn(layout.num_slots, 9, 5, dtype=torch.float64).transpose(1, 2)[:, :, :5]
+    torch.testing.assert_close(jet_product(x, y, layout.key), product_jet_ref(x, y, layout), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="for a layout of 4 slots"):
+        jet_product(x[:3], y[:3], layout.key)
 
 
 def test_jet_bilinear_rejects_bad_programs_and_stacks():
@@ -186,3 +202,51 @@ def test_jet_bilinear_rejects_bad_programs_and_stacks():
         torch.ops.soap_kernels.jet_bilinear(a, a, 2, [1, 0, 0, 0, 0, 0], [1.0, 1.0])
     with pytest.raises(RuntimeError, match="must share N, F and dtype"):
         torch.ops.soap_kernels.jet_bilinear(a, torch.randn(3, 4, 6), 2, [0, 0, 0], [1.0])
+
+
+def test_empty_stacks_and_slots_no_term_writes():
+    layout = LAYOUTS["allen_cahn"]
+    for n, f in [(0, 5), (4, 0)]:
+        z = torch.randn(layout.num_slots, n, f)
+        assert activation_jet_native(z, "tanh", layout.key, grad=torch.randn_like(z)).shape == z.shape
+        assert torch.ops.soap_kernels.jet_bilinear(z, z, 2, [0, 0, 0], [1.0]).shape == (2, n, f)
+    z = torch.randn(3, 4, 5, dtype=torch.float64)
+    # slot 1 has no term: zero (the output is allocated uninitialised, so the kernel must clear it)
+    out = torch.ops.soap_kernels.jet_bilinear(z, z, 3, [0, 0, 1, 2, 2, 2], [2.0, 1.0])
+    torch.testing.assert_close(out[0], 2 * z[0] * z[1])
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    torch.testing.assert_close(out[2], z[2] * z[2])
+    out = torch.ops.soap_kernels.jet_activation(z, None, None, "sin", [], 1, [2, 0, -1, 1, 1, -1, -1, -1], [3.0])
+    assert torch.equal(out[:2], torch.zeros_like(out[:2]))
+    torch.testing.assert_close(out[2], 3 * torch.sin(z[0]) * z[1])
+
+
+def test_native_layer_does_not_keep_its_graph_alive():
+    """The backward's saved s(z_0) must not form a reference cycle with the output (pytorch/pytorch#94990):
+    a graph that is never backpropagated is freed with its outputs."""
+    import gc
+    import weakref
+
+    layout = LAYOUTS["allen_cahn"]
+    x = torch.randn(layout.num_slots, 5, 3, requires_grad=True)
+    w = torch.randn(4, 3, requires_grad=True)
+    h, z = jet_dense_activation(x, w, None, "tanh", layout.key, "native")
+    saved = weakref.ref(z)
+    del h, z
+    gc.collect()
+    assert saved() is None
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_opcheck_native_layer_with_the_reused_value(activation):
+    from soap_kernels.ops.jet_dense import jet_dense_activation_backward
+
+    torch.manual_seed(9)
+    layout = LAYOUTS["kuramoto_sivashinsky"]
+    x = torch.randn(layout.num_slots, 7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(jet_dense_activation, (x, w, b, activation, layout.key, "native"))
+    h, z = jet_dense_activation(x.detach(), w.detach(), b.detach(), activation, layout.key, "native")
+    args = (torch.randn_like(h), z, x.detach(), w.detach(), activation, layout.key, "native", True, h[0].contiguous())
+    torch.library.opcheck(jet_dense_activation_backward, args)

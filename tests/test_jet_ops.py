@@ -68,14 +68,19 @@ def test_shape_errors_name_the_tensor():
         jet_dense_activation(x[:2], w, b, "tanh", plan.key, "torch")
 
 
-def test_residual_loss_under_torch_compile_matches_eager():
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # auto: the C++ kernels when soap_kernels._C is built
+@pytest.mark.parametrize("model_name", ["mlp", "piratenet"])
+def test_residual_loss_under_torch_compile_matches_eager(backend, model_name):
     """aot_eager traces the ops through their fakes and registered autograd (no C++ compiler needed)."""
     torch.manual_seed(4)
-    model = snn.MLP(2, 1, 6, 2).double()
+    if model_name == "mlp":
+        model = snn.MLP(2, 1, 6, 2).double()
+    else:  # gated products of jets: the Leibniz product op
+        model = snn.PirateNet(2, 1, 6, 1, "tanh", rwf=(1.0, 0.1), alpha_init=0.5).double()
     x = torch.rand(5, 2, dtype=torch.float64)
 
     def loss():
-        r = soap_kernels.jet(model, x, [(0,), (1, 1)])
+        r = soap_kernels.jet(model, x, [(0,), (1, 1)], backend=backend)
         return ((r[(0,)] - 1e-4 * r[(1, 1)] + 5 * r[()] ** 3 - 5 * r[()]) ** 2).mean()
 
     eager = torch.autograd.grad(loss(), list(model.parameters()))

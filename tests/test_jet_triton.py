@@ -191,7 +191,7 @@ def test_weight_of_another_dtype_is_cast_like_the_forward(device):
     torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(h)
     grad_x, grad_w, grad_b = jet_dense_activation_backward(g, z_ref, x, w32, "tanh", plan.key, "triton", True)
-    ref_x, ref_w, ref_b = jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, "triton")
+    ref_x, ref_w, ref_b = jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, True)
     torch.testing.assert_close(grad_x, ref_x, rtol=1e-12, atol=1e-12)
     assert grad_w.dtype == grad_b.dtype == torch.float32
     torch.testing.assert_close(grad_w, ref_w.float())
@@ -232,7 +232,7 @@ def test_inputs_on_a_gpu_that_is_not_current():
         torch.cuda.synchronize(device)
     h_ref, z_ref = jet_dense_activation_ref(x, w, b, "tanh", plan.key)
     torch.testing.assert_close(h, h_ref, rtol=1e-11, atol=1e-11)
-    for a, e in zip(ours, jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, "triton")):
+    for a, e in zip(ours, jet_dense_activation_backward_ref(g, z_ref, x, w, "tanh", plan.key, True)):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
@@ -255,5 +255,5 @@ def test_slots_past_2_31_elements():
     g[:, -64:] = 1.0
     grad_x, _, _ = jet_dense_activation_backward(g, z, x, w, "tanh", plan.key, "triton", True)
     z_tail = z[:, -64:].contiguous()
-    ref_x, _, _ = jet_dense_activation_backward_ref(g[:, -64:], z_tail, tail, w, "tanh", plan.key, "triton")
+    ref_x, _, _ = jet_dense_activation_backward_ref(g[:, -64:], z_tail, tail, w, "tanh", plan.key, True)
     torch.testing.assert_close(grad_x[:, -64:], ref_x, rtol=1e-4, atol=1e-5)

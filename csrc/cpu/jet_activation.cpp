@@ -70,8 +70,9 @@ std::vector<Term> read_terms(c10::IntArrayRef terms, c10::ArrayRef<double> coefs
                 " writes slot ", term.out_slot, " of ", num_slots);
     TORCH_CHECK(term.order >= 0 && term.order <= max_order, "soap_kernels::jet_activation: term ", i,
                 " needs derivative order ", term.order, " but the tower goes to ", max_order);
-    TORCH_CHECK(term.grad_slot < num_slots && (term.grad_slot < 0 || has_grad), "soap_kernels::jet_activation: term ",
-                i, " reads grad slot ", term.grad_slot, has_grad ? "" : " but no grad was given");
+    TORCH_CHECK(term.grad_slot >= -1 && term.grad_slot < num_slots && (term.grad_slot == -1 || has_grad),
+                "soap_kernels::jet_activation: term ", i, " reads grad slot ", term.grad_slot,
+                has_grad ? "" : " but no grad was given");
     TORCH_CHECK(term.num_factors >= 0 && term.num_factors <= kMaxFactors, "soap_kernels::jet_activation: term ", i,
                 " has ", term.num_factors, " factors");
     for (int64_t f = 0; f < term.num_factors; ++f) {
@@ -272,8 +273,8 @@ at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tenso
   if (grad) {
     TORCH_CHECK(grad->sizes() == z.sizes() && grad->scalar_type() == z.scalar_type() && grad->is_contiguous() &&
                     grad->device() == z.device(),
-                "soap_kernels::jet_activation: grad must be contiguous and match z's shape ", z.sizes(), " and dtype ",
-                z.scalar_type());
+                "soap_kernels::jet_activation: grad (", grad->sizes(), " ", grad->scalar_type(),
+                ") must be contiguous and match z's shape ", z.sizes(), " and dtype ", z.scalar_type());
   }
   TORCH_CHECK(tower_orders >= 1 && static_cast<int64_t>(tower_coefs.size()) % tower_orders == 0,
               "soap_kernels::jet_activation: tower_coefs (", tower_coefs.size(), " numbers) must be tower_orders = ",
@@ -285,19 +286,17 @@ at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tenso
                 " takes none");
     TORCH_CHECK(base->dim() == 2 && base->size(0) == z.size(1) && base->size(1) == z.size(2) &&
                     base->scalar_type() == z.scalar_type() && base->is_contiguous() && base->device() == z.device(),
-                "soap_kernels::jet_activation: base must be a contiguous [N, F] tensor like z[0], got ",
-                base->sizes());
+                "soap_kernels::jet_activation: base must be a contiguous [N, F] tensor like z[0] (", z.sizes(), " ",
+                z.scalar_type(), "), got ", base->sizes(), " ", base->scalar_type());
   }
   TORCH_CHECK(kind == TowerKind::kSin || kind == TowerKind::kCos || !tower_coefs.empty(),
               "soap_kernels::jet_activation: ", activation, " needs polynomial tower coefficients");
   const std::vector<Term> program = read_terms(terms, coefs, z.size(0), tower_orders - 1, grad.has_value());
   const TowerPolynomials polys(tower_coefs, tower_orders);
   at::Tensor out = at::empty_like(z);
-  std::vector<bool> written(z.size(0), false);
-  for (const Term& term : program) written[term.out_slot] = true;
-  for (int64_t slot = 0; slot < z.size(0); ++slot) {
-    if (!written[slot]) out[slot].zero_();  // a slot no term writes is zero
-  }
+  std::vector<int64_t> written_slots;
+  for (const Term& term : program) written_slots.push_back(term.out_slot);
+  zero_unwritten_slots(out, written_slots);
   if (z.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "jet_activation_cpu", [&] {
     jet_activation_typed<scalar_t>(z, grad ? &*grad : nullptr, base ? &*base : nullptr, kind, polys, program, out);

@@ -79,11 +79,9 @@ at::Tensor jet_bilinear_cpu(const at::Tensor& a, const at::Tensor& b, int64_t nu
                 "soap_kernels::jet_bilinear: terms must be sorted by output slot");
   }
   at::Tensor out = at::empty({num_slots, a.size(1), a.size(2)}, a.options());
-  std::vector<bool> written(num_slots, false);
-  for (const BilinearTerm& t : program) written[t.out_slot] = true;
-  for (int64_t slot = 0; slot < num_slots; ++slot) {
-    if (!written[slot]) out[slot].zero_();  // a slot no term writes is zero
-  }
+  std::vector<int64_t> written_slots;
+  for (const BilinearTerm& t : program) written_slots.push_back(t.out_slot);
+  zero_unwritten_slots(out, written_slots);
   const int64_t slot_stride = a.size(1) * a.size(2);
   if (slot_stride == 0) return out;
   const int64_t num_blocks = (slot_stride + kJetBlockElements - 1) / kJetBlockElements;

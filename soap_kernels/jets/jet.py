@@ -78,6 +78,11 @@ class Jet:
                 if native_product_supported(self.stack, other.stack):
                     return self._like(jet_product(self.stack, other.stack, self.plan.key))
             return self._like(product_jet_ref(self.stack, other.stack, self.plan))
-        return self._like(self.stack * other)
+        return self.scale(other)
+
+    def scale(self, factor: torch.Tensor | float) -> Jet:
+        """Every slot times a constant (a parameter, not a field). `jet * tensor` does the same, but under
+        torch.compile Dynamo takes a `*` with a tensor operand for a tensor op, so compiled code calls this."""
+        return self._like(self.stack * factor)
 
     __rmul__ = __mul__

@@ -75,6 +75,10 @@ class JetPlan:
 
     slots[0] == () is the value; the others are sorted multi-indices, then LAPLACIAN when laplacian_axes
     is set. Build with `JetPlan.build`, which closes the requested set under sub-multi-indices.
+
+    The term programs are computed once per plan by functools.cache'd methods behind plain properties, not
+    functools.cached_property: on Python 3.11 that takes a lock torch.compile (Dynamo) cannot trace, and a
+    compiled PirateNet jet reads plan.product_terms in traced code.
     """
 
     num_inputs: int
@@ -134,9 +138,13 @@ class JetPlan:
         """Slot number of a sorted multi-index."""
         return self.indices.index(tuple(sorted(index)))
 
-    @functools.cached_property
+    @property
     def activation_terms(self) -> tuple[tuple[ActivationTerm, ...], ...]:
         """Per slot k: terms (coef, m, factors) with D_k s(z) = sum coef * s^(m)(z_0) * prod z_factors."""
+        return self._activation_terms()
+
+    @functools.cache  # noqa: B019 (plans are few and immutable; see the class docstring)
+    def _activation_terms(self) -> tuple[tuple[ActivationTerm, ...], ...]:
         programs: list[tuple[ActivationTerm, ...]] = [((1.0, 0, ()),)]
         for index in self.indices[1:]:
             counts: Counter = Counter()
@@ -150,18 +158,26 @@ class JetPlan:
             programs.append(tuple(terms))
         return tuple(programs)
 
-    @functools.cached_property
+    @property
     def max_activation_order(self) -> int:
         """Highest derivative of the activation the forward rule uses."""
+        return self._max_activation_order()
+
+    @functools.cache  # noqa: B019 (plans are few and immutable; see the class docstring)
+    def _max_activation_order(self) -> int:
         return max(m for terms in self.activation_terms for _, m, _ in terms)
 
-    @functools.cached_property
+    @property
     def activation_adjoint_terms(self) -> tuple[tuple[AdjointTerm, ...], ...]:
         """Per slot j: terms (coef, m, k, factors) with dL/dz_j = sum coef * s^(m)(z_0) * g_k * prod z_factors.
 
         This is the transpose of the linearisation of `activation_terms` at z: d/dz_0 raises the
         activation's derivative order by one; d/dz_j (j > 0) removes one factor z_j (times its multiplicity).
         """
+        return self._activation_adjoint_terms()
+
+    @functools.cache  # noqa: B019 (plans are few and immutable; see the class docstring)
+    def _activation_adjoint_terms(self) -> tuple[tuple[AdjointTerm, ...], ...]:
         adjoint: list[Counter] = [Counter() for _ in range(self.num_slots)]
         for k, terms in enumerate(self.activation_terms):
             for coef, m, factors in terms:
@@ -174,9 +190,13 @@ class JetPlan:
             tuple((c, m, k, f) for (m, k, f), c in sorted(counter.items())) for counter in adjoint
         )
 
-    @functools.cached_property
+    @property
     def product_terms(self) -> tuple[tuple[ProductTerm, ...], ...]:
         """Per slot k: terms (coef, a, b) with D_k (x y) = sum coef * x_a * y_b (Leibniz)."""
+        return self._product_terms()
+
+    @functools.cache  # noqa: B019 (plans are few and immutable; see the class docstring)
+    def _product_terms(self) -> tuple[tuple[ProductTerm, ...], ...]:
         programs: list[tuple[ProductTerm, ...]] = [((1.0, 0, 0),)]
         for index in self.indices[1:]:
             counts: Counter = Counter()

@@ -43,7 +43,7 @@ class PirateBlock(JetModule):
         for layer in self.layers[:2]:
             h = v + layer.forward_jet(h) * u_minus_v
         h = self.layers[2].forward_jet(h)
-        return h * self.alpha + jet * (1 - self.alpha)
+        return h.scale(self.alpha) + jet.scale(1 - self.alpha)
 
 
 class PirateNet(JetModule):

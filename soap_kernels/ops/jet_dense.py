@@ -29,6 +29,7 @@ from soap_kernels.jets.reference import (
     weight_gradient,
 )
 from soap_kernels.ops.jet_dense_native import (
+    NATIVE_BASE_ACTIVATIONS,
     activation_jet_native,
     jet_dense_activation_native,
     native_jet_supported,
@@ -146,18 +147,29 @@ def _setup_context(ctx, inputs, output):
     h, z = output
     ctx.mark_non_differentiable(z)
     ctx.set_materialize_grads(False)  # z never receives a gradient: don't allocate a [K, N, F] of zeros for it
-    # the C++ backward reuses s(z_0) (h is alive anyway: the next layer saves it as its input)
-    ctx.save_for_backward(x, weight, z, h[0] if kernels == "native" else None)
+    # the C++ backward reuses s(z_0) = h[0] as the tanh/sigmoid tower's base (h is alive anyway: the next layer
+    # saves it as its input). h itself is saved, not the view h[0]: a view made here would hold the graph in a
+    # reference cycle (pytorch/pytorch#94990) while saved outputs are not.
+    reuses_value = kernels == "native" and activation in NATIVE_BASE_ACTIVATIONS
+    ctx.save_for_backward(x, weight, z, h if reuses_value else None)
     ctx.options = (activation, layout, kernels, bias is not None)
 
 
 def _backward(ctx, grad_h, grad_z_unused):
-    x, weight, z, value = ctx.saved_tensors
+    x, weight, z, h = ctx.saved_tensors
     activation, layout, kernels, has_bias = ctx.options
     if grad_h is None:
         return None, None, None, None, None, None
     grad_x, grad_weight, grad_bias = jet_dense_activation_backward(
-        grad_h.contiguous(), z, x, weight, activation, layout, kernels, ctx.needs_input_grad[0], value
+        grad_h.contiguous(),
+        z,
+        x,
+        weight,
+        activation,
+        layout,
+        kernels,
+        ctx.needs_input_grad[0],
+        None if h is None else h[0],
     )
     return (
         grad_x if ctx.needs_input_grad[0] else None,

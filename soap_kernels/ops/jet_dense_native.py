@@ -19,6 +19,8 @@ from soap_kernels.jets.plan import JetPlan
 from soap_kernels.jets.reference import linear_jet_into
 
 NATIVE_ACTIVATIONS = ("tanh", "sigmoid", "silu", "sin", "cos")
+# activations whose derivative tower is a polynomial in s(z_0) itself: the backward reuses the forward's h[0]
+NATIVE_BASE_ACTIVATIONS = ("tanh", "sigmoid")
 _OP_NAME = "soap_kernels::jet_activation"
 _MAX_FACTORS = 4
 
@@ -78,9 +80,10 @@ def activation_jet_native(
     derivative tower, which then need not be evaluated again.
     """
     terms, coefs, orders = _program(layout, grad is not None)
-    base = value if activation in ("tanh", "sigmoid") else None
+    base = value.contiguous() if value is not None and activation in NATIVE_BASE_ACTIVATIONS else None
+    grad = grad.contiguous() if grad is not None else None
     return torch.ops.soap_kernels.jet_activation(
-        z, grad, base, activation, _tower_coefficients(activation, orders), orders, terms, coefs
+        z.contiguous(), grad, base, activation, _tower_coefficients(activation, orders), orders, terms, coefs
     )
 
 

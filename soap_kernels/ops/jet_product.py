@@ -1,13 +1,17 @@
-"""soap_kernels::jet_product: the Leibniz product of two jets by the C++ CPU kernel, with a first-order backward.
+"""The Leibniz product of two jets by the C++ CPU kernel soap_kernels::jet_bilinear, differentiable to any order.
 
-For the layout's product program (jets/plan.py, JetPlan.product_terms):
+jet_bilinear computes out[s] = sum over terms (s, i, j) of coef * a[i] * b[j] for stacks a [Ka, N, F] and
+b [Kb, N, F] (csrc/cpu/jet_bilinear.cpp), in one pass over blocks of every slot. For a layout's product program
+(jets/plan.py, JetPlan.product_terms) it is the jet of x * y:
 
-    D_k (x y) = sum over terms (coef, a, b) of slot k of coef x_a y_b,
-    dL/dx_a = sum coef g_k y_b,      dL/dy_b = sum coef g_k x_a.
+    D_k (x y) = sum over terms (coef, a, b) of slot k of coef x_a y_b.
 
-All three are bilinear term programs run by soap_kernels::jet_bilinear (csrc/cpu/jet_bilinear.cpp) in one pass
-over blocks of every slot; the torch reference (and the path everywhere else) is jets/reference.product_jet_ref,
-whose autograd graph holds a product and a sum per term.
+Being bilinear, its backward is two more jet_bilinear calls with the transposed programs:
+
+    dL/da_i = sum over terms (s, i, j) of coef g_s b_j,      dL/db_j = sum coef g_s a_i,
+
+registered as its autograd formula here, so a double backward works too. The torch reference (and the path
+everywhere else) is jets/reference.product_jet_ref.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.plan import JetPlan
+
+_OP_NAME = "soap_kernels::jet_bilinear"
 
 
 def native_product_supported(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -33,62 +39,63 @@ def native_product_supported(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _programs(layout: str) -> dict[str, tuple[list[int], list[float]]]:
-    """The forward program and the two backward ones, as (terms: (out, a, b) triples, coefs), sorted by out."""
+def _product_program(layout: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The layout's Leibniz program as (out, a, b) triples, flattened, and their coefficients."""
     plan = JetPlan.from_key(layout)
-    forward = [(k, a, b, coef) for k, terms in enumerate(plan.product_terms) for coef, a, b in terms]
-    programs = {
-        "forward": forward,
-        "grad_x": sorted((a, k, b, coef) for k, a, b, coef in forward),  # sum_k,b coef g_k y_b into slot a
-        "grad_y": sorted((b, k, a, coef) for k, a, b, coef in forward),  # sum_k,a coef g_k x_a into slot b
-    }
-    return {
-        name: ([index for out, i, j, _ in terms for index in (out, i, j)], [coef for *_, coef in terms])
-        for name, terms in programs.items()
-    }
+    terms = [(k, a, b, coef) for k, slot_terms in enumerate(plan.product_terms) for coef, a, b in slot_terms]
+    return tuple(index for k, a, b, _ in terms for index in (k, a, b)), tuple(coef for *_, coef in terms)
 
 
-def _bilinear(a: torch.Tensor, b: torch.Tensor, layout: str, program: str) -> torch.Tensor:
-    terms, coefs = _programs(layout)[program]
-    return torch.ops.soap_kernels.jet_bilinear(a, b, JetPlan.from_key(layout).num_slots, terms, coefs)
+@functools.cache
+def _transposed(terms: tuple[int, ...], coefs: tuple[float, ...], wrt: int) -> tuple[list[int], list[float]]:
+    """The program of d out / d a (wrt 0) or d out / d b (wrt 1): (s, i, j) becomes (i, s, j) or (j, s, i),
+    sorted by the new output slot as jet_bilinear requires."""
+    triples = [(terms[3 * t : 3 * t + 3], coef) for t, coef in enumerate(coefs)]
+    moved = sorted(((i, s, j) if wrt == 0 else (j, s, i), coef) for (s, i, j), coef in triples)
+    return [index for triple, _ in moved for index in triple], [coef for _, coef in moved]
 
 
-@torch.library.custom_op("soap_kernels::jet_product", mutates_args=())
 def jet_product(x: torch.Tensor, y: torch.Tensor, layout: str) -> torch.Tensor:
-    """The jet of x * y for two stacks [K, N, F] laid out by `layout` (C++ kernel, CPU)."""
-    return _bilinear(x.contiguous(), y.contiguous(), layout, "forward")
-
-
-@jet_product.register_fake
-def _(x, y, layout):
-    return torch.empty_like(x)
+    """The jet of x * y for two stacks [K, N, F] laid out by `layout` (C++ kernel, CPU tensors)."""
+    plan = JetPlan.from_key(layout)
+    if x.shape[0] != plan.num_slots or y.shape[0] != plan.num_slots:
+        raise ValueError(
+            f"jet_product: stacks of shapes {tuple(x.shape)} and {tuple(y.shape)} for a layout of "
+            f"{plan.num_slots} slots"
+        )
+    terms, coefs = _product_program(layout)
+    return torch.ops.soap_kernels.jet_bilinear(x.contiguous(), y.contiguous(), plan.num_slots, terms, coefs)
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, layout = inputs
-    ctx.save_for_backward(x.contiguous(), y.contiguous())
-    ctx.layout = layout
+    a, b, num_slots, terms, coefs = inputs
+    ctx.program = (tuple(terms), tuple(coefs))
+    ctx.slots = (a.shape[0], b.shape[0])
+    # each gradient needs the other operand only
+    ctx.save_for_backward(b if ctx.needs_input_grad[0] else None, a if ctx.needs_input_grad[1] else None)
 
 
 def _backward(ctx, grad):
-    x, y = ctx.saved_tensors
+    b, a = ctx.saved_tensors
     grad = grad.contiguous()
-    grad_x = _bilinear(grad, y, ctx.layout, "grad_x") if ctx.needs_input_grad[0] else None
-    grad_y = _bilinear(grad, x, ctx.layout, "grad_y") if ctx.needs_input_grad[1] else None
-    return grad_x, grad_y, None
+    grads = [None, None]
+    for wrt, other in ((0, b), (1, a)):
+        if ctx.needs_input_grad[wrt]:
+            terms, coefs = _transposed(*ctx.program, wrt)
+            grads[wrt] = torch.ops.soap_kernels.jet_bilinear(grad, other, ctx.slots[wrt], terms, coefs)
+    return grads[0], grads[1], None, None, None
 
 
-jet_product.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _register_fake() -> None:
-    """The meta kernel of the C++ op (shapes only) for torch.compile and FakeTensor tracing."""
+def _register() -> None:
+    """The meta kernel (shapes only, for torch.compile and FakeTensor tracing) and the autograd formula."""
     if not has_native_cpu():
         return
 
-    @torch.library.register_fake("soap_kernels::jet_bilinear")
+    @torch.library.register_fake(_OP_NAME)
     def _(a, b, num_slots, terms, coefs):
         return a.new_empty((num_slots, *a.shape[1:]))
 
+    torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
 
-_register_fake()
+
+_register()
