@@ -1,5 +1,5 @@
 // CPU kernel of soap_kernels::jet_activation: an activation's jet rule (forward) or its adjoint (backward) over a
-// jet stack z [K, N, F], all output slots in one pass over row blocks, without [N, F] temporaries.
+// jet stack z [K, N, F], all output slots in one pass over blocks, without [N, F] temporaries.
 //
 // The rule is a term program compiled in Python (soap_kernels/jets/plan.py, encoded by
 // soap_kernels/ops/jet_dense_native.py), eight integers of `terms` per term:
@@ -38,7 +38,6 @@ enum class TowerKind { kTanh, kSigmoid, kSilu, kSin, kCos };
 
 constexpr int64_t kTermColumns = 8;  // out_slot, order, grad_slot, num_factors, f0..f3
 constexpr int64_t kMaxFactors = 4;
-
 
 TowerKind tower_kind(std::string_view activation) {
   if (activation == "tanh") return TowerKind::kTanh;
@@ -121,12 +120,21 @@ struct TowerPolynomials {
       std::vector<double> c(table.begin() + m * stride, table.begin() + (m + 1) * stride);
       while (!c.empty() && c.back() == 0.0) c.pop_back();
       TowerPolynomial row;
-      for (int parity : {2, 1}) {  // parity 2 keeps the even coefficients, 1 the odd ones
-        bool others_zero = c.size() >= 2;
-        for (size_t d = parity == 2 ? 1 : 0; d < c.size(); d += 2) others_zero = others_zero && c[d] == 0.0;
-        if (others_zero && row.parity == 0) {
+      // parity 2 keeps the even coefficients, 1 the odd ones; worth it from two kept coefficients on (b itself,
+      // sigmoid's P_0, is not worth a b^2 pass)
+      for (int parity : {2, 1}) {
+        bool others_zero = row.parity == 0;
+        std::vector<double> kept;
+        for (size_t d = 0; d < c.size(); ++d) {
+          if ((d % 2 == 0) == (parity == 2)) {
+            kept.push_back(c[d]);
+          } else {
+            others_zero = others_zero && c[d] == 0.0;
+          }
+        }
+        if (others_zero && kept.size() >= 2) {
           row.parity = parity;
-          for (size_t d = parity == 2 ? 0 : 1; d < c.size(); d += 2) row.coefs.push_back(c[d]);
+          row.coefs = kept;
         }
       }
       if (row.parity == 0) row.coefs = c;
