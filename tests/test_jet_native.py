@@ -141,7 +141,7 @@ def test_bad_arguments_raise():
         torch.ops.soap_kernels.jet_activation(z, None, None, "sin", [], 1, [7, 0, -1, 0, -1, -1, -1, -1], [1.0])
     with pytest.raises(RuntimeError, match="but no grad was given"):
         torch.ops.soap_kernels.jet_activation(z, None, None, "sin", [], 1, [0, 0, 1, 0, -1, -1, -1, -1], [1.0])
-    with pytest.raises(RuntimeError, match="must be a contiguous"):
+    with pytest.raises(RuntimeError, match="with contiguous slots"):
         torch.ops.soap_kernels.jet_activation(
             z.transpose(1, 2), None, None, "sin", [], 1, [0, 0, -1, 0] + [-1] * 4, [1.0]
         )
@@ -250,3 +250,37 @@ def test_opcheck_native_layer_with_the_reused_value(activation):
     h, z = jet_dense_activation(x.detach(), w.detach(), b.detach(), activation, layout.key, "native")
     args = (torch.randn_like(h), z, x.detach(), w.detach(), activation, layout.key, "native", True, h[0].contiguous())
     torch.library.opcheck(jet_dense_activation_backward, args)
+
+
+@pytest.mark.parametrize("f_in, f_out", [(2, 9), (9, 4)])  # dL/dW accumulated in either orientation
+@pytest.mark.parametrize("activation", ["tanh", "sin"])
+def test_backward_in_row_chunks_equals_the_torch_layer(monkeypatch, f_in, f_out, activation):
+    """The native backward computes g_z a chunk of rows at a time (here 5 rows: chunks of 5, 5, ..., 3) and
+    accumulates dL/dW and dL/db over them."""
+    import soap_kernels.ops.jet_dense_native as native
+
+    monkeypatch.setattr(native, "BACKWARD_CHUNK_ELEMENTS", 5 * f_out)
+    torch.manual_seed(10)
+    layout = LAYOUTS["allen_cahn"]
+    x = torch.randn(layout.num_slots, 33, f_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(f_out, f_in, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(f_out, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for kernels in ("native", "torch"):
+        h, _ = jet_dense_activation(x, w, b, activation, layout.key, kernels)
+        g = torch.cos(torch.arange(h.numel(), dtype=torch.float64)).reshape(h.shape)
+        grads[kernels] = torch.autograd.grad(h, (x, w, b), g)
+    for ours, theirs, name in zip(grads["native"], grads["torch"], "xwb", strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_kernel_reads_a_row_range_of_a_stack_in_place():
+    """z[:, r0:r1] (slots apart, each slot's rows contiguous) gives what its contiguous copy gives."""
+    torch.manual_seed(11)
+    layout = LAYOUTS["allen_cahn"]
+    z = torch.randn(layout.num_slots, 40, 6, dtype=torch.float64)
+    grad = torch.randn_like(z)
+    rows = slice(7, 30)
+    ours = activation_jet_native(z[:, rows], "tanh", layout.key, grad=grad[:, rows])
+    copied = activation_jet_native(z[:, rows].contiguous(), "tanh", layout.key, grad=grad[:, rows].contiguous())
+    assert torch.equal(ours, copied)

@@ -17,7 +17,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/cos.h>
-#include <ATen/ops/empty_like.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/sin.h>
@@ -82,6 +82,14 @@ std::vector<Term> read_terms(c10::IntArrayRef terms, c10::ArrayRef<double> coefs
                 "soap_kernels::jet_activation: terms must be sorted by output slot");
   }
   return program;
+}
+
+// True when each slot [N, F] of a stack is one contiguous run of N F elements (the slots themselves may be apart,
+// as in a row range z[:, r0:r1] of a bigger stack).
+bool slots_are_contiguous(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  return (t.size(2) <= 1 || t.stride(2) == 1) && (t.size(1) <= 1 || t.stride(1) == t.size(2)) &&
+         (t.size(0) <= 1 || t.stride(0) >= t.size(1) * t.size(2));
 }
 
 // An ATen tensor over `count` elements at `data` (no copy, no ownership): lets ATen's vectorised tanh/sin/...
@@ -207,7 +215,9 @@ SOAP_KERNELS_INLINE void fill_tower(TowerKind kind, const TowerPolynomials& poly
   }
 }
 
-// What the block loop reads and writes: a [K, N, F] stack is K slots of slot_stride elements each.
+// What the block loop reads and writes: K slots of `elements` (N F) contiguous elements each, slot k of z at
+// z + k * z_stride (a row range of a bigger stack has z_stride > N F), of grad at grad + k * grad_stride, of the
+// (contiguous) output at out + k * elements.
 template <typename scalar_t>
 struct JetBlocks {
   TowerKind kind;
@@ -217,7 +227,7 @@ struct JetBlocks {
   const scalar_t* grad;  // null in the forward
   const scalar_t* base;  // null unless the forward's tanh/sigmoid of z_0 is given
   scalar_t* out;
-  int64_t slot_stride;
+  int64_t elements, z_stride, grad_stride;
 };
 
 template <typename scalar_t>
@@ -227,18 +237,18 @@ SOAP_KERNELS_INLINE void run_blocks(const JetBlocks<scalar_t>& a, int64_t first_
   std::array<const scalar_t*, 2 + kMaxFactors> operands;
   for (int64_t blk = first_block; blk < last_block; ++blk) {
     const int64_t offset = blk * block;
-    const int64_t count = std::min(block, a.slot_stride - offset);
+    const int64_t count = std::min(block, a.elements - offset);
     fill_tower(a.kind, *a.polys, a.z + offset, a.base ? a.base + offset : nullptr, count, block, buffers);
     int64_t written_slot = -1;
     for (const Term& t : *a.program) {
       int num_operands = 0;
       operands[num_operands++] = buffers.tower.data() + t.order * block;
-      if (t.grad_slot >= 0) operands[num_operands++] = a.grad + t.grad_slot * a.slot_stride + offset;
+      if (t.grad_slot >= 0) operands[num_operands++] = a.grad + t.grad_slot * a.grad_stride + offset;
       for (int64_t f = 0; f < t.num_factors; ++f) {
-        operands[num_operands++] = a.z + t.factors[f] * a.slot_stride + offset;
+        operands[num_operands++] = a.z + t.factors[f] * a.z_stride + offset;
       }
       // the first term of a slot assigns it, the others accumulate
-      term(a.out + t.out_slot * a.slot_stride + offset, static_cast<scalar_t>(t.coef), operands.data(), num_operands,
+      term(a.out + t.out_slot * a.elements + offset, static_cast<scalar_t>(t.coef), operands.data(), num_operands,
            count, t.out_slot == written_slot);
       written_slot = t.out_slot;
     }
@@ -257,7 +267,7 @@ SOAP_KERNELS_CPU_CLONES void run_activation_blocks(const JetBlocks<double>& a, i
 template <typename scalar_t>
 void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at::Tensor* base, TowerKind kind,
                           const TowerPolynomials& polys, const std::vector<Term>& program, at::Tensor& out) {
-  const int64_t slot_stride = z.size(1) * z.size(2);  // elements per slot; blocks split it, whatever F is
+  const int64_t elements = z.size(1) * z.size(2);  // per slot; blocks split it, whatever F is
   const JetBlocks<scalar_t> blocks{kind,
                                    &polys,
                                    &program,
@@ -265,8 +275,10 @@ void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at:
                                    grad ? grad->data_ptr<scalar_t>() : nullptr,
                                    base ? base->data_ptr<scalar_t>() : nullptr,
                                    out.data_ptr<scalar_t>(),
-                                   slot_stride};
-  const int64_t num_blocks = (slot_stride + kJetBlockElements - 1) / kJetBlockElements;
+                                   elements,
+                                   z.stride(0),
+                                   grad ? grad->stride(0) : 0};
+  const int64_t num_blocks = (elements + kJetBlockElements - 1) / kJetBlockElements;
   at::parallel_for(0, num_blocks, 1, [&](int64_t first, int64_t last) { run_activation_blocks(blocks, first, last); });
 }
 
@@ -274,15 +286,15 @@ at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tenso
                               const std::optional<at::Tensor>& base, std::string_view activation,
                               c10::ArrayRef<double> tower_coefs, int64_t tower_orders, c10::IntArrayRef terms,
                               c10::ArrayRef<double> coefs) {
-  TORCH_CHECK(z.dim() == 3 && z.is_contiguous(), "soap_kernels::jet_activation: z must be a contiguous [K, N, F] "
-              "stack, got shape ", z.sizes());
+  TORCH_CHECK(z.dim() == 3 && slots_are_contiguous(z), "soap_kernels::jet_activation: z must be a [K, N, F] "
+              "stack with contiguous slots, got shape ", z.sizes(), " strides ", z.strides());
   TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble,
               "soap_kernels::jet_activation: z must be float32 or float64, got ", z.scalar_type());
   if (grad) {
-    TORCH_CHECK(grad->sizes() == z.sizes() && grad->scalar_type() == z.scalar_type() && grad->is_contiguous() &&
+    TORCH_CHECK(grad->sizes() == z.sizes() && grad->scalar_type() == z.scalar_type() && slots_are_contiguous(*grad) &&
                     grad->device() == z.device(),
                 "soap_kernels::jet_activation: grad (", grad->sizes(), " ", grad->scalar_type(),
-                ") must be contiguous and match z's shape ", z.sizes(), " and dtype ", z.scalar_type());
+                ") must have contiguous slots and match z's shape ", z.sizes(), " and dtype ", z.scalar_type());
   }
   TORCH_CHECK(tower_orders >= 1 && static_cast<int64_t>(tower_coefs.size()) % tower_orders == 0,
               "soap_kernels::jet_activation: tower_coefs (", tower_coefs.size(), " numbers) must be tower_orders = ",
@@ -301,7 +313,7 @@ at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tenso
               "soap_kernels::jet_activation: ", activation, " needs polynomial tower coefficients");
   const std::vector<Term> program = read_terms(terms, coefs, z.size(0), tower_orders - 1, grad.has_value());
   const TowerPolynomials polys(tower_coefs, tower_orders);
-  at::Tensor out = at::empty_like(z);
+  at::Tensor out = at::empty(z.sizes(), z.options());
   std::vector<int64_t> written_slots;
   for (const Term& term : program) written_slots.push_back(term.out_slot);
   zero_unwritten_slots(out, written_slots);

@@ -56,6 +56,16 @@ def weight_gradient(grad_z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return g2d.t().mm(x2d)
 
 
+def linear_jet_backward(
+    grad_z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, compute_grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dW, dL/db) of z = x W^T + b (bias on the value slot) given dL/dz; dL/dx empty unless asked."""
+    grad_weight = weight_gradient(grad_z, x)
+    grad_bias = grad_z[0].sum(0)
+    grad_x = torch.matmul(grad_z, weight) if compute_grad_x else x.new_empty(0)
+    return grad_x, grad_weight, grad_bias
+
+
 def _term_factors(tower, stack, term, weights):
     """(coef, the tensors whose product the term is) for a forward or adjoint term."""
     if weights is None:

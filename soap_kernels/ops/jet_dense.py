@@ -25,12 +25,12 @@ from soap_kernels.jets.plan import JetPlan
 from soap_kernels.jets.reference import (
     activation_jet_adjoint_ref,
     activation_jet_ref,
+    linear_jet_backward,
     linear_jet_into,
-    weight_gradient,
 )
 from soap_kernels.ops.jet_dense_native import (
     NATIVE_BASE_ACTIVATIONS,
-    activation_jet_native,
+    jet_dense_activation_backward_native,
     jet_dense_activation_native,
     native_jet_supported,
 )
@@ -58,16 +58,6 @@ def jet_dense_activation_backward_ref(
     """Torch reference of the backward: (dL/dx, dL/dW, dL/db); dL/dx is empty when not asked for."""
     grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout), out=torch.empty_like(z))
     return linear_jet_backward(grad_z, x, weight, compute_grad_x)
-
-
-def linear_jet_backward(
-    grad_z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, compute_grad_x: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dW, dL/db) of z = x W^T + b given dL/dz: the GEMMs every CPU path shares."""
-    grad_weight = weight_gradient(grad_z, x)
-    grad_bias = grad_z[0].sum(0)
-    grad_x = torch.matmul(grad_z, weight) if compute_grad_x else x.new_empty(0)
-    return grad_x, grad_weight, grad_bias
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: str, kernels: str) -> None:
@@ -131,8 +121,7 @@ def jet_dense_activation_backward(
 
         return jet_dense_activation_backward_triton(grad_h, z, x, weight, activation, layout, compute_grad_x)
     if kernels == "native" and native_jet_supported(z, activation):
-        grad_z = activation_jet_native(z, activation, layout, grad=grad_h, value=value)
-        return linear_jet_backward(grad_z, x, weight, compute_grad_x)
+        return jet_dense_activation_backward_native(grad_h, z, x, weight, activation, layout, compute_grad_x, value)
     return jet_dense_activation_backward_ref(grad_h, z, x, weight, activation, layout, compute_grad_x)
 
 

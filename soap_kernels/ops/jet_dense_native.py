@@ -16,7 +16,7 @@ import torch
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.activations import logistic_polynomials
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.reference import linear_jet_into
+from soap_kernels.jets.reference import linear_jet_backward, linear_jet_into
 
 NATIVE_ACTIVATIONS = ("tanh", "sigmoid", "silu", "sin", "cos")
 # activations whose derivative tower is a polynomial in s(z_0) itself: the backward reuses the forward's h[0]
@@ -81,16 +81,59 @@ def activation_jet_native(
     """
     terms, coefs, orders = _program(layout, grad is not None)
     base = value.contiguous() if value is not None and activation in NATIVE_BASE_ACTIVATIONS else None
-    grad = grad.contiguous() if grad is not None else None
+    grad = _with_contiguous_slots(grad) if grad is not None else None
     return torch.ops.soap_kernels.jet_activation(
-        z.contiguous(), grad, base, activation, _tower_coefficients(activation, orders), orders, terms, coefs
+        _with_contiguous_slots(z), grad, base, activation, _tower_coefficients(activation, orders), orders, terms, coefs
     )
+
+
+def _with_contiguous_slots(stack: torch.Tensor) -> torch.Tensor:
+    """The stack itself when each slot [N, F] is one contiguous run, as the kernel needs (a row range
+    stack[:, r0:r1] of a contiguous stack is), else a contiguous copy."""
+    k, n, f = stack.shape
+    slots_contiguous = (f <= 1 or stack.stride(2) == 1) and (n <= 1 or stack.stride(1) == f)
+    return stack if slots_contiguous and (k <= 1 or stack.stride(0) >= n * f) else stack.contiguous()
 
 
 def jet_dense_activation_native(x, weight, bias, activation, layout):
     """(h, z) of jet_dense_activation with the elementwise rule in C++."""
     z = linear_jet_into(x, weight, bias)
     return activation_jet_native(z, activation, layout), z
+
+
+# Rows per chunk of the backward: BACKWARD_CHUNK_ELEMENTS / F_out per slot (1024 rows of 256 features, 4 MB for
+# four slots in float32).
+BACKWARD_CHUNK_ELEMENTS = 1 << 18
+
+
+def jet_dense_activation_backward_native(grad_h, z, x, weight, activation, layout, compute_grad_x, value):
+    """(dL/dx, dL/dW, dL/db) with g_z in C++, computed and consumed one chunk of rows at a time: each chunk's g_z
+    feeds its GEMMs while it is in cache, and the [K, N, F_out] g_z of the whole batch, a fresh allocation that
+    page-faults on a CPU, never exists. dL/dW and dL/db accumulate over the chunks."""
+    num_slots, n, f_out = z.shape
+    rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(f_out, 1))
+    if n <= rows:
+        grad_z = activation_jet_native(z, activation, layout, grad=grad_h, value=value)
+        return linear_jet_backward(grad_z, x, weight, compute_grad_x)
+    f_in = weight.shape[1]
+    # accumulate dL/dW in the orientation whose GEMM has the wider left operand (weight_gradient's reason)
+    transposed = f_in < f_out
+    grad_weight = weight.new_zeros((f_in, f_out) if transposed else (f_out, f_in))
+    grad_bias = weight.new_zeros(f_out)
+    grad_x = x.new_empty(x.shape) if compute_grad_x else x.new_empty(0)
+    for start in range(0, n, rows):
+        chunk = slice(start, start + rows)
+        part = None if value is None else value[chunk]
+        grad_z = activation_jet_native(z[:, chunk], activation, layout, grad=grad_h[:, chunk], value=part)
+        for slot in range(num_slots):
+            if transposed:
+                grad_weight.addmm_(x[slot, chunk].t(), grad_z[slot])
+            else:
+                grad_weight.addmm_(grad_z[slot].t(), x[slot, chunk])
+            if compute_grad_x:
+                torch.mm(grad_z[slot], weight, out=grad_x[slot, chunk])
+        grad_bias += grad_z[0].sum(0)
+    return grad_x, grad_weight.t().contiguous() if transposed else grad_weight, grad_bias
 
 
 def _register_fake() -> None:
