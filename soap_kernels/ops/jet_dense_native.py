@@ -1,7 +1,7 @@
 """The C++ CPU path of soap_kernels::jet_dense_activation: ATen GEMMs plus the fused activation-jet kernel.
 
-The GEMMs are the reference's (linear_jet_into forward; weight_gradient and g_z W backward); the elementwise
-rules run in soap_kernels::jet_activation (csrc/cpu/jet_activation.cpp): the forward rule
+The GEMMs are ATen's (the forward's are the reference's linear_jet_into; the backward runs them per chunk of
+rows); the elementwise rules run in soap_kernels::jet_activation (csrc/cpu/jet_activation.cpp): the forward rule
 h_k = sum coef * s^(m)(z_0) * prod z_factors, or the adjoint g_z,j = sum coef * s^(m)(z_0) * g_k * prod z_factors,
 in one pass over blocks of every slot instead of one pass (and one fresh [N, F] tensor) per multiplication.
 The term programs are the JetPlan's, encoded as rows (out_slot, m, grad_slot or -1, #factors, f_0..f_3).
