@@ -11,6 +11,8 @@
 //                    first; tower_orders rows)
 //     silu:          s^(m) = z_0 P_m(b) + m P_{m-1}(b), b = sigmoid(z_0), P the sigmoid polynomials
 //     sin, cos:      s^(m) = sin(z_0 + (m + phase) pi/2), phase 0 for sin, 1 for cos
+//     gelu:          0.5 x (1 + T), T = tanh(u), u = c (x + a x^3): T's derivatives by Faa di Bruno from the tanh
+//                    polynomials in T and u's (the third is constant), then Leibniz with 0.5 x
 // Why blocks: the torch reference runs one pass per multiplication and allocates every intermediate; on a CPU those
 // fresh [N, F] tensors page-fault (glibc returns large blocks to the OS) and cost more than the arithmetic. Here a
 // block (4096 elements of every slot) lives in L1/L2 while all of its terms are computed.
@@ -34,7 +36,11 @@
 namespace soap_kernels {
 namespace {
 
-enum class TowerKind { kTanh, kSigmoid, kSilu, kSin, kCos };
+enum class TowerKind { kTanh, kSigmoid, kSilu, kSin, kCos, kGelu };
+
+// gelu's tanh approximation 0.5 x (1 + tanh(c (x + a x^3))), as soap_kernels/jets/activations.py defines it
+constexpr double kGeluC = 0.7978845608028654;  // sqrt(2 / pi)
+constexpr double kGeluA = 0.044715;
 
 constexpr int64_t kTermColumns = 8;  // out_slot, order, grad_slot, num_factors, f0..f3
 constexpr int64_t kMaxFactors = 4;
@@ -45,8 +51,9 @@ TowerKind tower_kind(std::string_view activation) {
   if (activation == "silu") return TowerKind::kSilu;
   if (activation == "sin") return TowerKind::kSin;
   if (activation == "cos") return TowerKind::kCos;
+  if (activation == "gelu") return TowerKind::kGelu;
   TORCH_CHECK(false, "soap_kernels::jet_activation: no C++ tower for activation '", activation,
-              "' (tanh, sigmoid, silu, sin, cos have one; use the torch reference for others)");
+              "' (tanh, sigmoid, silu, sin, cos, gelu have one; use the torch reference for others)");
 }
 
 struct Term {
@@ -153,6 +160,33 @@ struct TowerPolynomials {
   int64_t orders() const { return static_cast<int64_t>(rows.size()); }
 };
 
+// Rows 0..orders-1 of `tower` hold tanh^(m)(u) (row 0: T = tanh(u)) for gelu's u = c (x + a x^3); overwrites
+// them with gelu^(m)(x). (f o u)^(k) by Faa di Bruno with u1 = c (1 + 3 a x^2), u2 = 6 c a x, u3 = 6 c a and
+// u4 = u5 = 0 (the reference's _compose_tower), then gelu^(k) = 0.5 (x O_k + k O_{k-1}) with O = 1 + T.
+template <typename scalar_t>
+SOAP_KERNELS_INLINE void gelu_from_tanh_tower(const scalar_t* x, scalar_t* tower, int64_t count, int64_t block,
+                                              int64_t orders) {
+  const auto c = static_cast<scalar_t>(kGeluC), a = static_cast<scalar_t>(kGeluA);
+  const scalar_t half(0.5), u3 = 6 * c * a;
+  for (int64_t e = 0; e < count; ++e) {
+    const scalar_t xe = x[e], u1 = c * (1 + 3 * a * xe * xe), u2 = u3 * xe;
+    scalar_t t[6] = {0, 0, 0, 0, 0, 0};
+    for (int64_t m = 0; m < orders; ++m) t[m] = tower[m * block + e];
+    scalar_t o[6];
+    o[0] = 1 + t[0];
+    o[1] = t[1] * u1;
+    o[2] = t[1] * u2 + t[2] * u1 * u1;
+    o[3] = t[1] * u3 + 3 * t[2] * u1 * u2 + t[3] * u1 * u1 * u1;
+    o[4] = t[2] * (4 * u1 * u3 + 3 * u2 * u2) + 6 * t[3] * u1 * u1 * u2 + t[4] * u1 * u1 * u1 * u1;
+    o[5] = t[2] * 10 * u2 * u3 + t[3] * (10 * u1 * u1 * u3 + 15 * u1 * u2 * u2) + 10 * t[4] * u1 * u1 * u1 * u2 +
+           t[5] * u1 * u1 * u1 * u1 * u1;
+    tower[e] = half * xe * o[0];
+    for (int64_t m = 1; m < orders; ++m) {
+      tower[m * block + e] = half * (xe * o[m] + static_cast<scalar_t>(m) * o[m - 1]);
+    }
+  }
+}
+
 template <typename scalar_t>
 struct TowerBuffers {
   std::vector<scalar_t> base, second, tower;  // second: cos(z_0) for sin/cos, b^2 for even/odd polynomials
@@ -187,6 +221,11 @@ SOAP_KERNELS_INLINE void fill_tower(TowerKind kind, const TowerPolynomials& poly
   if (b == nullptr) {
     if (kind == TowerKind::kTanh) {
       at::tanh_out(base, z_view);
+    } else if (kind == TowerKind::kGelu) {
+      scalar_t* u = buffers.base.data();
+      const auto c = static_cast<scalar_t>(kGeluC), a = static_cast<scalar_t>(kGeluA);
+      for (int64_t e = 0; e < count; ++e) u[e] = c * (z0[e] + a * z0[e] * z0[e] * z0[e]);
+      at::tanh_out(base, base);
     } else {
       at::sigmoid_out(base, z_view);
     }
@@ -204,6 +243,7 @@ SOAP_KERNELS_INLINE void fill_tower(TowerKind kind, const TowerPolynomials& poly
       for (int64_t e = 0; e < count; ++e) row[e] *= b[e];
     }
   }
+  if (kind == TowerKind::kGelu) gelu_from_tanh_tower(z0, tower, count, block, orders);
   if (kind == TowerKind::kSilu) {
     // top-down so P_{m-1}(b) is still in row m-1 when row m needs it
     for (int64_t m = orders - 1; m >= 0; --m) {

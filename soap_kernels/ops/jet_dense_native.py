@@ -18,7 +18,7 @@ from soap_kernels.jets.activations import logistic_polynomials
 from soap_kernels.jets.plan import JetPlan
 from soap_kernels.jets.reference import linear_jet_backward, linear_jet_into
 
-NATIVE_ACTIVATIONS = ("tanh", "sigmoid", "silu", "sin", "cos")
+NATIVE_ACTIVATIONS = ("tanh", "sigmoid", "silu", "sin", "cos", "gelu")
 # activations whose derivative tower is a polynomial in s(z_0) itself: the backward reuses the forward's h[0]
 NATIVE_BASE_ACTIVATIONS = ("tanh", "sigmoid")
 _OP_NAME = "soap_kernels::jet_activation"
@@ -38,10 +38,10 @@ def native_jet_supported(x: torch.Tensor, activation: str) -> bool:
 @functools.cache
 def _tower_coefficients(activation: str, orders: int) -> list[float]:
     """`orders` rows, flattened, of equal length: row m holds P_m with s^(m) = P_m(tanh or sigmoid of z_0)
-    (silu: the sigmoid's), lowest degree first; sin and cos need none (empty)."""
+    (silu: the sigmoid's; gelu: tanh's, of its inner cubic), lowest degree first; sin and cos need none."""
     if activation in ("sin", "cos"):
         return []
-    polys = logistic_polynomials("tanh" if activation == "tanh" else "sigmoid", orders - 1)
+    polys = logistic_polynomials("tanh" if activation in ("tanh", "gelu") else "sigmoid", orders - 1)
     width = max(len(p) for p in polys)
     return [c for poly in polys for c in (*poly, *(0.0,) * (width - len(poly)))]
 
