@@ -1,16 +1,27 @@
-"""The C++ CPU jet kernel (soap_kernels::jet_activation) against the torch reference of the jet rules."""
+"""The C++ CPU jet kernels (soap_kernels::jet_activation, jet_bilinear) against the torch reference of the jet rules."""
+
+import gc
+import weakref
 
 import pytest
 import torch
 
 import soap_kernels
+import soap_kernels.ops.jet_dense_native as native
 from soap_kernels import nn as snn
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.api import _layer_kernels
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref
-from soap_kernels.ops.jet_dense import jet_dense_activation
-from soap_kernels.ops.jet_dense_native import NATIVE_ACTIVATIONS, activation_jet_native, native_jet_supported
+from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref, product_jet_ref
+from soap_kernels.ops.jet_dense import jet_dense_activation, jet_dense_activation_backward
+from soap_kernels.ops.jet_dense_native import (
+    NATIVE_ACTIVATIONS,
+    _program,
+    _tower_coefficients,
+    activation_jet_native,
+    native_jet_supported,
+)
+from soap_kernels.ops.jet_product import _product_program, jet_product
 
 pytestmark = pytest.mark.skipif(not has_native_cpu(), reason="soap_kernels._C is not built")
 
@@ -124,8 +135,6 @@ def test_opcheck():
     layout = LAYOUTS["allen_cahn"]
     z = torch.randn(layout.num_slots, 7, 5, dtype=torch.float64)
     grad = torch.randn_like(z)
-    from soap_kernels.ops.jet_dense_native import _program, _tower_coefficients
-
     for adjoint in (False, True):
         terms, coefs, orders = _program(layout.key, adjoint)
         args = (z, grad if adjoint else None, None, "tanh", _tower_coefficients("tanh", orders), orders, terms, coefs)
@@ -155,9 +164,6 @@ def test_bad_arguments_raise():
 
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 def test_leibniz_product_and_its_backward_match_the_reference(layout):
-    from soap_kernels.jets.reference import product_jet_ref
-    from soap_kernels.ops.jet_product import jet_product
-
     torch.manual_seed(6)
     for n, f in SHAPES:
         x = torch.randn(layout.num_slots, n, f, dtype=torch.float64, requires_grad=True)
@@ -171,8 +177,6 @@ def test_leibniz_product_and_its_backward_match_the_reference(layout):
 
 def test_leibniz_product_gradcheck_gradgradcheck_and_opcheck():
     """jet_bilinear's registered backward is jet_bilinear again, so the product differentiates twice."""
-    from soap_kernels.ops.jet_product import _product_program, jet_product
-
     torch.manual_seed(7)
     layout = LAYOUTS["mixed_kdv_laplacian"]
     x = torch.randn(layout.num_slots, 3, 2, dtype=torch.float64, requires_grad=True)
@@ -184,9 +188,6 @@ def test_leibniz_product_gradcheck_gradgradcheck_and_opcheck():
 
 
 def test_leibniz_product_of_strided_stacks_and_bad_shapes():
-    from soap_kernels.jets.reference import product_jet_ref
-    from soap_kernels.ops.jet_product import jet_product
-
     torch.manual_seed(8)
     layout = LAYOUTS["allen_cahn"]
     x = torch.randn(layout.num_slots, 5, 9, dtype=torch.float64)[:, :, ::2]  # not contiguous
@@ -226,9 +227,6 @@ def test_empty_stacks_and_slots_no_term_writes():
 def test_native_layer_does_not_keep_its_graph_alive():
     """The backward's saved s(z_0) must not form a reference cycle with the output (pytorch/pytorch#94990):
     a graph that is never backpropagated is freed with its outputs."""
-    import gc
-    import weakref
-
     layout = LAYOUTS["allen_cahn"]
     x = torch.randn(layout.num_slots, 5, 3, requires_grad=True)
     w = torch.randn(4, 3, requires_grad=True)
@@ -241,8 +239,6 @@ def test_native_layer_does_not_keep_its_graph_alive():
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
 def test_opcheck_native_layer_with_the_reused_value(activation):
-    from soap_kernels.ops.jet_dense import jet_dense_activation_backward
-
     torch.manual_seed(9)
     layout = LAYOUTS["kuramoto_sivashinsky"]
     x = torch.randn(layout.num_slots, 7, 5, dtype=torch.float64, requires_grad=True)
@@ -259,8 +255,6 @@ def test_opcheck_native_layer_with_the_reused_value(activation):
 def test_backward_in_row_chunks_equals_the_torch_layer(monkeypatch, f_in, f_out, activation):
     """The native backward computes g_z a chunk of rows at a time (here 5 rows: chunks of 5, 5, ..., 3) and
     accumulates dL/dW and dL/db over them."""
-    import soap_kernels.ops.jet_dense_native as native
-
     monkeypatch.setattr(native, "BACKWARD_CHUNK_ELEMENTS", 5 * f_out)
     torch.manual_seed(10)
     layout = LAYOUTS["allen_cahn"]

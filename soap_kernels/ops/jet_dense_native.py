@@ -25,14 +25,14 @@ _OP_NAME = "soap_kernels::jet_activation"
 _MAX_FACTORS = 4
 
 
+def native_stack_supported(stack: torch.Tensor) -> bool:
+    """Whether the C++ jet kernels take this stack: a CPU float32/float64 tensor, with soap_kernels._C built."""
+    return stack.device.type == "cpu" and stack.dtype in (torch.float32, torch.float64) and has_native_cpu()
+
+
 def native_jet_supported(x: torch.Tensor, activation: str) -> bool:
-    """Whether the C++ jet kernel can run this layer: CPU float32/float64 tensors and an activation it knows."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and activation in NATIVE_ACTIVATIONS
-        and has_native_cpu()
-    )
+    """Whether the C++ jet kernel can run this layer: a stack it takes and an activation it knows."""
+    return activation in NATIVE_ACTIVATIONS and native_stack_supported(x)
 
 
 @functools.cache

@@ -22,20 +22,14 @@ import torch
 
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.plan import JetPlan
+from soap_kernels.ops.jet_dense_native import native_stack_supported
 
 _OP_NAME = "soap_kernels::jet_bilinear"
 
 
 def native_product_supported(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether jet_product can multiply these stacks: same shape, CPU float32/float64, the C++ kernels built."""
-    return (
-        x.shape == y.shape
-        and x.dtype == y.dtype
-        and x.dtype in (torch.float32, torch.float64)
-        and x.device.type == "cpu"
-        and y.device.type == "cpu"
-        and has_native_cpu()
-    )
+    """Whether jet_product can multiply these stacks: same shape and dtype, both taken by the C++ kernels."""
+    return x.shape == y.shape and x.dtype == y.dtype and native_stack_supported(x) and native_stack_supported(y)
 
 
 @functools.cache
