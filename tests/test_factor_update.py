@@ -10,6 +10,7 @@ from soap_kernels.ops import factor_update as fu
 from soap_kernels.ops.factor_update import factor_update_, factor_update_ref
 from soap_kernels.optim.projection import gram
 from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
+from tests.launch_guards import record_launch_guards
 
 OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
@@ -193,9 +194,7 @@ def test_real_sizes_on_gpu(dtype, shape):
 
 def test_the_launch_runs_under_a_guard_for_the_stacks_device(device, monkeypatch, triton_only):
     """Triton launches on the current CUDA device: the launch must sit inside on_device_of(the stack)."""
-    from tests.test_rotated_adam import _record_launch_guards
-
-    launches = _record_launch_guards(monkeypatch, fu)
+    launches = record_launch_guards(monkeypatch, fu)
     factor, grad = _inputs((2, 9, 5), 0, torch.float64, device)
     ok = torch.tensor(True, device=device)
     expected = _reference(factor, grad, ok, 0.95, 0)

@@ -14,6 +14,7 @@ from soap_kernels.ops.jet_dense import (
     jet_dense_activation_ref,
 )
 from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
+from tests.launch_guards import record_launch_guards
 
 
 @pytest.fixture
@@ -201,9 +202,8 @@ def test_weight_of_another_dtype_is_cast_like_the_forward(device):
 def test_every_launch_runs_under_a_guard_for_the_inputs_device(device, monkeypatch):
     """Triton launches on the current CUDA device: forward and backward launches sit inside on_device_of(input)."""
     from soap_kernels.ops import jet_dense_triton
-    from tests.test_rotated_adam import _record_launch_guards
 
-    launches = _record_launch_guards(monkeypatch, jet_dense_triton)
+    launches = record_launch_guards(monkeypatch, jet_dense_triton)
     plan = LAYOUTS["allen_cahn"]
     x = torch.randn(plan.num_slots, 5, 7, dtype=torch.float64, device=device)
     w = torch.randn(3, 7, dtype=torch.float64, device=device)

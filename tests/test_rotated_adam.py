@@ -8,13 +8,13 @@ import types
 
 import pytest
 import torch
-from torch.library import wrap_triton
 
 from soap_kernels.ops import _triton_utils
 from soap_kernels.ops import rotated_adam as ra
 from soap_kernels.ops.rotated_adam import rotate_momentum_, rotate_momentum_ref, rotated_adam_, rotated_adam_ref
 from soap_kernels.optim.projection import project, project_back
 from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
+from tests.launch_guards import record_launch_guards
 
 OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 HYPER = dict(beta1=0.9, beta2=0.99, eps=1e-8)
@@ -379,39 +379,14 @@ def test_ops_compose_to_the_optimizer_trajectory(device, triton_only):
 # ---- launch device guard and the float64 tl.dot probe ------------------------------------------------------
 
 
-def _record_launch_guards(monkeypatch, module):
-    """Patch `module`'s on_device_of and wrap_triton: returns one (kernel name, devices of the guards open at the
-    launch) pair per launch, so a test sees every launch and whether it ran inside a guard for the right device."""
-    open_guards, launches = [], []
-
-    @contextlib.contextmanager
-    def recording_guard(tensor):
-        open_guards.append(tensor.device)
-        try:
-            with _triton_utils.on_device_of(tensor):
-                yield
-        finally:
-            open_guards.pop()
-
-    def recording_wrap_triton(kernel):
-        launches.append((kernel.fn.__name__, list(open_guards)))
-        return wrap_triton(kernel)
-
-    monkeypatch.setattr(module, "on_device_of", recording_guard)
-    monkeypatch.setattr(module, "wrap_triton", recording_wrap_triton)
-    return launches
-
-
 def test_every_launch_runs_under_a_guard_for_the_stacks_device(device, monkeypatch, triton_only):
     """Triton launches on the current CUDA device: each kernel launch must sit inside on_device_of(the stack)."""
     monkeypatch.setattr(ra, "_CHAIN_MAX_ROW_TILES", 0)  # also launch the split-chain X B products
-    launches = _record_launch_guards(monkeypatch, ra)
+    launches = record_launch_guards(monkeypatch, ra)
     ok = torch.tensor(True, device=device)
-    state = _state((2, 37, 70), (True, True), torch.float64, device, seed=7)
-    expected = _adam_reference(state, ok, 1e-4, True)
-    param, exp_avg, exp_avg_sq, grad, bases, step_size = state
-    rotated_adam_(param, exp_avg, exp_avg_sq, grad, bases, ok, step_size, **HYPER, decay=1e-4, normalize=True)
-    torch.testing.assert_close(param, expected[0], **_tol(torch.float64))
+    _step_matches_reference(
+        _state((2, 37, 70), (True, True), torch.float64, device, seed=7), ok, torch.float64, 1e-4, True
+    )
     _check_carry(device, torch.float64, (2, 37, 70), (True, True), seed=8)
     names = {name for name, _ in launches}
     assert names == {
