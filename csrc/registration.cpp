@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include "soap_kernels/cpu_buffer_cache.h"
+
 TORCH_LIBRARY(soap_kernels, m) {
   // Rotated-Adam moments, in place: m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2 (only where `enabled`);
   // returns the preconditioned direction m / (sqrt(v) + eps).
@@ -27,6 +29,9 @@ TORCH_LIBRARY(soap_kernels, m) {
   // out[s] = sum over terms (s, i, j) of coef * a[i] * b[j] for jet stacks a [Ka, N, F], b [Kb, N, F]: the
   // Leibniz product of two jets and its backward (CPU only; soap_kernels/ops/jet_product.py).
   m.def("jet_bilinear(Tensor a, Tensor b, int num_slots, int[] terms, float[] coefs) -> Tensor");
+  // An uninitialised contiguous tensor of `size` and like's dtype whose storage comes from the CPU buffer cache
+  // (csrc/include/soap_kernels/cpu_buffer_cache.h), for the jets' large stacks. CPU only.
+  m.def("cached_empty(Tensor like, SymInt[] size) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, module) {
@@ -38,4 +43,21 @@ PYBIND11_MODULE(_C, module) {
   info["torch_cuda_version"] = std::string(SOAP_KERNELS_CUDA_VERSION);
   info["compiler"] = std::string(__VERSION__);
   module.attr("build_info") = info;
+  module.def(
+      "cpu_buffer_cache_stats",
+      [] {
+        const soap_kernels::CpuBufferCacheStats stats = soap_kernels::cpu_buffer_cache_stats();
+        pybind11::dict out;
+        out["limit_bytes"] = stats.limit_bytes;
+        out["cached_bytes"] = stats.cached_bytes;
+        out["cached_blocks"] = stats.cached_blocks;
+        out["hits"] = stats.hits;
+        out["misses"] = stats.misses;
+        return out;
+      },
+      "The CPU buffer cache's limit, kept bytes and blocks, and its hit and miss counts.");
+  module.def("cpu_buffer_cache_clear", &soap_kernels::cpu_buffer_cache_clear,
+             "Frees every block the CPU buffer cache keeps.");
+  module.def("cpu_buffer_cache_set_limit", &soap_kernels::cpu_buffer_cache_set_limit, pybind11::arg("bytes"),
+             "Sets how many bytes of freed blocks the CPU buffer cache keeps (0: none).");
 }

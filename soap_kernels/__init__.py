@@ -1,8 +1,8 @@
 """soap-kernels: fused kernels for SOAP and forward-mode PINN residuals.
 
 Public API: SOAP (optimizer), jet (network values with input derivatives), nn (PINN architectures),
-alignment_score (gradient alignment), profile (NVML sampling). Submodules import lazily so that
-`import soap_kernels` stays cheap.
+alignment_score (gradient alignment), profile (NVML sampling), cpu_buffer_cache (where the jets' CPU stacks
+get their memory). Submodules import lazily so that `import soap_kernels` stays cheap.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _LAZY = {
     "nn": ("soap_kernels.nn", None),
     "alignment_score": ("soap_kernels.align", "alignment_score"),
     "profile": ("soap_kernels.profile", None),
+    "cpu_buffer_cache": ("soap_kernels.cpu_buffer_cache", None),
 }
 
 __all__ = sorted(_LAZY)

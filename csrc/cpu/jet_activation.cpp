@@ -26,6 +26,7 @@
 #include <ATen/ops/tanh.h>
 #include <torch/library.h>
 
+#include "soap_kernels/cpu_buffer_cache.h"
 #include "soap_kernels/jet_terms.h"
 
 #include <algorithm>
@@ -353,7 +354,7 @@ at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tenso
               "soap_kernels::jet_activation: ", activation, " needs polynomial tower coefficients");
   const std::vector<Term> program = read_terms(terms, coefs, z.size(0), tower_orders - 1, grad.has_value());
   const TowerPolynomials polys(tower_coefs, tower_orders);
-  at::Tensor out = at::empty(z.sizes(), z.options());
+  at::Tensor out = cpu_cached_empty(z.sizes(), z.scalar_type());
   std::vector<int64_t> written_slots;
   for (const Term& term : program) written_slots.push_back(term.out_slot);
   zero_unwritten_slots(out, written_slots);

@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "soap_kernels/cpu_buffer_cache.h"
 #include "soap_kernels/jet_terms.h"
 
 #include <algorithm>
@@ -78,7 +79,7 @@ at::Tensor jet_bilinear_cpu(const at::Tensor& a, const at::Tensor& b, int64_t nu
     TORCH_CHECK(i == 0 || program[i - 1].out_slot <= t.out_slot,
                 "soap_kernels::jet_bilinear: terms must be sorted by output slot");
   }
-  at::Tensor out = at::empty({num_slots, a.size(1), a.size(2)}, a.options());
+  at::Tensor out = cpu_cached_empty({num_slots, a.size(1), a.size(2)}, a.scalar_type());
   std::vector<int64_t> written_slots;
   for (const BilinearTerm& t : program) written_slots.push_back(t.out_slot);
   zero_unwritten_slots(out, written_slots);

@@ -43,9 +43,12 @@ class Jet:
 
     def dense(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None) -> Jet:
         """s(x W^T + b) as a jet; with activation None, just the affine map."""
+        from soap_kernels.ops.jet_dense import jet_dense_activation, jet_linear
+
         if activation is None:
+            if self.kernels == "native":
+                return self._like(jet_linear(self.stack.contiguous(), weight, bias))
             return self._like(linear_jet_ref(self.stack, weight, bias))
-        from soap_kernels.ops.jet_dense import jet_dense_activation
 
         h, _ = jet_dense_activation(self.stack.contiguous(), weight, bias, activation, self.plan.key, self.kernels)
         return self._like(h)

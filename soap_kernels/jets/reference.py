@@ -30,10 +30,13 @@ def linear_jet_ref(stack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return torch.cat([(z[0] + bias).unsqueeze(0), z[1:]], dim=0)
 
 
-def linear_jet_into(stack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """linear_jet_ref with the bias fused into the value slot's GEMM (addmm); not differentiable."""
+def linear_jet_into(
+    stack: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """linear_jet_ref with the bias fused into the value slot's GEMM (addmm), into `out` (a contiguous
+    [K, N, F_out] tensor) or a new tensor; not differentiable."""
     num_slots, n, f_in = stack.shape
-    z = stack.new_empty((num_slots, n, weight.shape[0]))
+    z = stack.new_empty((num_slots, n, weight.shape[0])) if out is None else out
     weight_t = weight.t()
     if bias is None:
         torch.mm(stack.reshape(-1, f_in), weight_t, out=z.view(-1, weight.shape[0]))
@@ -57,13 +60,22 @@ def weight_gradient(grad_z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def linear_jet_backward(
-    grad_z: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, compute_grad_x: bool
+    grad_z: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    compute_grad_x: bool,
+    grad_x_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dL/dx, dL/dW, dL/db) of z = x W^T + b (bias on the value slot) given dL/dz; dL/dx empty unless asked."""
+    """(dL/dx, dL/dW, dL/db) of z = x W^T + b (bias on the value slot) given dL/dz; dL/dx empty unless asked,
+    written into grad_x_out (a contiguous tensor shaped like x) when one is given."""
     grad_weight = weight_gradient(grad_z, x)
     grad_bias = grad_z[0].sum(0)
-    grad_x = torch.matmul(grad_z, weight) if compute_grad_x else x.new_empty(0)
-    return grad_x, grad_weight, grad_bias
+    if not compute_grad_x:
+        return x.new_empty(0), grad_weight, grad_bias
+    if grad_x_out is None:
+        return torch.matmul(grad_z, weight), grad_weight, grad_bias
+    torch.mm(grad_z.reshape(-1, grad_z.shape[-1]), weight, out=grad_x_out.view(-1, weight.shape[1]))
+    return grad_x_out, grad_weight, grad_bias
 
 
 def _term_factors(tower, stack, term, weights):

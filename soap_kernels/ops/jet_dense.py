@@ -30,9 +30,11 @@ from soap_kernels.jets.reference import (
 )
 from soap_kernels.ops.jet_dense_native import (
     NATIVE_BASE_ACTIVATIONS,
+    cached_empty,
     jet_dense_activation_backward_native,
     jet_dense_activation_native,
     native_jet_supported,
+    native_stack_supported,
 )
 
 KERNELS = ("torch", "triton", "native")
@@ -171,3 +173,46 @@ def _backward(ctx, grad_h, grad_z_unused):
 
 
 jet_dense_activation.register_autograd(_backward, setup_context=_setup_context)
+
+
+@triton_op("soap_kernels::jet_linear", mutates_args=())
+def jet_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """z_k = x_k W^T (+ b on the value slot) for a jet stack x [K, N, F_in]: a layer without activation, as one
+    op whose output (and whose backward's dL/dx) CPU stacks take from the C++ buffer cache.
+
+    Backward, given g = dL/dz: dL/dx = g W, dL/dW = sum_k g_k^T x_k (one GEMM over all K*N rows),
+    dL/db = sum_n g_0. The networks' output layer on the "native" kernels (the others use linear_jet_ref).
+    """
+    if weight.dim() != 2 or x.dim() != 3 or weight.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"jet_linear: x {tuple(x.shape)} must be a [K, N, F] stack and weight {tuple(weight.shape)} [F_out, F]"
+        )
+    shape = (x.shape[0], x.shape[1], weight.shape[0])
+    return linear_jet_into(x, weight, bias, out=cached_empty(x, shape) if native_stack_supported(x) else None)
+
+
+@jet_linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.shape[0], x.shape[1], weight.shape[0]))
+
+
+def _setup_linear_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad_z):
+    x, weight = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+    grad_z = grad_z.contiguous()
+    grad_x_out = cached_empty(x, x.shape) if needs_x and native_stack_supported(x) else None
+    grad_x, grad_weight, grad_bias = linear_jet_backward(grad_z, x, weight, needs_x, grad_x_out)
+    return (
+        grad_x if needs_x else None,
+        grad_weight if needs_weight else None,
+        grad_bias if ctx.has_bias and needs_bias else None,
+    )
+
+
+jet_linear.register_autograd(_linear_backward, setup_context=_setup_linear_context)

@@ -95,9 +95,16 @@ def _with_contiguous_slots(stack: torch.Tensor) -> torch.Tensor:
     return stack if slots_contiguous and (k <= 1 or stack.stride(0) >= n * f) else stack.contiguous()
 
 
+def cached_empty(like: torch.Tensor, shape) -> torch.Tensor:
+    """An uninitialised CPU tensor of `like`'s dtype whose storage comes from the C++ buffer cache
+    (csrc/include/soap_kernels/cpu_buffer_cache.h): the same big stacks every step reuse freed memory instead of
+    page-faulting fresh pages."""
+    return torch.ops.soap_kernels.cached_empty(like, list(shape))
+
+
 def jet_dense_activation_native(x, weight, bias, activation, layout):
     """(h, z) of jet_dense_activation with the elementwise rule in C++."""
-    z = linear_jet_into(x, weight, bias)
+    z = linear_jet_into(x, weight, bias, out=cached_empty(x, (x.shape[0], x.shape[1], weight.shape[0])))
     return activation_jet_native(z, activation, layout), z
 
 
@@ -114,13 +121,13 @@ def jet_dense_activation_backward_native(grad_h, z, x, weight, activation, layou
     rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(f_out, 1))
     if n <= rows:
         grad_z = activation_jet_native(z, activation, layout, grad=grad_h, value=value)
-        return linear_jet_backward(grad_z, x, weight, compute_grad_x)
+        return linear_jet_backward(grad_z, x, weight, compute_grad_x, cached_empty(x, x.shape))
     f_in = weight.shape[1]
     # accumulate dL/dW in the orientation whose GEMM has the wider left operand (weight_gradient's reason)
     transposed = f_in < f_out
     grad_weight = weight.new_zeros((f_in, f_out) if transposed else (f_out, f_in))
     grad_bias = weight.new_zeros(f_out)
-    grad_x = x.new_empty(x.shape) if compute_grad_x else x.new_empty(0)
+    grad_x = cached_empty(x, x.shape) if compute_grad_x else x.new_empty(0)
     for start in range(0, n, rows):
         chunk = slice(start, start + rows)
         part = None if value is None else value[chunk]
@@ -144,6 +151,10 @@ def _register_fake() -> None:
     @torch.library.register_fake(_OP_NAME)
     def _(z, grad, base, activation, tower_coefs, tower_orders, terms, coefs):
         return torch.empty_like(z)
+
+    @torch.library.register_fake("soap_kernels::cached_empty")
+    def _(like, size):
+        return like.new_empty(size)
 
 
 _register_fake()
