@@ -11,9 +11,12 @@ hits them alike; medians and ratios are of those samples. Peak memory is measure
 (torch.cuda.max_memory_allocated).
 matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
 second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
-the elementwise work (and the memory traffic and page faults of its intermediates, which jets_native avoids).
+the elementwise work and on memory: jets_native takes its large stacks from the C++ buffer cache
+(soap_kernels.cpu_buffer_cache), while every other provider's fresh tensors page-fault in again each step
+(minor_page_faults_median counts them). Providers in the same rounds share glibc's heap, so one that grows it
+(torch_func does) spares the next ones some faults: compare the goal case with the two providers alone.
 
-    python bench/residual.py                       # the CPU goal case: MLP 4x256, N=4096, allen_cahn
+    python bench/residual.py --providers nested_autograd jets_native   # the CPU goal case: MLP 4x256, N=4096
     python bench/residual.py --sizes 2048 8192 32768 --models mlp piratenet --problems allen_cahn laplacian
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -125,6 +129,11 @@ def matmul_gflop(step) -> float | None:
     return flops / 1e9 if flops else None
 
 
+def _minor_page_faults() -> int:
+    """Minor page faults of this process so far (first touches of fresh pages, which the kernel zeroes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> dict:
     model = build_model(model_name, device).to(dtype)
     torch.manual_seed(1)
@@ -167,18 +176,22 @@ def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> di
             "matmul_gflop": matmul_gflop(step),
             "samples_ms": [],
             "cpu_samples_ms": [],  # process CPU time, all threads: less sensitive to other jobs than wall time
+            "minor_page_faults": [],  # per step: fresh pages the step touched (each zeroed by the kernel)
         }
         runnable.append((provider, step, gradient))
     for _ in range(rounds):
         for provider, step, _ in runnable:
             cpu_started = time.process_time()
+            faults_started = _minor_page_faults()
             results[provider]["samples_ms"].append(time_fn(step, device, warmup=0, repeats=1)["median_ms"])
             results[provider]["cpu_samples_ms"].append((time.process_time() - cpu_started) * 1e3)
+            results[provider]["minor_page_faults"].append(_minor_page_faults() - faults_started)
     reference = next((g for p, _, g in runnable if p == "nested_autograd"), None)
     for provider, _, gradient in runnable:
         samples = results[provider]["samples_ms"]
         results[provider]["median_ms"] = statistics.median(samples)
         results[provider]["cpu_median_ms"] = statistics.median(results[provider]["cpu_samples_ms"])
+        results[provider]["minor_page_faults_median"] = statistics.median(results[provider]["minor_page_faults"])
         results[provider]["p10_ms"] = quantile(samples, 0.1)
         results[provider]["p90_ms"] = quantile(samples, 0.9)
         if reference is not None:
@@ -231,6 +244,7 @@ def main(argv=None) -> None:
                         f" (p10 {r['p10_ms']:.1f}, p90 {r['p90_ms']:.1f})"
                         + (f"  x{speed:.2f} vs nested autograd" if speed else "")
                         + (f" (CPU time {r['cpu_median_ms']:.0f} ms, x{cpu_speed:.2f})" if cpu_speed else "")
+                        + f", {r['minor_page_faults_median']:.0f} page faults"
                         + memory
                     )
     try:
