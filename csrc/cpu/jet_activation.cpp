@@ -6,7 +6,8 @@
 //     (out_slot, order m, grad_slot or -1, number of factors, factor slots f_0..f_3)
 //     out[out_slot] += coef * s^(m)(z_0) * grad[grad_slot] * prod_i z[f_i]
 // The derivative tower s^(m)(z_0), m = 0..M, comes from one or two base functions of z_0 that ATen evaluates
-// (vectorised) on each block:
+// (vectorised) over the whole value slot before the block loop, in one call each (per block, the dispatcher and
+// TensorIterator overhead of a 4096-element call cost several times its arithmetic):
 //     tanh, sigmoid: s^(m) = P_m(b), b = tanh(z_0) or sigmoid(z_0), P_m = row m of tower_coefs (lowest degree
 //                    first; tower_orders rows)
 //     silu:          s^(m) = z_0 P_m(b) + m P_{m-1}(b), b = sigmoid(z_0), P the sigmoid polynomials
@@ -20,7 +21,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/cos.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/sin.h>
 #include <ATen/ops/tanh.h>
@@ -98,14 +98,6 @@ bool slots_are_contiguous(const at::Tensor& t) {
   if (t.numel() == 0) return true;
   return (t.size(2) <= 1 || t.stride(2) == 1) && (t.size(1) <= 1 || t.stride(1) == t.size(2)) &&
          (t.size(0) <= 1 || t.stride(0) >= t.size(1) * t.size(2));
-}
-
-// An ATen tensor over `count` elements at `data` (no copy, no ownership): lets ATen's vectorised tanh/sin/...
-// write into a thread's block buffer.
-template <typename scalar_t>
-at::Tensor block_view(const scalar_t* data, int64_t count) {
-  return at::from_blob(const_cast<scalar_t*>(data), {count},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
 }
 
 // sum_{d < degree_count} coefs[d] b^d by Horner's rule, element-wise over `count` elements.
@@ -190,49 +182,38 @@ SOAP_KERNELS_INLINE void gelu_from_tanh_tower(const scalar_t* x, scalar_t* tower
 
 template <typename scalar_t>
 struct TowerBuffers {
-  std::vector<scalar_t> base, second, tower;  // second: cos(z_0) for sin/cos, b^2 for even/odd polynomials
-  TowerBuffers(int64_t orders, int64_t block) : base(block), second(block), tower(orders * block) {}
+  std::vector<scalar_t> square, tower;  // square: b^2 for even/odd polynomials
+  TowerBuffers(int64_t orders, int64_t block) : square(block), tower(orders * block) {}
 };
 
-// tower[m * block + e] = s^(m)(z0[e]) for m = 0..orders-1 over `count` elements. `given_base`, when not null, is
-// the tanh/sigmoid of z0 the forward already computed (its output's value slot), so it is not evaluated again.
+// The base functions of z_0 over a block: b = tanh(z_0), sigmoid(z_0) (also silu's) or tanh(u) (gelu's); for sin
+// and cos, b = sin(z_0) and cosine = cos(z_0).
+template <typename scalar_t>
+struct BaseBlock {
+  const scalar_t* b;
+  const scalar_t* cosine;  // sin and cos only
+};
+
+// tower[m * block + e] = s^(m)(z0[e]) for m = 0..orders-1 over `count` elements.
 template <typename scalar_t>
 SOAP_KERNELS_INLINE void fill_tower(TowerKind kind, const TowerPolynomials& polys, const scalar_t* z0,
-                                    const scalar_t* given_base, int64_t count, int64_t block,
+                                    BaseBlock<scalar_t> base, int64_t count, int64_t block,
                                     TowerBuffers<scalar_t>& buffers) {
   const int64_t orders = polys.orders();
-  const at::Tensor z_view = block_view(z0, count);
-  at::Tensor base = block_view(buffers.base.data(), count);
   scalar_t* tower = buffers.tower.data();
   if (kind == TowerKind::kSin || kind == TowerKind::kCos) {
-    at::sin_out(base, z_view);
-    at::Tensor cosine = block_view(buffers.second.data(), count);
-    at::cos_out(cosine, z_view);
     const int phase = kind == TowerKind::kSin ? 0 : 1;
     for (int64_t m = 0; m < orders; ++m) {
       const int quarter = static_cast<int>((m + phase) % 4);
-      const scalar_t* source = quarter % 2 == 0 ? buffers.base.data() : buffers.second.data();
+      const scalar_t* source = quarter % 2 == 0 ? base.b : base.cosine;
       const scalar_t sign = quarter >= 2 ? scalar_t(-1) : scalar_t(1);
       scalar_t* out = tower + m * block;
       for (int64_t e = 0; e < count; ++e) out[e] = sign * source[e];
     }
     return;
   }
-  const scalar_t* b = given_base;
-  if (b == nullptr) {
-    if (kind == TowerKind::kTanh) {
-      at::tanh_out(base, z_view);
-    } else if (kind == TowerKind::kGelu) {
-      scalar_t* u = buffers.base.data();
-      const auto c = static_cast<scalar_t>(kGeluC), a = static_cast<scalar_t>(kGeluA);
-      for (int64_t e = 0; e < count; ++e) u[e] = c * (z0[e] + a * z0[e] * z0[e] * z0[e]);
-      at::tanh_out(base, base);
-    } else {
-      at::sigmoid_out(base, z_view);
-    }
-    b = buffers.base.data();
-  }
-  scalar_t* square = buffers.second.data();
+  const scalar_t* b = base.b;
+  scalar_t* square = buffers.square.data();
   if (polys.needs_square) {
     for (int64_t e = 0; e < count; ++e) square[e] = b[e] * b[e];
   }
@@ -266,7 +247,8 @@ struct JetBlocks {
   const std::vector<Term>* program;
   const scalar_t* z;
   const scalar_t* grad;  // null in the forward
-  const scalar_t* base;  // null unless the forward's tanh/sigmoid of z_0 is given
+  const scalar_t* base;    // the base function of z_0 over the value slot: tanh, sigmoid, gelu's tanh(u) or sin
+  const scalar_t* cosine;  // cos(z_0) for sin and cos, else null
   scalar_t* out;
   int64_t elements, z_stride, grad_stride;
 };
@@ -279,7 +261,8 @@ SOAP_KERNELS_INLINE void run_blocks(const JetBlocks<scalar_t>& a, int64_t first_
   for (int64_t blk = first_block; blk < last_block; ++blk) {
     const int64_t offset = blk * block;
     const int64_t count = std::min(block, a.elements - offset);
-    fill_tower(a.kind, *a.polys, a.z + offset, a.base ? a.base + offset : nullptr, count, block, buffers);
+    const BaseBlock<scalar_t> base{a.base + offset, a.cosine ? a.cosine + offset : nullptr};
+    fill_tower(a.kind, *a.polys, a.z + offset, base, count, block, buffers);
     int64_t written_slot = -1;
     for (const Term& t : *a.program) {
       int num_operands = 0;
@@ -305,16 +288,54 @@ SOAP_KERNELS_CPU_CLONES void run_activation_blocks(const JetBlocks<double>& a, i
   run_blocks(a, first, last);
 }
 
+// The base functions of z_0 over the whole value slot z0 [N, F] (see BaseBlock), each by one vectorised, threaded
+// ATen call; `given` is the tanh or sigmoid of z_0 the caller already has (the forward's output value slot).
 template <typename scalar_t>
-void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at::Tensor* base, TowerKind kind,
+std::array<at::Tensor, 2> base_functions(const at::Tensor& z0, TowerKind kind, const at::Tensor* given) {
+  if (given != nullptr) return {*given, at::Tensor()};
+  at::Tensor b = cpu_cached_empty(z0.sizes(), z0.scalar_type());
+  switch (kind) {
+    case TowerKind::kTanh:
+      at::tanh_out(b, z0);
+      return {b, at::Tensor()};
+    case TowerKind::kSigmoid:
+    case TowerKind::kSilu:
+      at::sigmoid_out(b, z0);
+      return {b, at::Tensor()};
+    case TowerKind::kGelu: {
+      // u = c (x + a x^3), then tanh(u) in place
+      const scalar_t* x = z0.data_ptr<scalar_t>();
+      scalar_t* u = b.data_ptr<scalar_t>();
+      const auto c = static_cast<scalar_t>(kGeluC), a = static_cast<scalar_t>(kGeluA);
+      at::parallel_for(0, z0.numel(), kJetBlockElements, [&](int64_t first, int64_t last) {
+        for (int64_t e = first; e < last; ++e) u[e] = c * (x[e] + a * x[e] * x[e] * x[e]);
+      });
+      at::tanh_(b);
+      return {b, at::Tensor()};
+    }
+    case TowerKind::kSin:
+    case TowerKind::kCos: {
+      at::sin_out(b, z0);
+      at::Tensor cosine = cpu_cached_empty(z0.sizes(), z0.scalar_type());
+      at::cos_out(cosine, z0);
+      return {b, cosine};
+    }
+  }
+  TORCH_CHECK(false, "soap_kernels::jet_activation: unhandled activation kind");
+}
+
+template <typename scalar_t>
+void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at::Tensor* given_base, TowerKind kind,
                           const TowerPolynomials& polys, const std::vector<Term>& program, at::Tensor& out) {
   const int64_t elements = z.size(1) * z.size(2);  // per slot; blocks split it, whatever F is
+  const std::array<at::Tensor, 2> bases = base_functions<scalar_t>(z.select(0, 0), kind, given_base);
   const JetBlocks<scalar_t> blocks{kind,
                                    &polys,
                                    &program,
                                    z.data_ptr<scalar_t>(),
                                    grad ? grad->data_ptr<scalar_t>() : nullptr,
-                                   base ? base->data_ptr<scalar_t>() : nullptr,
+                                   bases[0].data_ptr<scalar_t>(),
+                                   bases[1].defined() ? bases[1].data_ptr<scalar_t>() : nullptr,
                                    out.data_ptr<scalar_t>(),
                                    elements,
                                    z.stride(0),
