@@ -5,6 +5,8 @@ rows); the elementwise rules run in soap_kernels::jet_activation (csrc/cpu/jet_a
 h_k = sum coef * s^(m)(z_0) * prod z_factors, or the adjoint g_z,j = sum coef * s^(m)(z_0) * g_k * prod z_factors,
 in one pass over blocks of every slot instead of one pass (and one fresh [N, F] tensor) per multiplication.
 The term programs are the JetPlan's, encoded as rows (out_slot, m, grad_slot or -1, #factors, f_0..f_3).
+Every large stack here (z, h, g_z, dL/dx) takes its memory from the C++ buffer cache (cached_empty), so the same
+stacks every step reuse freed memory instead of page-faulting fresh pages in.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def jet_dense_activation_backward_native(grad_h, z, x, weight, activation, layou
     rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(f_out, 1))
     if n <= rows:
         grad_z = activation_jet_native(z, activation, layout, grad=grad_h, value=value)
-        return linear_jet_backward(grad_z, x, weight, compute_grad_x, cached_empty(x, x.shape))
+        grad_x_out = cached_empty(x, x.shape) if compute_grad_x else None
+        return linear_jet_backward(grad_z, x, weight, compute_grad_x, grad_x_out)
     f_in = weight.shape[1]
     # accumulate dL/dW in the orientation whose GEMM has the wider left operand (weight_gradient's reason)
     transposed = f_in < f_out
