@@ -29,6 +29,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -223,7 +224,19 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed repetitions per provider")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--suite", default="residual", help="results file prefix")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="repeat the whole measurement in this many fresh Python processes, one after another, and save every "
+        "run (a process's heap history decides how many pages nested autograd faults per step)",
+    )
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        raise ValueError(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1:
+        _in_fresh_processes(args)
+        return
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     cases = []
@@ -260,6 +273,47 @@ def main(argv=None) -> None:
     }
     path = save_results(args.suite, payload, device)
     print(f"saved {path}")
+
+
+def _in_fresh_processes(args) -> None:
+    """Run this benchmark args.processes times, each in a new Python process, and save all runs plus, per case and
+    provider, the runs' medians and speedups."""
+    import json
+    import subprocess
+    import tempfile
+
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for run in range(args.processes):
+            child = [sys.executable, str(Path(__file__).resolve()), "--device", args.device]
+            child += ["--rounds", str(args.rounds), "--dtype", args.dtype, "--suite", str(Path(folder) / f"run{run}")]
+            child += ["--models", *args.models, "--problems", *args.problems, "--providers", *args.providers]
+            child += ["--sizes", *map(str, args.sizes)]
+            subprocess.run(child, check=True)
+            (path,) = Path(folder).glob(f"run{run}-*.json")
+            runs.append(json.loads(path.read_text()))
+    summary = {}
+    for case_runs in zip(*(run["cases"] for run in runs), strict=True):
+        first = case_runs[0]
+        key = f"{first['model']} {first['problem']} N={first['N']}"
+        summary[key] = {
+            provider: {
+                field: [case["providers"][provider].get(field) for case in case_runs]
+                for field in ("median_ms", "speedup_vs_nested_autograd", "minor_page_faults_median")
+            }
+            for provider, result in first["providers"].items()
+            if "median_ms" in result
+        }
+    for key, providers in summary.items():
+        for provider, fields in providers.items():
+            speeds = ", ".join(f"x{v:.2f}" for v in fields["speedup_vs_nested_autograd"] if v is not None)
+            print(f"{key} {provider:16s} medians {[round(v, 1) for v in fields['median_ms']]} ms  {speeds}")
+    payload = {
+        "description": f"{args.processes} runs, each in a fresh process: {runs[0]['description']}",
+        "summary": summary,
+        "runs": runs,
+    }
+    print(f"saved {save_results(args.suite, payload, torch.device(args.device))}")
 
 
 if __name__ == "__main__":

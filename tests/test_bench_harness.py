@@ -383,3 +383,22 @@ def test_gpu_train_report_dry_run_times_and_trains(tmp_path):
     timing = json.loads((out / "time-step-torch.json").read_text())
     assert timing and "wall_s_per_step" in json.dumps(timing)
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_residual_bench_repeats_in_fresh_processes_and_summarises(tmp_path):
+    """--processes 2 runs the case twice, each in a new process, and saves both runs and the per-run medians."""
+    from bench import residual
+
+    residual.main(
+        ["--device", "cpu", "--sizes", "16", "--rounds", "1", "--providers", "nested_autograd", "jets_torch"]
+        + ["--processes", "2", "--suite", str(tmp_path / "twice")]
+    )
+    (path,) = tmp_path.glob("twice-*.json")
+    document = json.loads(path.read_text())
+    assert len(document["runs"]) == 2
+    summary = document["summary"]["mlp allen_cahn N=16"]
+    assert set(summary) == {"nested_autograd", "jets_torch"}
+    for fields in summary.values():
+        assert len(fields["median_ms"]) == 2 and all(v > 0 for v in fields["median_ms"])
+        assert len(fields["minor_page_faults_median"]) == 2
+    assert summary["nested_autograd"]["speedup_vs_nested_autograd"] == [1.0, 1.0]
