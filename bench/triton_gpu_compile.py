@@ -3,7 +3,8 @@
 Triton compiles to PTX and cubin (its bundled ptxas) for any target; only loading and launching need a GPU.
 This script swaps Triton's active driver for one that reports a CUDA target (sm_80, sm_90) and turns every
 kernel launch into a compile-only warm-up, then calls the op launchers (rotated Adam, momentum carry, factor
-update, the jet layers forward and backward) on small CPU tensors with the block sizes they use on CUDA.
+update, the jet layers forward and backward, the jet product) on small CPU tensors with the block sizes they
+use on CUDA.
 It reports, per kernel and configuration, whether it compiled and the shared memory it needs against the
 architecture's per-block limit. It catches what the interpreter cannot: tl.dot shape and dtype rules,
 float64 tl.dot lowering, register/shared-memory overflows at compile time. It does not check results.
@@ -136,7 +137,9 @@ def soap_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]
 def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
     """Launches of the jet layer kernels, forward and backward, for the PDEs' layouts and every activation."""
     from soap_kernels.jets.plan import JetPlan
+    from soap_kernels.ops.jet_bilinear_triton import jet_bilinear_triton
     from soap_kernels.ops.jet_dense_triton import jet_dense_activation_backward_triton, jet_dense_activation_triton
+    from soap_kernels.ops.jet_product import product_program, transposed_program
 
     quick_layouts = ("allen_cahn", "kuramoto_sivashinsky")  # 4 and 6 slots: the most shared memory
     requests = {k: JET_REQUESTS[k] for k in quick_layouts} if quick else JET_REQUESTS
@@ -154,6 +157,14 @@ def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
                 jet_dense_activation_backward_triton(torch.ones_like(h), z, x, weight, activation, plan.key, True)
 
             cases[f"jet_dense {name} {activation}"] = forward_and_backward
+
+        def products(plan=plan, x=x):  # the Leibniz product (PirateNet's gates) and its two backward programs
+            terms, coefs = product_program(plan.key)
+            jet_bilinear_triton(x, x, plan.num_slots, terms, coefs)
+            for wrt in (0, 1):
+                jet_bilinear_triton(x, x, plan.num_slots, *transposed_program(terms, coefs, wrt))
+
+        cases[f"jet_bilinear {name}"] = products
     return cases
 
 

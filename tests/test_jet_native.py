@@ -21,7 +21,7 @@ from soap_kernels.ops.jet_dense_native import (
     activation_jet_native,
     native_jet_supported,
 )
-from soap_kernels.ops.jet_product import _product_program, jet_product
+from soap_kernels.ops.jet_product import jet_product, product_program
 
 pytestmark = pytest.mark.skipif(not has_native_cpu(), reason="soap_kernels._C is not built")
 
@@ -183,7 +183,7 @@ def test_leibniz_product_gradcheck_gradgradcheck_and_opcheck():
     y = torch.randn(layout.num_slots, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: jet_product(a, b, layout.key), (x, y))
     assert torch.autograd.gradgradcheck(lambda a, b: jet_product(a, b, layout.key), (x, y))
-    terms, coefs = _product_program(layout.key)
+    terms, coefs = product_program(layout.key)
     torch.library.opcheck(torch.ops.soap_kernels.jet_bilinear.default, (x, y, layout.num_slots, terms, coefs))
 
 

@@ -75,10 +75,10 @@ class Jet:
     def __mul__(self, other: Jet | torch.Tensor | float) -> Jet:
         """Jet * jet is the Leibniz product; jet * constant (a parameter, not a field) scales every slot."""
         if isinstance(other, Jet):
-            if self.kernels == "native":
-                from soap_kernels.ops.jet_product import jet_product, native_product_supported
+            if self.kernels != "torch":
+                from soap_kernels.ops.jet_product import jet_product, product_supported
 
-                if native_product_supported(self.stack, other.stack):
+                if product_supported(self.stack, other.stack, self.kernels):
                     return self._like(jet_product(self.stack, other.stack, self.plan.key))
             return self._like(product_jet_ref(self.stack, other.stack, self.plan))
         return self.scale(other)

@@ -1,4 +1,5 @@
-"""The Leibniz product of two jets by the C++ CPU kernel soap_kernels::jet_bilinear, differentiable to any order.
+"""The Leibniz product of two jets by the op soap_kernels::jet_bilinear, differentiable to any order: its C++
+kernel on CPU stacks, its Triton kernel (ops/jet_bilinear_triton.py) on CUDA stacks.
 
 jet_bilinear computes out[s] = sum over terms (s, i, j) of coef * a[i] * b[j] for stacks a [Ka, N, F] and
 b [Kb, N, F] (csrc/cpu/jet_bilinear.cpp), in one pass over blocks of every slot. For a layout's product program
@@ -22,6 +23,7 @@ import torch
 
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.plan import JetPlan
+from soap_kernels.ops.jet_bilinear_triton import cuda_kernel_registered
 from soap_kernels.ops.jet_dense_native import native_stack_supported
 
 _OP_NAME = "soap_kernels::jet_bilinear"
@@ -32,8 +34,19 @@ def native_product_supported(x: torch.Tensor, y: torch.Tensor) -> bool:
     return x.shape == y.shape and x.dtype == y.dtype and native_stack_supported(x) and native_stack_supported(y)
 
 
+def product_supported(x: torch.Tensor, y: torch.Tensor, kernels: str) -> bool:
+    """Whether jet_product runs these stacks on the given layer kernels: "native" on CPU stacks (C++), "triton"
+    on CUDA stacks (ops/jet_bilinear_triton.py, the op's CUDA kernel); otherwise the torch reference does."""
+    if kernels == "native":
+        return native_product_supported(x, y)
+    if kernels != "triton" or not (x.is_cuda and y.device == x.device):
+        return False
+    same = x.shape == y.shape and x.dtype == y.dtype
+    return same and x.dtype in (torch.float32, torch.float64) and cuda_kernel_registered()
+
+
 @functools.cache
-def _product_program(layout: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def product_program(layout: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The layout's Leibniz program as (out, a, b) triples, flattened, and their coefficients."""
     plan = JetPlan.from_key(layout)
     terms = [(k, a, b, coef) for k, slot_terms in enumerate(plan.product_terms) for coef, a, b in slot_terms]
@@ -41,7 +54,7 @@ def _product_program(layout: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
 
 @functools.cache
-def _transposed(terms: tuple[int, ...], coefs: tuple[float, ...], wrt: int) -> tuple[list[int], list[float]]:
+def transposed_program(terms: tuple[int, ...], coefs: tuple[float, ...], wrt: int) -> tuple[list[int], list[float]]:
     """The program of d out / d a (wrt 0) or d out / d b (wrt 1): (s, i, j) becomes (i, s, j) or (j, s, i),
     sorted by the new output slot as jet_bilinear requires."""
     triples = [(terms[3 * t : 3 * t + 3], coef) for t, coef in enumerate(coefs)]
@@ -57,7 +70,7 @@ def jet_product(x: torch.Tensor, y: torch.Tensor, layout: str) -> torch.Tensor:
             f"jet_product: stacks of shapes {tuple(x.shape)} and {tuple(y.shape)} for a layout of "
             f"{plan.num_slots} slots"
         )
-    terms, coefs = _product_program(layout)
+    terms, coefs = product_program(layout)
     return torch.ops.soap_kernels.jet_bilinear(x.contiguous(), y.contiguous(), plan.num_slots, terms, coefs)
 
 
@@ -75,7 +88,7 @@ def _backward(ctx, grad):
     grads = [None, None]
     for wrt, other in ((0, b), (1, a)):
         if ctx.needs_input_grad[wrt]:
-            terms, coefs = _transposed(*ctx.program, wrt)
+            terms, coefs = transposed_program(*ctx.program, wrt)
             grads[wrt] = torch.ops.soap_kernels.jet_bilinear(grad, other, ctx.slots[wrt], terms, coefs)
     return grads[0], grads[1], None, None, None
 
@@ -90,6 +103,8 @@ def _register() -> None:
         return a.new_empty((num_slots, *a.shape[1:]))
 
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
+    # the CUDA kernel (Triton) too, now rather than on first use, which may be inside torch.compile's tracing
+    cuda_kernel_registered()
 
 
 _register()

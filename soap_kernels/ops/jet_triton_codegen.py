@@ -19,7 +19,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
 
-def _constant(value: float, dtype: str) -> str:
+def float_literal(value: float, dtype: str) -> str:
     """A literal at full precision: Triton rounds Python floats to float32, so wrap inexact ones."""
     if float(value).is_integer() or value * 1024 == int(value * 1024):
         return repr(float(value))
@@ -27,9 +27,9 @@ def _constant(value: float, dtype: str) -> str:
 
 
 def _horner(coefficients: tuple[float, ...], t: str, dtype: str) -> str:
-    expression = _constant(coefficients[-1], dtype)
+    expression = float_literal(coefficients[-1], dtype)
     for c in reversed(coefficients[:-1]):
-        expression = f"({expression}) * {t}" + (f" + {_constant(c, dtype)}" if c else "")
+        expression = f"({expression}) * {t}" + (f" + {float_literal(c, dtype)}" if c else "")
     return expression
 
 
@@ -72,8 +72,8 @@ def tower_lines(activation: str, z: str, order: int, dtype: str) -> list[str]:
         lines.append(f"d0 = {z} * sg0")
         return lines + [f"d{k} = {z} * sg{k} + {float(k)} * sg{k - 1}" for k in range(1, order + 1)]
     # gelu (tanh approximation): 0.5 z (1 + tanh(u)), u = c (z + a z^3)
-    c, a = _constant(_GELU_C, dtype), _constant(_GELU_A, dtype)
-    ca6 = _constant(6 * _GELU_C * _GELU_A, dtype)
+    c, a = float_literal(_GELU_C, dtype), float_literal(_GELU_A, dtype)
+    ca6 = float_literal(6 * _GELU_C * _GELU_A, dtype)
     lines = [
         f"u0 = {c} * ({z} + {a} * {z} * {z} * {z})",
         f"u1 = {c} * (1.0 + 3.0 * {a} * {z} * {z})",
