@@ -100,6 +100,22 @@ def test_lowering_the_limit_frees_blocks_beyond_it(restore_limit):
     assert stats["cached_bytes"] == 3 * MIB  # the largest block went first
 
 
+def test_a_block_that_does_not_fit_evicts_the_longest_unused(restore_limit):
+    """After a change of sizes, the old sizes' blocks make room for the new ones instead of pinning the limit."""
+    cpu_buffer_cache.clear()
+    cpu_buffer_cache.set_limit(4 * MIB)
+    old = [cached_empty(LIKE, (MIB // 4 * 3 // 2,)) for _ in range(2)]  # two 1.5 MiB blocks
+    del old
+    assert cpu_buffer_cache.stats()["cached_bytes"] == 3 * MIB
+    new = cached_empty(LIKE, (MIB // 4 * 3,))  # 3 MiB: no kept block fits it
+    address = new.data_ptr()
+    del new  # 3 + 3 MiB > 4 MiB, and 1.5 + 3 MiB still: both old blocks go, the new one is kept
+    stats = cpu_buffer_cache.stats()
+    assert stats["cached_bytes"] == 3 * MIB and stats["cached_blocks"] == 1
+    again = cached_empty(LIKE, (MIB // 4 * 3,))
+    assert again.data_ptr() == address
+
+
 def test_bad_limits_raise():
     with pytest.raises(ValueError, match="-1"):
         cpu_buffer_cache.set_limit(-1)
@@ -159,6 +175,23 @@ def test_jet_linear_matches_the_reference_with_cached_stacks(bias):
     reference = torch.autograd.grad(expected, [x, w] + ([b] if bias else []), grad)
     for a, r in zip(ours, reference):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_jet_linear_backward_can_be_recorded_with_create_graph():
+    """A backward recorded for a second one (create_graph=True) computes the same gradients (the cached out=
+    GEMM has no autograd formula, so that path takes plain matmul)."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 2001, 65, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 65, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, 2001, 3, dtype=torch.float64)
+    recorded = torch.autograd.grad(jet_linear(x, w, None), [x, w], grad, create_graph=True)
+    plain = torch.autograd.grad(jet_linear(x, w, None), [x, w], grad)
+    for a, b in zip(recorded, plain):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    # dL/dx = g W, so d/dW ||g W||^2 = 2 g^T g W: the recorded graph differentiates again
+    second = torch.autograd.grad(recorded[0].square().sum(), w)[0]
+    g = grad.reshape(-1, 3)
+    torch.testing.assert_close(second, 2 * g.t() @ g @ w.detach(), rtol=1e-10, atol=1e-10)
 
 
 def test_jet_linear_opcheck_and_bad_input():

@@ -7,10 +7,13 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
-#include <string>
 
 namespace soap_kernels {
 namespace {
@@ -24,8 +27,10 @@ int64_t limit_from_environment() {
   const char* text = std::getenv("SOAP_KERNELS_CPU_CACHE_MB");
   if (text == nullptr || *text == '\0') return kDefaultLimitMiB << 20;
   char* end = nullptr;
+  errno = 0;
   const long long mib = std::strtoll(text, &end, 10);
-  TORCH_CHECK(end != text && *end == '\0' && mib >= 0,
+  TORCH_CHECK(end != text && *end == '\0' && errno == 0 && mib >= 0 &&
+                  mib <= (std::numeric_limits<int64_t>::max() >> 20),
               "SOAP_KERNELS_CPU_CACHE_MB must be a non-negative integer (MiB kept for reuse; 0 turns the jet "
               "kernels' CPU buffer cache off), got '", text, "'");
   return static_cast<int64_t>(mib) << 20;
@@ -36,6 +41,10 @@ class CpuBufferCache final : public c10::Allocator {
     void* data;
     size_t size;
   };
+  struct Kept {
+    void* data;
+    uint64_t last_freed;  // a counter: the smallest is the block kept longest without reuse
+  };
 
  public:
   CpuBufferCache() : limit_bytes_(limit_from_environment()) {}
@@ -43,11 +52,13 @@ class CpuBufferCache final : public c10::Allocator {
   c10::DataPtr allocate(size_t nbytes) override {
     if (nbytes < kCachedBytesMin) return c10::GetCPUAllocator()->allocate(nbytes);
     const size_t size = (nbytes + kPageBytes - 1) / kPageBytes * kPageBytes;
-    Block kept = take(size);
-    if (kept.data == nullptr) {
-      kept = {c10::alloc_cpu(size), size};  // throws c10::OutOfMemoryError when the machine has none left
+    auto block = std::make_unique<Block>();  // before taking memory, so a failure here leaks nothing
+    *block = take(size);
+    if (block->data == nullptr) {
+      *block = {c10::alloc_cpu(size), size};  // throws c10::OutOfMemoryError when the machine has none left
     }
-    return {kept.data, new Block(kept), &CpuBufferCache::release, c10::Device(c10::DeviceType::CPU)};
+    void* data = block->data;
+    return {data, block.release(), &CpuBufferCache::release, c10::Device(c10::DeviceType::CPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -63,18 +74,12 @@ class CpuBufferCache final : public c10::Allocator {
     TORCH_CHECK(bytes >= 0, "soap_kernels: the CPU buffer cache limit must be >= 0 bytes, got ", bytes);
     std::lock_guard<std::mutex> lock(mutex_);
     limit_bytes_ = bytes;
-    // drop the largest kept blocks first until the rest fits
-    while (cached_bytes_ > limit_bytes_ && !free_blocks_.empty()) {
-      auto largest = std::prev(free_blocks_.end());
-      cached_bytes_ -= static_cast<int64_t>(largest->first);
-      c10::free_cpu(largest->second);
-      free_blocks_.erase(largest);
-    }
+    evict_until_fits(0);
   }
 
   void clear() {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [size, data] : free_blocks_) c10::free_cpu(data);
+    for (auto& [size, kept] : free_blocks_) c10::free_cpu(kept.data);
     free_blocks_.clear();
     cached_bytes_ = 0;
   }
@@ -90,19 +95,39 @@ class CpuBufferCache final : public c10::Allocator {
       return {nullptr, 0};
     }
     ++hits_;
-    const Block kept{it->second, it->first};
+    const Block kept{it->second.data, it->first};
     cached_bytes_ -= static_cast<int64_t>(it->first);
     free_blocks_.erase(it);
     return kept;
   }
 
-  void give_back(Block* block) {
+  // Frees kept blocks, longest unused first, until `incoming` more bytes fit under the limit: after a change of
+  // shapes the blocks of the old sizes make room for the new ones instead of pinning the limit for good.
+  void evict_until_fits(int64_t incoming) {
+    while (!free_blocks_.empty() && cached_bytes_ + incoming > limit_bytes_) {
+      auto oldest = free_blocks_.begin();
+      for (auto it = free_blocks_.begin(); it != free_blocks_.end(); ++it) {
+        if (it->second.last_freed < oldest->second.last_freed) oldest = it;
+      }
+      cached_bytes_ -= static_cast<int64_t>(oldest->first);
+      c10::free_cpu(oldest->second.data);
+      free_blocks_.erase(oldest);
+    }
+  }
+
+  // Runs in a DataPtr deleter (noexcept): never throws; a block that cannot be kept is freed.
+  void give_back(Block* block) noexcept {
+    const auto size = static_cast<int64_t>(block->size);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (cached_bytes_ + static_cast<int64_t>(block->size) <= limit_bytes_) {
-        free_blocks_.emplace(block->size, block->data);
-        cached_bytes_ += static_cast<int64_t>(block->size);
-        block->data = nullptr;
+      if (size <= limit_bytes_) {
+        evict_until_fits(size);
+        try {
+          free_blocks_.emplace(block->size, Kept{block->data, ++free_count_});
+          cached_bytes_ += size;
+          block->data = nullptr;
+        } catch (...) {  // no memory for the map node: free the block below instead
+        }
       }
     }
     if (block->data != nullptr) c10::free_cpu(block->data);
@@ -112,11 +137,12 @@ class CpuBufferCache final : public c10::Allocator {
   static void release(void* context);
 
   std::mutex mutex_;
-  std::multimap<size_t, void*> free_blocks_;
+  std::multimap<size_t, Kept> free_blocks_;
   int64_t limit_bytes_;
   int64_t cached_bytes_ = 0;
   int64_t hits_ = 0;
   int64_t misses_ = 0;
+  uint64_t free_count_ = 0;
 };
 
 // Never destroyed: tensors can die after static destructors have run (at interpreter exit).

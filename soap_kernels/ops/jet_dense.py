@@ -206,7 +206,9 @@ def _linear_backward(ctx, grad_z):
     x, weight = ctx.saved_tensors
     needs_x, needs_weight, needs_bias = ctx.needs_input_grad
     grad_z = grad_z.contiguous()
-    grad_x_out = cached_empty(x, x.shape) if needs_x and native_stack_supported(x) else None
+    # out= has no autograd formula: when this backward is itself recorded (create_graph), plain matmul instead
+    cached = needs_x and native_stack_supported(x) and not torch.is_grad_enabled()
+    grad_x_out = cached_empty(x, x.shape) if cached else None
     grad_x, grad_weight, grad_bias = linear_jet_backward(grad_z, x, weight, needs_x, grad_x_out)
     return (
         grad_x if needs_x else None,

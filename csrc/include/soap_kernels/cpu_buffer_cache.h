@@ -4,8 +4,11 @@
 // glibc serves such sizes from fresh mmap'd or top-of-heap pages and returns them to the kernel when they are
 // freed, so every step page-faults (and the kernel zeroes) each of them again: about 0.4 us per 4 KiB page on the
 // 2-core test VM, 10% of an MLP 4x256 jet step. Like torch's CUDA caching allocator, this one keeps freed blocks
-// of at least kCachedBytesMin bytes, up to a byte limit (SOAP_KERNELS_CPU_CACHE_MB, default 1024), and hands them
-// out again for requests of the same size (up to 1/8 larger). Smaller requests go to torch's CPU allocator.
+// of at least 1 MiB, up to a byte limit (SOAP_KERNELS_CPU_CACHE_MB, default 1024; the blocks unused longest are
+// freed to make room), and hands them out again for requests of the same size (up to 1/8 larger). Smaller
+// requests go to torch's CPU allocator. Not fork-aware: a child forked while another thread holds the cache's
+// lock would block on it (torch's own allocators share that caveat). Blocks come from c10::alloc_cpu directly,
+// so torch's memory profiler does not see them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
