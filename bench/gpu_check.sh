@@ -11,7 +11,8 @@
 # SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 450: the
 # whole check stays inside 8 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
 # train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-k cuda": the
-# cuda-marked tests and the device-parametrised ones on cuda), SOAP_KERNELS_CUDA_ARCHS (default:
+# cuda-marked tests, which on a GPU include every test of a Triton kernel (tests/conftest.py marks the users of
+# the triton_device fixture), and the device-parametrised ones on cuda), SOAP_KERNELS_CUDA_ARCHS (default:
 # this GPU's, e.g. 90a on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
 # which the GPU machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
 set -u -o pipefail
