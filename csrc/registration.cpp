@@ -60,4 +60,6 @@ PYBIND11_MODULE(_C, module) {
              "Frees every block the CPU buffer cache keeps.");
   module.def("cpu_buffer_cache_set_limit", &soap_kernels::cpu_buffer_cache_set_limit, pybind11::arg("bytes"),
              "Sets how many bytes of freed blocks the CPU buffer cache keeps (0: none).");
+  module.def("cpu_buffer_cache_set_debug_fill", &soap_kernels::cpu_buffer_cache_set_debug_fill,
+             pybind11::arg("enabled"), "Fills every tensor the cache hands out with NaN bytes (debugging).");
 }

@@ -41,3 +41,11 @@ def set_limit(limit_bytes: int) -> None:
     if limit_bytes < 0:
         raise ValueError(f"set_limit: limit_bytes must be >= 0, got {limit_bytes}")
     _extension().cpu_buffer_cache_set_limit(limit_bytes)
+
+
+def set_debug_fill(enabled: bool) -> None:
+    """Debugging: fill every tensor the cache hands out with 0xFF bytes (NaN in float32 and float64), so an
+    element a kernel leaves unwritten shows up as NaN instead of a stale value."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_debug_fill: enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
+    _extension().cpu_buffer_cache_set_debug_fill(enabled)

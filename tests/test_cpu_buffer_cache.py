@@ -116,6 +116,47 @@ def test_a_block_that_does_not_fit_evicts_the_longest_unused(restore_limit):
     assert again.data_ptr() == address
 
 
+@pytest.fixture
+def debug_fill():
+    cpu_buffer_cache.set_debug_fill(True)
+    yield
+    cpu_buffer_cache.set_debug_fill(False)
+
+
+def test_debug_fill_makes_uninitialised_memory_nan(debug_fill):
+    for shape in [(5, 7), LARGE]:  # torch's allocator below 1 MiB, the cache above
+        for dtype in (torch.float32, torch.float64):
+            assert cached_empty(torch.zeros(1, dtype=dtype), shape).isnan().all()
+    with pytest.raises(TypeError, match="int"):
+        cpu_buffer_cache.set_debug_fill(1)
+
+
+@pytest.mark.parametrize(
+    "model_name, activation",
+    [("mlp", "tanh"), ("mlp", "sin"), ("mlp", "gelu"), ("piratenet", "tanh")],
+)
+@pytest.mark.parametrize("n", [257, 3001])  # 3001 rows: the backward runs in chunks of 2730 (F = 96)
+def test_native_jets_write_every_element_of_their_cached_stacks(debug_fill, model_name, activation, n):
+    """With every cached tensor born NaN, the C++ jets' values and gradients equal the torch reference's: no
+    kernel leaves an element of its output unwritten."""
+    torch.manual_seed(4)
+    if model_name == "mlp":
+        model = snn.MLP(2, 1, 96, 3, activation).double()
+    else:
+        model = snn.PirateNet(2, 1, 96, 2, activation, rwf=(1.0, 0.1), alpha_init=0.5).double()
+    x = torch.rand(n, 2, dtype=torch.float64)
+    results = {}
+    for backend in ("torch", "auto"):
+        model.zero_grad(set_to_none=True)
+        d = soap_kernels.jet(model, x, [(0,), (1, 1)], laplacian_axes=[0, 1], backend=backend)
+        loss = sum(v.square().mean() for v in d.values())
+        loss.backward()
+        results[backend] = [d[key].detach() for key in sorted(d, key=str)] + [p.grad for p in model.parameters()]
+    for ours, reference in zip(results["auto"], results["torch"], strict=True):
+        assert not ours.isnan().any()
+        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-11)
+
+
 def test_bad_limits_raise():
     with pytest.raises(ValueError, match="-1"):
         cpu_buffer_cache.set_limit(-1)

@@ -7,7 +7,9 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -50,7 +52,11 @@ class CpuBufferCache final : public c10::Allocator {
   CpuBufferCache() : limit_bytes_(limit_from_environment()) {}
 
   c10::DataPtr allocate(size_t nbytes) override {
-    if (nbytes < kCachedBytesMin) return c10::GetCPUAllocator()->allocate(nbytes);
+    if (nbytes < kCachedBytesMin) {
+      c10::DataPtr small = c10::GetCPUAllocator()->allocate(nbytes);
+      if (debug_fill_.load(std::memory_order_relaxed) && nbytes > 0) std::memset(small.get(), 0xFF, nbytes);
+      return small;
+    }
     const size_t size = (nbytes + kPageBytes - 1) / kPageBytes * kPageBytes;
     auto block = std::make_unique<Block>();  // before taking memory, so a failure here leaks nothing
     *block = take(size);
@@ -58,8 +64,11 @@ class CpuBufferCache final : public c10::Allocator {
       *block = {c10::alloc_cpu(size), size};  // throws c10::OutOfMemoryError when the machine has none left
     }
     void* data = block->data;
+    if (debug_fill_.load(std::memory_order_relaxed)) std::memset(data, 0xFF, size);
     return {data, block.release(), &CpuBufferCache::release, c10::Device(c10::DeviceType::CPU)};
   }
+
+  void set_debug_fill(bool enabled) { debug_fill_.store(enabled, std::memory_order_relaxed); }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -143,6 +152,7 @@ class CpuBufferCache final : public c10::Allocator {
   int64_t hits_ = 0;
   int64_t misses_ = 0;
   uint64_t free_count_ = 0;
+  std::atomic<bool> debug_fill_{false};
 };
 
 // Never destroyed: tensors can die after static destructors have run (at interpreter exit).
@@ -169,6 +179,8 @@ CpuBufferCacheStats cpu_buffer_cache_stats() { return cache().stats(); }
 void cpu_buffer_cache_clear() { cache().clear(); }
 
 void cpu_buffer_cache_set_limit(int64_t bytes) { cache().set_limit(bytes); }
+
+void cpu_buffer_cache_set_debug_fill(bool enabled) { cache().set_debug_fill(enabled); }
 
 TORCH_LIBRARY_IMPL(soap_kernels, CPU, m) { m.impl("cached_empty", &cached_empty_cpu); }
 

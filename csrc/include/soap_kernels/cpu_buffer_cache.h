@@ -33,5 +33,8 @@ CpuBufferCacheStats cpu_buffer_cache_stats();
 void cpu_buffer_cache_clear();
 // Sets the byte limit (0 turns caching off) and frees kept blocks beyond it.
 void cpu_buffer_cache_set_limit(int64_t bytes);
+// Debugging: when on, every tensor cpu_cached_empty returns is filled with 0xFF bytes (NaN in float32 and
+// float64), so an element a kernel leaves unwritten shows up as NaN.
+void cpu_buffer_cache_set_debug_fill(bool enabled);
 
 }  // namespace soap_kernels
