@@ -66,8 +66,8 @@ def _worker(rank: int, world: int, out: str) -> None:
     adam: train to STOP (checkpoint), copy that run folder to adam-at-stop/, train on to STEPS;
     soap with shard_refresh: each rank saves its final parameters;
     a NaN residual on rank 1 only at step NAN_STEP: each rank writes the error it gets;
-    a stalled, then dead rank: rank 1 stops after 2 steps, sleeps past the 5 s timeout and exits; rank 0
-    writes the error it gets."""
+    a stalled rank: rank 1 stops after 2 steps and waits (past the 3 s timeout) until rank 0 has written the error
+    it gets."""
     torch.set_num_threads(1)
     out = Path(out)
     _init(rank, world, out / "store-1", 60)
@@ -99,8 +99,13 @@ def _worker(rank: int, world: int, out: str) -> None:
     trainer = Trainer(tiny_config(), out / "dying", progress=False)
     if rank == 1:
         trainer.run(stop_after=2)
-        time.sleep(STALL_TIMEOUT_S + 1)
-        return  # rank 1 stalls after step 2, then leaves; rank 0 trains on
+        # rank 1 stalls after step 2 and leaves only once rank 0 has reported (or after a guard far above the
+        # timeout): leaving after a fixed sleep raced rank 0's timeout on a loaded machine, and a peer that closed
+        # its connection first made gloo abort rank 0 (SIGABRT) instead of raising the timeout
+        give_up = time.monotonic() + 120
+        while not (out / "dying.json").exists() and time.monotonic() < give_up:
+            time.sleep(0.1)
+        return
     try:
         trainer.run()
         message = "no error"
