@@ -17,6 +17,7 @@ the elementwise work and on memory: jets_native takes its large stacks from the 
 (torch_func does) spares the next ones some faults: compare the goal case with the two providers alone.
 
     python bench/residual.py --providers nested_autograd jets_native   # the CPU goal case: MLP 4x256, N=4096
+    python bench/residual.py --providers nested_autograd jets_native --rounds 20 --processes 6   # as recorded
     python bench/residual.py --sizes 2048 8192 32768 --models mlp piratenet --problems allen_cahn laplacian
 """
 
