@@ -66,10 +66,29 @@ class Jet:
         """Feature-wise concatenation."""
         return jets[0]._like(torch.cat([j.stack for j in jets], dim=-1))
 
+    def _cached_arithmetic(self, *stacks: torch.Tensor) -> bool:
+        """Whether slot-wise arithmetic runs as the ops of ops/jet_arithmetic.py (outputs from the CPU buffer
+        cache): on the "native" kernels, for CPU stacks of one shape the C++ kernels take."""
+        if self.kernels != "native":
+            return False
+        from soap_kernels.ops.jet_dense_native import native_stack_supported
+
+        return all(s.shape == self.stack.shape and s.dtype == self.stack.dtype for s in stacks) and all(
+            native_stack_supported(s) for s in (self.stack, *stacks)
+        )
+
     def __add__(self, other: Jet) -> Jet:
+        if self._cached_arithmetic(other.stack):
+            from soap_kernels.ops.jet_arithmetic import jet_add
+
+            return self._like(jet_add(self.stack, other.stack, 1.0))
         return self._like(self.stack + other.stack)
 
     def __sub__(self, other: Jet) -> Jet:
+        if self._cached_arithmetic(other.stack):
+            from soap_kernels.ops.jet_arithmetic import jet_add
+
+            return self._like(jet_add(self.stack, other.stack, -1.0))
         return self._like(self.stack - other.stack)
 
     def __mul__(self, other: Jet | torch.Tensor | float) -> Jet:
@@ -86,6 +105,10 @@ class Jet:
     def scale(self, factor: torch.Tensor | float) -> Jet:
         """Every slot times a constant (a parameter, not a field). `jet * tensor` does the same, but under
         torch.compile Dynamo takes a `*` with a tensor operand for a tensor op, so compiled code calls this."""
+        if isinstance(factor, torch.Tensor) and factor.numel() == 1 and self._cached_arithmetic():
+            from soap_kernels.ops.jet_arithmetic import jet_scale
+
+            return self._like(jet_scale(self.stack, factor))
         return self._like(self.stack * factor)
 
     __rmul__ = __mul__
