@@ -11,8 +11,8 @@
 # SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 450: the
 # whole check stays inside 8 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
 # train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-k cuda": the
-# cuda-marked tests, which on a GPU include every test of a Triton kernel (tests/conftest.py marks the users of
-# the triton_device fixture), and the device-parametrised ones on cuda), SOAP_KERNELS_CUDA_ARCHS (default:
+# cuda-marked tests and the device-parametrised ones on cuda; the tests of the Triton kernels, which
+# tests/conftest.py marks triton_kernel on a GPU, run in their own step after them), SOAP_KERNELS_CUDA_ARCHS (default:
 # this GPU's, e.g. 90a on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
 # which the GPU machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
 set -u -o pipefail
@@ -204,8 +204,17 @@ keep_file_budget() {  # the device tool brings back at most 8 files: pack surplu
   fi
 }
 
-export -f remaining_s check_environment install_wheels build build_resolves build_info gpu_tests run_suite \
-  summarize keep_file_budget
+gpu_triton_tests() {
+  # every test of a Triton kernel (the users of the triton_device fixture) on the GPU; Triton compiles each
+  # kernel variant on first use, so the slowest are listed for the next check's time limits
+  "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m triton_kernel --durations=10 tests
+  local rc=$?
+  ((rc == 5)) && { echo "WARNING: no test marked triton_kernel (no CUDA?)"; return 0; }
+  return $rc
+}
+
+export -f remaining_s check_environment install_wheels build build_resolves build_info gpu_tests \
+  gpu_triton_tests run_suite summarize keep_file_budget
 
 main() {
   echo "soap-kernels GPU check: results in $OUT"
@@ -213,7 +222,7 @@ main() {
   stale=$(find "$OUT" -maxdepth 1 -type f ! -name gpu_check.log | wc -l)
   ((stale > 0)) && echo "WARNING: $OUT already holds $stale file(s); their JSON results join the summary"
   if ! step env 60 check_environment; then
-    for name in build info tests $SUITES; do skip "$name" "the environment check failed"; done
+    for name in build info tests triton $SUITES; do skip "$name" "the environment check failed"; done
   else
     if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
       step wheels 60 install_wheels && export PYTHONPATH="/tmp/soap_kernels_wheels${PYTHONPATH:+:$PYTHONPATH}"
@@ -222,6 +231,7 @@ main() {
       step build 60 build_resolves
       step info 60 build_info
       step tests 30 "$PYTHON" -m pytest --version
+      step triton 30 "$PYTHON" -m pytest --markers
       # shellcheck disable=SC2086  # SUITES is a list of words
       step suites 60 "$PYTHON" -m bench --dry-run $SUITES
       step ceilings 60 run_suite ceilings
@@ -230,6 +240,7 @@ main() {
       step build 300 build
       step info 60 build_info
       step tests 150 gpu_tests
+      step triton 100 gpu_triton_tests
       for suite in $SUITES; do step "$suite" 150 run_suite "$suite"; done
       # where a training step's time goes (printed to the log only: no files)
       step trace 90 "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12

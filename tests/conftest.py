@@ -12,13 +12,13 @@ from soap_kernels._backend import triton_available
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest's -k deselection, which then sees the markers added here
+@pytest.hookimpl(tryfirst=True)  # before pytest's -k/-m deselection, which then sees the markers added here
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if torch.cuda.is_available() and "triton_device" in getattr(item, "fixturenames", ()):
-            # the Triton kernels' tests run on the GPU there: bench/gpu_check.sh's `-k cuda` selects them
-            item.add_marker(pytest.mark.cuda)
+            # the Triton kernels' tests run on the GPU there: bench/gpu_check.sh's triton step selects them
+            item.add_marker(pytest.mark.triton_kernel)
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
 

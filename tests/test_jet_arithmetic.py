@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from soap_kernels import cpu_buffer_cache
 from soap_kernels._native import has_native_cpu
 from soap_kernels.ops.jet_arithmetic import jet_add, jet_scale
 
@@ -41,6 +42,35 @@ def test_jet_scale_matches_torch_with_gradients(shape, factor_shape):
     for a, b in zip(ours, reference, strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True)], ids=["x only", "factor only"])
+def test_jet_scale_gradient_of_one_input(needs):
+    torch.manual_seed(5)
+    x = torch.randn(SHAPES[0], dtype=torch.float64, requires_grad=needs[0])
+    factor = torch.tensor([0.3], dtype=torch.float64, requires_grad=needs[1])
+    wanted = [t for t, need in zip((x, factor), needs, strict=True) if need]
+    g = torch.randn(SHAPES[0], dtype=torch.float64)
+    ours = torch.autograd.grad(jet_scale(x, factor), wanted, g)
+    reference = torch.autograd.grad(x * factor, wanted, g)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_results_and_gradients_come_from_the_cache():
+    torch.manual_seed(6)
+    shape = (4, 2001, 65)  # 2 MB of float32: above the cache's 1 MiB
+    x = torch.randn(shape, requires_grad=True)
+    y = torch.randn(shape, requires_grad=True)
+    factor = torch.tensor([0.3], requires_grad=True)
+    hits = cpu_buffer_cache.stats()["hits"] + cpu_buffer_cache.stats()["misses"]
+    out = jet_scale(jet_add(x, y, -1.0), factor)
+    expected = (x - y) * factor
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, [x, y, factor], g), torch.autograd.grad(expected, [x, y, factor], g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    stats = cpu_buffer_cache.stats()
+    assert stats["hits"] + stats["misses"] >= hits + 4  # two outputs, two cached gradients (y's and x's)
 
 
 def test_backward_can_be_recorded_with_create_graph():

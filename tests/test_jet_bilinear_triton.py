@@ -54,11 +54,22 @@ def test_product_and_both_backward_programs_match_the_reference(device, layout, 
             torch.testing.assert_close(ours, expected, **tolerance, msg=f"wrt {wrt} N={n} F={f}")
 
 
-def test_unwritten_slots_are_zero_and_empty_stacks_launch_nothing(device):
+def test_unwritten_slots_are_zeroed_and_empty_stacks_launch_nothing(device, monkeypatch):
+    """Slots no term writes are stored as zeros by the kernel (its output is born NaN here), and an empty stack
+    returns before any kernel is built or launched."""
+    import soap_kernels.ops.jet_bilinear_triton as module
+
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: new_empty(self, *a, **k).fill_(float("nan")))
     a = torch.randn(2, 5, 3, dtype=torch.float64, device=device)
-    out = jet_bilinear_triton(a, a, 3, [1, 0, 1], [2.0])  # only slot 1 is written
+    out = jet_bilinear_triton(a, a, 3, [1, 0, 1], [2.0])  # only slot 1 is written by a term
     torch.testing.assert_close(out[1], 2.0 * a[0] * a[1])
     assert out[0].eq(0).all() and out[2].eq(0).all()
+
+    def no_kernel(*args):
+        raise AssertionError("an empty stack built a kernel")
+
+    monkeypatch.setattr(module, "_kernel", no_kernel)
     empty = torch.randn(2, 0, 3, device=device)
     assert jet_bilinear_triton(empty, empty, 2, [0, 0, 0], [1.0]).shape == (2, 0, 3)
 

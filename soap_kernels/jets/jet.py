@@ -105,7 +105,14 @@ class Jet:
     def scale(self, factor: torch.Tensor | float) -> Jet:
         """Every slot times a constant (a parameter, not a field). `jet * tensor` does the same, but under
         torch.compile Dynamo takes a `*` with a tensor operand for a tensor op, so compiled code calls this."""
-        if isinstance(factor, torch.Tensor) and factor.numel() == 1 and self._cached_arithmetic():
+        # the op keeps the stack's shape and dtype: only for factors of its dtype that do not broadcast it
+        if (
+            self._cached_arithmetic()
+            and isinstance(factor, torch.Tensor)
+            and factor.numel() == 1
+            and factor.dim() <= self.stack.dim()
+            and factor.dtype == self.stack.dtype
+        ):
             from soap_kernels.ops.jet_arithmetic import jet_scale
 
             return self._like(jet_scale(self.stack, factor))

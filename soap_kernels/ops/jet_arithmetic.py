@@ -21,7 +21,7 @@ from soap_kernels.ops.jet_dense_native import cached_empty, native_stack_support
 
 
 def _output_like(x: torch.Tensor) -> torch.Tensor:
-    return cached_empty(x, x.shape) if native_stack_supported(x) else torch.empty_like(x)
+    return cached_empty(x, x.shape) if native_stack_supported(x) else x.new_empty(x.shape)
 
 
 @triton_op("soap_kernels::jet_add", mutates_args=())
@@ -34,7 +34,7 @@ def jet_add(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
 
 @jet_add.register_fake
 def _(x, y, alpha):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as the kernel's output
 
 
 def _setup_add(ctx, inputs, output):
@@ -60,7 +60,7 @@ def jet_scale(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 @jet_scale.register_fake
 def _(x, factor):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 def _setup_scale(ctx, inputs, output):

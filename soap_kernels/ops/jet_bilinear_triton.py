@@ -49,7 +49,7 @@ import triton.language as tl
 def _jet_bilinear_kernel(a_ptr, b_ptr, out_ptr, SLOT, BLOCK: tl.constexpr):
     """out[s] = sum coef * a[i] * b[j] over a block of every slot (program {terms} / {coefs})."""
     # 64-bit offsets: K slots of N * F elements may pass 2^31
-    offs = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     slot = tl.cast(SLOT, tl.int64)
     mask = offs < slot
 {body}

@@ -23,10 +23,12 @@ import torch
 
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.ops.jet_bilinear_triton import cuda_kernel_registered
 from soap_kernels.ops.jet_dense_native import native_stack_supported
 
 _OP_NAME = "soap_kernels::jet_bilinear"
+# whether the op has its CUDA (Triton) kernel: set once at import by _register, read as a plain bool so that
+# torch.compile never traces into the registration
+_CUDA_KERNEL = False
 
 
 def native_product_supported(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -42,7 +44,7 @@ def product_supported(x: torch.Tensor, y: torch.Tensor, kernels: str) -> bool:
     if kernels != "triton" or not (x.is_cuda and y.device == x.device):
         return False
     same = x.shape == y.shape and x.dtype == y.dtype
-    return same and x.dtype in (torch.float32, torch.float64) and cuda_kernel_registered()
+    return same and x.dtype in (torch.float32, torch.float64) and _CUDA_KERNEL
 
 
 @functools.cache
@@ -63,7 +65,8 @@ def transposed_program(terms: tuple[int, ...], coefs: tuple[float, ...], wrt: in
 
 
 def jet_product(x: torch.Tensor, y: torch.Tensor, layout: str) -> torch.Tensor:
-    """The jet of x * y for two stacks [K, N, F] laid out by `layout` (C++ kernel, CPU tensors)."""
+    """The jet of x * y for two stacks [K, N, F] laid out by `layout` (the C++ kernel on CPU stacks, the Triton
+    kernel on CUDA stacks)."""
     plan = JetPlan.from_key(layout)
     if x.shape[0] != plan.num_slots or y.shape[0] != plan.num_slots:
         raise ValueError(
@@ -94,7 +97,9 @@ def _backward(ctx, grad):
 
 
 def _register() -> None:
-    """The meta kernel (shapes only, for torch.compile and FakeTensor tracing) and the autograd formula."""
+    """The meta kernel (shapes only, for torch.compile and FakeTensor tracing), the autograd formula and, with a
+    GPU, the CUDA kernel."""
+    global _CUDA_KERNEL
     if not has_native_cpu():
         return
 
@@ -103,8 +108,10 @@ def _register() -> None:
         return a.new_empty((num_slots, *a.shape[1:]))
 
     torch.library.register_autograd(_OP_NAME, _backward, setup_context=_setup_context)
-    # the CUDA kernel (Triton) too, now rather than on first use, which may be inside torch.compile's tracing
-    cuda_kernel_registered()
+    if torch.cuda.is_available():  # the CUDA kernel (Triton; imported only where it can run)
+        from soap_kernels.ops.jet_bilinear_triton import cuda_kernel_registered
+
+        _CUDA_KERNEL = cuda_kernel_registered()
 
 
 _register()
