@@ -101,6 +101,8 @@ def test_cuda_product_is_the_triton_kernel_and_differentiates_twice():
     y = torch.randn(layout.num_slots, 7, 33, dtype=torch.float64, device="cuda", requires_grad=True)
     assert product_supported(x, y, "triton")
     torch.testing.assert_close(jet_product(x, y, layout.key), product_jet_ref(x, y, layout), rtol=1e-13, atol=1e-13)
+    terms, coefs = product_program(layout.key)
+    torch.library.opcheck(torch.ops.soap_kernels.jet_bilinear.default, (x, y, layout.num_slots, terms, coefs))
     small = [t[:, :3, :2].detach().clone().requires_grad_(True) for t in (x, y)]
     assert torch.autograd.gradcheck(lambda a, b: jet_product(a, b, layout.key), small)
     assert torch.autograd.gradgradcheck(lambda a, b: jet_product(a, b, layout.key), small)

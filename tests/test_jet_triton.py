@@ -125,9 +125,13 @@ def test_triton_backend_refused_without_gpu_or_interpreter(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_triton_path_under_torch_compile_matches_eager():
+@pytest.mark.parametrize("model_name", ["mlp", "piratenet"])  # PirateNet: the jet product's kernel too
+def test_triton_path_under_torch_compile_matches_eager(model_name):
     torch.manual_seed(4)
-    model = snn.MLP(2, 1, 64, 3).cuda()
+    if model_name == "mlp":
+        model = snn.MLP(2, 1, 64, 3).cuda()
+    else:
+        model = snn.PirateNet(2, 1, 64, 2, "tanh", rwf=(1.0, 0.1), alpha_init=0.5).cuda()
     x = torch.rand(1000, 2, device="cuda")
 
     def loss():
