@@ -24,11 +24,14 @@ the elementwise work and on memory: jets_native takes its large stacks from the 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -279,10 +282,6 @@ def main(argv=None) -> None:
 def _in_fresh_processes(args) -> None:
     """Run this benchmark args.processes times, each in a new Python process, and save all runs plus, per case and
     provider, the runs' medians and speedups."""
-    import json
-    import subprocess
-    import tempfile
-
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         for run in range(args.processes):

@@ -77,19 +77,19 @@ class Jet:
             native_stack_supported(s) for s in (self.stack, *stacks)
         )
 
-    def __add__(self, other: Jet) -> Jet:
+    def _add(self, other: Jet, alpha: float) -> Jet:
+        """self + alpha other, slot by slot."""
         if self._cached_arithmetic(other.stack):
             from soap_kernels.ops.jet_arithmetic import jet_add
 
-            return self._like(jet_add(self.stack, other.stack, 1.0))
-        return self._like(self.stack + other.stack)
+            return self._like(jet_add(self.stack, other.stack, alpha))
+        return self._like(torch.add(self.stack, other.stack, alpha=alpha))
+
+    def __add__(self, other: Jet) -> Jet:
+        return self._add(other, 1.0)
 
     def __sub__(self, other: Jet) -> Jet:
-        if self._cached_arithmetic(other.stack):
-            from soap_kernels.ops.jet_arithmetic import jet_add
-
-            return self._like(jet_add(self.stack, other.stack, -1.0))
-        return self._like(self.stack - other.stack)
+        return self._add(other, -1.0)
 
     def __mul__(self, other: Jet | torch.Tensor | float) -> Jet:
         """Jet * jet is the Leibniz product; jet * constant (a parameter, not a field) scales every slot."""

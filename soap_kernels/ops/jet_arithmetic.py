@@ -17,11 +17,7 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
-from soap_kernels.ops.jet_dense_native import cached_empty, native_stack_supported
-
-
-def _output_like(x: torch.Tensor) -> torch.Tensor:
-    return cached_empty(x, x.shape) if native_stack_supported(x) else x.new_empty(x.shape)
+from soap_kernels.ops.jet_dense_native import new_stack
 
 
 @triton_op("soap_kernels::jet_add", mutates_args=())
@@ -29,7 +25,7 @@ def jet_add(x: torch.Tensor, y: torch.Tensor, alpha: float) -> torch.Tensor:
     """x + alpha y for two stacks of one shape and dtype."""
     if x.shape != y.shape or x.dtype != y.dtype:
         raise ValueError(f"jet_add: stacks {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype} differ")
-    return torch.add(x.contiguous(), y.contiguous(), alpha=alpha, out=_output_like(x))
+    return torch.add(x.contiguous(), y.contiguous(), alpha=alpha, out=new_stack(x, x.shape))
 
 
 @jet_add.register_fake
@@ -55,7 +51,7 @@ def jet_scale(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """factor x for a stack x and a one-element tensor factor."""
     if factor.numel() != 1:
         raise ValueError(f"jet_scale: factor must have one element, got shape {tuple(factor.shape)}")
-    return torch.mul(x.contiguous(), factor.reshape(()).to(x.dtype), out=_output_like(x))
+    return torch.mul(x.contiguous(), factor.reshape(()).to(x.dtype), out=new_stack(x, x.shape))
 
 
 @jet_scale.register_fake
@@ -83,7 +79,7 @@ def _scaled(grad: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
     if torch.is_grad_enabled():
         return grad * factor
     grad = grad.contiguous()
-    return torch.mul(grad, factor, out=_output_like(grad))
+    return torch.mul(grad, factor, out=new_stack(grad, grad.shape))
 
 
 jet_scale.register_autograd(_scale_backward, setup_context=_setup_scale)

@@ -30,11 +30,10 @@ from soap_kernels.jets.reference import (
 )
 from soap_kernels.ops.jet_dense_native import (
     NATIVE_BASE_ACTIVATIONS,
-    cached_empty,
     jet_dense_activation_backward_native,
     jet_dense_activation_native,
     native_jet_supported,
-    native_stack_supported,
+    new_stack,
 )
 
 KERNELS = ("torch", "triton", "native")
@@ -187,8 +186,7 @@ def jet_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
         raise ValueError(
             f"jet_linear: x {tuple(x.shape)} must be a [K, N, F] stack and weight {tuple(weight.shape)} [F_out, F]"
         )
-    shape = (x.shape[0], x.shape[1], weight.shape[0])
-    return linear_jet_into(x, weight, bias, out=cached_empty(x, shape) if native_stack_supported(x) else None)
+    return linear_jet_into(x, weight, bias, out=new_stack(x, (x.shape[0], x.shape[1], weight.shape[0])))
 
 
 @jet_linear.register_fake
@@ -207,8 +205,7 @@ def _linear_backward(ctx, grad_z):
     needs_x, needs_weight, needs_bias = ctx.needs_input_grad
     grad_z = grad_z.contiguous()
     # out= has no autograd formula: when this backward is itself recorded (create_graph), plain matmul instead
-    cached = needs_x and native_stack_supported(x) and not torch.is_grad_enabled()
-    grad_x_out = cached_empty(x, x.shape) if cached else None
+    grad_x_out = new_stack(x, x.shape) if needs_x and not torch.is_grad_enabled() else None
     grad_x, grad_weight, grad_bias = linear_jet_backward(grad_z, x, weight, needs_x, grad_x_out)
     return (
         grad_x if needs_x else None,

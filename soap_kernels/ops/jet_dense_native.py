@@ -104,6 +104,12 @@ def cached_empty(like: torch.Tensor, shape) -> torch.Tensor:
     return torch.ops.soap_kernels.cached_empty(like, list(shape))
 
 
+def new_stack(like: torch.Tensor, shape) -> torch.Tensor:
+    """An uninitialised contiguous tensor of `shape` like `like`: from the buffer cache where the C++ kernels take
+    the stack (native_stack_supported), else a plain new_empty."""
+    return cached_empty(like, shape) if native_stack_supported(like) else like.new_empty(shape)
+
+
 def jet_dense_activation_native(x, weight, bias, activation, layout):
     """(h, z) of jet_dense_activation with the elementwise rule in C++."""
     z = linear_jet_into(x, weight, bias, out=cached_empty(x, (x.shape[0], x.shape[1], weight.shape[0])))
