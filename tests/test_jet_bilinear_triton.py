@@ -5,17 +5,11 @@ import pytest
 import torch
 
 from soap_kernels._native import has_native_cpu
-from soap_kernels.jets import JetPlan
 from soap_kernels.jets.reference import product_jet_ref
 from soap_kernels.ops.jet_bilinear_triton import jet_bilinear_triton
 from soap_kernels.ops.jet_product import jet_product, product_program, product_supported, transposed_program
+from tests.jet_layouts import LAYOUTS
 
-LAYOUTS = {
-    "allen_cahn": JetPlan.build(2, [(0,), (1, 1)]),
-    "kuramoto_sivashinsky": JetPlan.build(2, [(0,), (1, 1), (1, 1, 1, 1)]),
-    "mixed_kdv_laplacian": JetPlan.build(3, [(0, 1), (1, 1, 1)], laplacian_axes=[0, 2]),
-    "value_only": JetPlan.build(2, []),
-}
 # N * F below, at and across the kernel's 1024-element block
 SHAPES = [(1, 1), (7, 33), (32, 32), (257, 5)]
 

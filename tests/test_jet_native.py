@@ -11,7 +11,6 @@ import soap_kernels.ops.jet_dense_native as native
 from soap_kernels import nn as snn
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.api import _layer_kernels
-from soap_kernels.jets.plan import JetPlan
 from soap_kernels.jets.reference import activation_jet_adjoint_ref, activation_jet_ref, product_jet_ref
 from soap_kernels.ops.jet_dense import jet_dense_activation, jet_dense_activation_backward
 from soap_kernels.ops.jet_dense_native import (
@@ -22,15 +21,10 @@ from soap_kernels.ops.jet_dense_native import (
     native_jet_supported,
 )
 from soap_kernels.ops.jet_product import jet_product, product_program
+from tests.jet_layouts import LAYOUTS
 
 pytestmark = pytest.mark.skipif(not has_native_cpu(), reason="soap_kernels._C is not built")
 
-LAYOUTS = {
-    "allen_cahn": JetPlan.build(2, [(0,), (1, 1)]),
-    "kuramoto_sivashinsky": JetPlan.build(2, [(0,), (1, 1), (1, 1, 1, 1)]),
-    "mixed_kdv_laplacian": JetPlan.build(3, [(0, 1), (1, 1, 1)], laplacian_axes=[0, 2]),
-    "value_only": JetPlan.build(2, []),
-}
 # N * F not a multiple of the kernel's 4096-element block, and one shape spanning several blocks (both threads)
 SHAPES = [(1, 1), (7, 33), (257, 5), (300, 31)]
 
