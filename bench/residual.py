@@ -5,10 +5,14 @@ Residuals on N random points of [0, 1]^2 (inputs (t, x) or (x, y)):
     laplacian:  r = u_xx + u_yy - sin(pi x) sin(pi y)
 loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients). jets_torch runs the torch
 reference of the jet rules, jets_native their C++ CPU kernels (what backend "auto" picks on a CPU), jets_triton
-the Triton kernels (CUDA). jets_torch_compiled is jets_torch under torch.compile (inductor; its compile time is
-reported as first_call_s). Providers are timed interleaved, one repetition each per round, so background load
-hits them alike; medians and ratios are of those samples. Peak memory is measured on CUDA only
-(torch.cuda.max_memory_allocated).
+the Triton kernels (CUDA), and jets_triton_recompute the same with jet(..., recompute=True), which remakes the
+elementwise stacks in the backward instead of keeping them (less memory, more elementwise passes).
+jets_torch_compiled is jets_torch under torch.compile (inductor; its compile time is reported as first_call_s).
+Providers are timed interleaved, one repetition each per round, so background load hits them alike; medians and
+ratios are of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated;
+bench/residual_memory.py estimates it for the CUDA path on a CPU).
+By default a CPU runs the CPU goal case (MLP 4x256, N=4096) and a GPU the GPU goal case (PirateNet 3x256, then
+MLP 4x256, N=8192; all providers but jets_torch_compiled), Allen-Cahn.
 matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
 second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
 the elementwise work and on memory: jets_native takes its large stacks from the C++ buffer cache
@@ -45,8 +49,21 @@ from soap_kernels import nn as snn  # noqa: E402
 from soap_kernels._backend import native_kernels_for  # noqa: E402
 from soap_kernels.jets import jet_autograd  # noqa: E402
 
-PROVIDERS = ("nested_autograd", "torch_func", "jets_torch", "jets_native", "jets_torch_compiled", "jets_triton")
-_JET_BACKENDS = {"jets_torch": "torch", "jets_native": "auto", "jets_triton": "triton"}
+PROVIDERS = (
+    "nested_autograd",
+    "torch_func",
+    "jets_torch",
+    "jets_native",
+    "jets_torch_compiled",
+    "jets_triton",
+    "jets_triton_recompute",
+)
+_JET_OPTIONS = {  # provider -> (jet backend, jet recompute)
+    "jets_torch": ("torch", False),
+    "jets_native": ("auto", False),
+    "jets_triton": ("triton", False),
+    "jets_triton_recompute": ("triton", True),
+}
 
 
 def build_model(name: str, device: torch.device) -> torch.nn.Module:
@@ -69,7 +86,7 @@ def loss_function(provider: str, problem: str, model: torch.nn.Module, x: torch.
     if provider == "jets_torch_compiled":
         # inductor sees through the triton_op bodies and fuses the jet rules' elementwise passes
         return torch.compile(loss_function("jets_torch", problem, model, x))
-    if provider == "nested_autograd" or provider in _JET_BACKENDS:
+    if provider == "nested_autograd" or provider in _JET_OPTIONS:
         if problem == "allen_cahn":
             requests, laplacian = [(0,), (1, 1)], None
         else:
@@ -79,7 +96,8 @@ def loss_function(provider: str, problem: str, model: torch.nn.Module, x: torch.
             if provider == "nested_autograd":
                 ders = [(0, 0), (1, 1)] if laplacian else requests
                 return jet_autograd(model, x, ders)
-            return soap_kernels.jet(model, x, requests, laplacian_axes=laplacian, backend=_JET_BACKENDS[provider])
+            backend, recompute = _JET_OPTIONS[provider]
+            return soap_kernels.jet(model, x, requests, laplacian_axes=laplacian, backend=backend, recompute=recompute)
 
         def loss():
             d = derivatives()
@@ -116,7 +134,7 @@ def loss_function(provider: str, problem: str, model: torch.nn.Module, x: torch.
 
 def available(provider: str, device: torch.device) -> str | None:
     """None when the provider can run here, else why not."""
-    if provider == "jets_triton" and device.type != "cuda":
+    if provider.startswith("jets_triton") and device.type != "cuda":
         return "not measured: needs a CUDA GPU (the Triton interpreter on CPU is not a timing target)"
     if provider == "jets_native" and (device.type != "cpu" or not native_kernels_for(device)):
         return "not measured: the C++ jet kernels run on CPU tensors, with soap_kernels._C built"
@@ -221,10 +239,10 @@ def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> di
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", nargs="+", default=["mlp"], choices=["mlp", "piratenet"])
+    parser.add_argument("--models", nargs="+", choices=["mlp", "piratenet"], help="default: see above")
     parser.add_argument("--problems", nargs="+", default=["allen_cahn"], choices=["allen_cahn", "laplacian"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[4096])
-    parser.add_argument("--providers", nargs="+", default=list(PROVIDERS), choices=PROVIDERS)
+    parser.add_argument("--sizes", nargs="+", type=int, help="default: see above")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all (on a GPU all but compiled)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed repetitions per provider")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--suite", default="residual", help="results file prefix")
@@ -238,6 +256,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.processes < 1:
         raise ValueError(f"--processes must be >= 1, got {args.processes}")
+    on_gpu = torch.device(args.device).type == "cuda"
+    args.models = args.models or (["piratenet", "mlp"] if on_gpu else ["mlp"])
+    args.sizes = args.sizes or ([8192] if on_gpu else [4096])
+    # inductor's compile of the PirateNet jets could take much of bench/gpu_check.sh's 150 s for this suite
+    args.providers = args.providers or [p for p in PROVIDERS if not (on_gpu and p == "jets_torch_compiled")]
     if args.processes > 1:
         _in_fresh_processes(args)
         return

@@ -80,9 +80,13 @@ def test_bad_input_is_named(device):
         jet_bilinear_triton(a.half(), a.half(), 2, [0, 0, 0], [1.0])
 
 
-def test_triton_products_run_on_cuda_stacks_only():
+def test_triton_products_run_on_cuda_stacks_or_emulate_them_under_the_interpreter(monkeypatch):
     cpu = torch.randn(4, 3, 2)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not product_supported(cpu, cpu, "triton")  # CPU stacks on the triton kernels: the torch reference
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the GPU path emulated: the op, by its CPU kernel
+    assert product_supported(cpu, cpu, "triton") == has_native_cpu()
+    assert not product_supported(cpu, cpu.double(), "triton")
     assert not product_supported(cpu, cpu, "torch")
     assert product_supported(cpu, cpu, "native") == has_native_cpu()
 

@@ -13,6 +13,7 @@ from soap_kernels.ops.jet_dense import (
     jet_dense_activation_backward_ref,
     jet_dense_activation_ref,
 )
+from soap_kernels.ops.jet_dense_triton import jet_activation_triton
 from tests.cuda_marks import needs_gpu_memory, needs_two_gpus
 from tests.launch_guards import record_launch_guards
 
@@ -62,6 +63,26 @@ def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype
             ref = jet_dense_activation_backward_ref(g, z_ref, x, w, activation, plan.key, compute_grad_x)
             for a, e, name in zip(ours, ref, ("grad_x", "grad_w", "grad_b")):
                 _close(a, e, dtype, activation, f"{name} {shape} compute_grad_x={compute_grad_x}")
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+@pytest.mark.parametrize("activation", ["tanh", "sin", "silu", "gelu", "sigmoid"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_activation_kernel_remakes_the_layers_h_from_its_z(device, layout, activation, dtype):
+    """jet_activation_triton (what jet(..., recompute=True) remakes h with) against the fused forward's h and the
+    reference, on odd and empty shapes."""
+    plan = LAYOUTS[layout]
+    torch.manual_seed(2)
+    for n, f_in, f_out in [(7, 33, 17), (1, 1, 1), (33, 7, 1), (1025, 3, 1), (0, 3, 2)]:
+        x = torch.randn(plan.num_slots, n, f_in, dtype=dtype, device=device)
+        w = torch.randn(f_out, f_in, dtype=dtype, device=device) / f_in**0.5
+        h, z = jet_dense_activation(
+            x, w, torch.randn(f_out, dtype=dtype, device=device), activation, plan.key, "triton"
+        )
+        remade = jet_activation_triton(z, activation, plan.key)
+        if device.type == "cpu":  # the interpreter evaluates the same statements on the same values
+            assert torch.equal(remade, h), f"N={n} F_out={f_out}"
+        _close(remade, activation_jet_ref(z, activation, plan), dtype, activation, f"N={n} F_out={f_out}")
 
 
 def test_wide_layer_257(device):

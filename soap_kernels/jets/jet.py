@@ -2,7 +2,8 @@
 
 A Jet wraps a stack [K, N, F] laid out by a JetPlan. Linear combinations act slot by slot; the product of
 two jets follows Leibniz's rule; `dense` applies a layer W, b (and an activation) through the custom op
-soap_kernels::jet_dense_activation, whose backward is first order.
+soap_kernels::jet_dense_activation, whose backward is first order. With `recompute`, every stack an elementwise
+rule makes carries the recipe to make it again (jets/recompute.py), so the backward need not keep it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from soap_kernels.jets import recompute as _recompute
 from soap_kernels.jets.plan import JetPlan
 from soap_kernels.jets.reference import activation_jet_ref, linear_jet_ref, product_jet_ref, seed_jet_ref
 
@@ -19,16 +21,18 @@ from soap_kernels.jets.reference import activation_jet_ref, linear_jet_ref, prod
 @dataclass(frozen=True)
 class Jet:
     """stack[k] = D_k f for the slots of `plan`; `kernels` ("torch", "triton" or "native") picks the
-    implementation of the fused layers (soap_kernels/ops/jet_dense.py)."""
+    implementation of the fused layers (soap_kernels/ops/jet_dense.py); `recompute`: attach recipes to the
+    stacks elementwise rules make (jets/recompute.py)."""
 
     stack: torch.Tensor
     plan: JetPlan
     kernels: str = "torch"
+    recompute: bool = False
 
     @staticmethod
-    def seed(x: torch.Tensor, plan: JetPlan, kernels: str = "torch") -> Jet:
+    def seed(x: torch.Tensor, plan: JetPlan, kernels: str = "torch", recompute: bool = False) -> Jet:
         """The jet of the input coordinates x [N, d] themselves."""
-        return Jet(seed_jet_ref(x, plan), plan, kernels)
+        return Jet(seed_jet_ref(x, plan), plan, kernels, recompute)
 
     @property
     def value(self) -> torch.Tensor:
@@ -39,23 +43,34 @@ class Jet:
         return self.stack.shape[-1]
 
     def _like(self, stack: torch.Tensor) -> Jet:
-        return Jet(stack, self.plan, self.kernels)
+        return Jet(stack, self.plan, self.kernels, self.recompute)
+
+    def _made(self, make, *operands: torch.Tensor) -> Jet:
+        """The jet of make(*operands), an elementwise rule: with recompute, its stack carries the recipe."""
+        stack = make(*operands)
+        if self.recompute:
+            _recompute.attach(stack, make, *operands)
+        return self._like(stack)
 
     def dense(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None) -> Jet:
         """s(x W^T + b) as a jet; with activation None, just the affine map."""
-        from soap_kernels.ops.jet_dense import jet_dense_activation, jet_linear
+        from soap_kernels.ops.jet_dense import jet_activation_values, jet_dense_activation, jet_linear
 
         if activation is None:
             if self.kernels == "native":
                 return self._like(jet_linear(self.stack.contiguous(), weight, bias))
             return self._like(linear_jet_ref(self.stack, weight, bias))
 
-        h, _ = jet_dense_activation(self.stack.contiguous(), weight, bias, activation, self.plan.key, self.kernels)
+        h, z = jet_dense_activation(self.stack.contiguous(), weight, bias, activation, self.plan.key, self.kernels)
+        if self.recompute:  # h from the kept z by the same elementwise rule as the layer's
+            layout, kernels = self.plan.key, self.kernels
+            _recompute.attach(h, lambda z: jet_activation_values(z, activation, layout, kernels), z)
         return self._like(h)
 
     def activation(self, name: str) -> Jet:
         """s(x) elementwise as a jet (torch reference; the fused path is `dense`)."""
-        return self._like(activation_jet_ref(self.stack, name, self.plan))
+        plan = self.plan
+        return self._made(lambda stack: activation_jet_ref(stack, name, plan), self.stack)
 
     def select(self, columns: Sequence[int] | slice) -> Jet:
         """The jet of some feature columns."""
@@ -64,7 +79,7 @@ class Jet:
     @staticmethod
     def cat(jets: Sequence[Jet]) -> Jet:
         """Feature-wise concatenation."""
-        return jets[0]._like(torch.cat([j.stack for j in jets], dim=-1))
+        return jets[0]._made(lambda *stacks: torch.cat(stacks, dim=-1), *(j.stack for j in jets))
 
     def _cached_arithmetic(self, *stacks: torch.Tensor) -> bool:
         """Whether slot-wise arithmetic runs as the ops of ops/jet_arithmetic.py (outputs from the CPU buffer
@@ -82,8 +97,8 @@ class Jet:
         if self._cached_arithmetic(other.stack):
             from soap_kernels.ops.jet_arithmetic import jet_add
 
-            return self._like(jet_add(self.stack, other.stack, alpha))
-        return self._like(torch.add(self.stack, other.stack, alpha=alpha))
+            return self._made(lambda x, y: jet_add(x, y, alpha), self.stack, other.stack)
+        return self._made(lambda x, y: torch.add(x, y, alpha=alpha), self.stack, other.stack)
 
     def __add__(self, other: Jet) -> Jet:
         return self._add(other, 1.0)
@@ -98,8 +113,10 @@ class Jet:
                 from soap_kernels.ops.jet_product import jet_product, product_supported
 
                 if product_supported(self.stack, other.stack, self.kernels):
-                    return self._like(jet_product(self.stack, other.stack, self.plan.key))
-            return self._like(product_jet_ref(self.stack, other.stack, self.plan))
+                    layout = self.plan.key
+                    return self._made(lambda x, y: jet_product(x, y, layout), self.stack, other.stack)
+            plan = self.plan
+            return self._made(lambda x, y: product_jet_ref(x, y, plan), self.stack, other.stack)
         return self.scale(other)
 
     def scale(self, factor: torch.Tensor | float) -> Jet:
@@ -115,7 +132,7 @@ class Jet:
         ):
             from soap_kernels.ops.jet_arithmetic import jet_scale
 
-            return self._like(jet_scale(self.stack, factor))
-        return self._like(self.stack * factor)
+            return self._made(lambda x: jet_scale(x, factor), self.stack)
+        return self._made(lambda x: x * factor, self.stack)
 
     __rmul__ = __mul__

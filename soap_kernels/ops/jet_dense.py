@@ -22,6 +22,7 @@ import torch
 from torch.library import triton_op
 
 from soap_kernels.jets.plan import JetPlan
+from soap_kernels.jets.recompute import keeping_recipes_active
 from soap_kernels.jets.reference import (
     activation_jet_adjoint_ref,
     activation_jet_ref,
@@ -30,6 +31,7 @@ from soap_kernels.jets.reference import (
 )
 from soap_kernels.ops.jet_dense_native import (
     NATIVE_BASE_ACTIVATIONS,
+    activation_jet_native,
     jet_dense_activation_backward_native,
     jet_dense_activation_native,
     native_jet_supported,
@@ -44,7 +46,7 @@ def jet_dense_activation_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference of the forward: (h, z)."""
     z = linear_jet_into(x, weight, bias)
-    return activation_jet_ref(z, activation, JetPlan.from_key(layout), out=torch.empty_like(z)), z
+    return jet_activation_values(z, activation, layout, "torch"), z
 
 
 def jet_dense_activation_backward_ref(
@@ -59,6 +61,18 @@ def jet_dense_activation_backward_ref(
     """Torch reference of the backward: (dL/dx, dL/dW, dL/db); dL/dx is empty when not asked for."""
     grad_z = activation_jet_adjoint_ref(grad_h, z, activation, JetPlan.from_key(layout), out=torch.empty_like(z))
     return linear_jet_backward(grad_z, x, weight, compute_grad_x)
+
+
+def jet_activation_values(z: torch.Tensor, activation: str, layout: str, kernels: str) -> torch.Tensor:
+    """h = activation jet of z by the elementwise rule jet_dense_activation(..., kernels) applies to its z: the
+    same kernel (torch, C++) or the same statements (Triton), so a remade h equals the layer's."""
+    if kernels == "triton":
+        from soap_kernels.ops.jet_dense_triton import jet_activation_triton
+
+        return jet_activation_triton(z, activation, layout)
+    if kernels == "native" and native_jet_supported(z, activation):
+        return activation_jet_native(z, activation, layout)
+    return activation_jet_ref(z, activation, JetPlan.from_key(layout), out=torch.empty_like(z))
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: str, kernels: str) -> None:
@@ -139,8 +153,9 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # z never receives a gradient: don't allocate a [K, N, F] of zeros for it
     # the C++ backward reuses s(z_0) = h[0] as the tanh/sigmoid tower's base (h is alive anyway: the next layer
     # saves it as its input). h itself is saved, not the view h[0]: a view made here would hold the graph in a
-    # reference cycle (pytorch/pytorch#94990) while saved outputs are not.
-    reuses_value = kernels == "native" and activation in NATIVE_BASE_ACTIVATIONS
+    # reference cycle (pytorch/pytorch#94990) while saved outputs are not. Not while jets keep recipes: h would
+    # be remade whole for its value slot (jets/recompute.py); the kernel evaluates the tower from z instead.
+    reuses_value = kernels == "native" and activation in NATIVE_BASE_ACTIVATIONS and not keeping_recipes_active()
     ctx.save_for_backward(x, weight, z, h if reuses_value else None)
     ctx.options = (activation, layout, kernels, bias is not None)
 

@@ -102,6 +102,28 @@ def _jet_dense_activation_kernel(
 
 
 @functools.cache
+def _activation_kernel(layout: str, activation: str, dtype: str):
+    """The generated `_jet_activation_kernel`: the forward kernel's epilogue alone, h = activation jet of a
+    stored z, over blocks of every slot. The same statements on the same values as the fused forward, so the
+    backward can remake a layer's h from its z (jets/recompute.py) instead of keeping it."""
+    plan = JetPlan.from_key(layout)
+    slots = range(plan.num_slots)
+    body = f'''
+@triton.jit
+def _jet_activation_kernel(z_ptr, h_ptr, SLOT, BLOCK: tl.constexpr):
+    """h = activation jet of z (layout {layout}, {activation}), BLOCK elements of every slot per program."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    slot = tl.cast(SLOT, tl.int64)
+    mask = offs < slot
+{_indent([f"acc{k} = tl.load(z_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots], 1)}
+{_indent(tower_lines(activation, "acc0", plan.max_activation_order, dtype), 1)}
+{_indent(forward_program_lines(plan, "acc", "h"), 1)}
+{_indent([f"tl.store(h_ptr + {k} * slot + offs, h{k}, mask=mask)" for k in slots], 1)}
+'''
+    return load_generated(_HEADER + body, "jet-activation")["_jet_activation_kernel"]
+
+
+@functools.cache
 def _backward_kernel(layout: str, activation: str, dtype: str):
     """The generated `_jet_dense_activation_backward_kernel` (adjoint prologue + g_z W GEMM)."""
     plan = JetPlan.from_key(layout)
@@ -197,6 +219,24 @@ def jet_dense_activation_triton(
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_FORWARD_STAGES,
         )
     return h, z
+
+
+_ACTIVATION_BLOCK = 1024  # elements of every slot per program of _jet_activation_kernel
+
+
+def jet_activation_triton(z: torch.Tensor, activation: str, layout: str) -> torch.Tensor:
+    """h = activation jet of a stack z [K, N, F] (float32 or float64): what jet_dense_activation_triton
+    returns as h for that z. A plain launch, not an op: the backward's recomputation calls it (eager only)."""
+    z = z.contiguous()
+    dtype = _dtype_name(z)
+    h = torch.empty_like(z)
+    slot = z.shape[1] * z.shape[2]
+    if slot == 0:
+        return h
+    kernel = _activation_kernel(layout, activation, dtype)
+    with on_device_of(z):
+        kernel[(cdiv(slot, _ACTIVATION_BLOCK),)](z, h, slot, BLOCK=_ACTIVATION_BLOCK)
+    return h
 
 
 def jet_dense_activation_backward_triton(

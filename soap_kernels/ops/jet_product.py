@@ -21,6 +21,7 @@ import functools
 
 import torch
 
+from soap_kernels._backend import triton_interpreted
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.plan import JetPlan
 from soap_kernels.ops.jet_dense_native import native_stack_supported
@@ -38,8 +39,10 @@ def native_product_supported(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 def product_supported(x: torch.Tensor, y: torch.Tensor, kernels: str) -> bool:
     """Whether jet_product runs these stacks on the given layer kernels: "native" on CPU stacks (C++), "triton"
-    on CUDA stacks (ops/jet_bilinear_triton.py, the op's CUDA kernel); otherwise the torch reference does."""
-    if kernels == "native":
+    on CUDA stacks (ops/jet_bilinear_triton.py, the op's CUDA kernel) and, under TRITON_INTERPRET=1 where the
+    "triton" kernels emulate the GPU path on CPU stacks, the same op by its C++ kernel (the same outputs and
+    saved tensors as on CUDA); otherwise the torch reference does."""
+    if kernels == "native" or (kernels == "triton" and triton_interpreted() and x.device.type == "cpu"):
         return native_product_supported(x, y)
     if kernels != "triton" or not (x.is_cuda and y.device == x.device):
         return False

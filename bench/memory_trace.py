@@ -1,0 +1,97 @@
+"""Live tensor memory of a piece of torch code, followed op by op, and its extrapolation to other sizes.
+
+`AllocationTrace` is a TorchDispatchMode: after every op it adds the bytes of each output storage it has not
+seen (views and in-place results share a seen storage) and subtracts a storage's bytes when the storage is
+freed (a weakref finalizer), so `timeline[i]` is the bytes live after op i that were allocated inside the
+trace, and max(timeline) the peak: what torch.cuda.max_memory_allocated() minus the memory allocated before
+reports on a GPU, up to the CUDA caching allocator's rounding to 512 bytes. It sees only what goes through
+the dispatcher: an op's scratch memory that never becomes a tensor output is not counted. With collect_cycles
+(the default) it runs the cyclic garbage collector after every op (over the objects made since the trace began,
+so it stays cheap) and a storage that only a reference cycle still held is freed there: Triton's interpreter,
+which runs the GPU path's kernels on CPU tensors, leaves cycles holding its arguments' storages, which would
+otherwise live until Python's collector happens to run (at a different op in each run) and are not on a GPU.
+
+When a code path allocates the same sequence of tensors at every problem size N, each with a size affine in
+N (true of the PINN residuals here: the stacks are [K, N, F], the weights fixed), the live bytes after op i
+are a_i N + c_i. `affine_peak` solves a_i, c_i from the timelines at two sizes and gives the peak at any N
+(max_i a_i N + c_i): a CPU run at N = 16 and 32 predicts the peak at N = 8192 without running it.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class AllocationTrace(TorchDispatchMode):
+    """with AllocationTrace() as trace: ...; then trace.timeline (bytes live after each op) and trace.peak."""
+
+    def __init__(self, collect_cycles: bool = True) -> None:
+        super().__init__()
+        self.collect_cycles = collect_cycles
+        self._live: dict[int, int] = {}  # StorageImpl address -> bytes
+        self.current = 0
+        self.timeline: list[int] = []
+
+    def __enter__(self):
+        if self.collect_cycles:
+            gc.collect()
+            gc.freeze()  # what exists now is out of the collector's sight: each collection scans only new objects
+            gc.disable()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            if self.collect_cycles:
+                gc.enable()
+                gc.unfreeze()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor.untyped_storage())
+        if self.collect_cycles:
+            gc.collect()
+        self.timeline.append(self.current)
+        return out
+
+    def _track(self, storage: torch.UntypedStorage) -> None:
+        key = storage._cdata  # the StorageImpl's address: one key per storage, whichever wrapper holds it
+        if key in self._live:
+            return
+        self._live[key] = storage.nbytes()
+        self.current += self._live[key]
+        # torch keeps a storage's Python object alive as long as the storage, so this runs when it is freed
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key)
+
+    @property
+    def peak(self) -> int:
+        return max(self.timeline, default=0)
+
+
+def trace_timeline(run: Callable[[], None]) -> list[int]:
+    """The live-bytes timeline of run() (see AllocationTrace)."""
+    with AllocationTrace() as trace:
+        run()
+    return trace.timeline
+
+
+def affine_peak(sizes: Sequence[int], timelines: Sequence[Sequence[int]], target: int) -> int:
+    """The peak at N = target from the timelines at two sizes: max_i (a_i target + c_i), with a_i, c_i fitted to
+    each op's live bytes. ValueError when the two runs did not run the same number of ops (the code path
+    depends on N, and the model does not hold)."""
+    (n1, n2), (t1, t2) = sizes, timelines
+    if len(t1) != len(t2) or n1 == n2:
+        raise ValueError(f"timelines at N={n1} and N={n2} have {len(t1)} and {len(t2)} ops: not one code path")
+    return max(round(b1 + (b2 - b1) * (target - n1) / (n2 - n1)) for b1, b2 in zip(t1, t2, strict=True))

@@ -1,0 +1,132 @@
+"""Remaking a jet network's elementwise stacks in the backward instead of keeping them (jet(..., recompute=True)).
+
+The backward of a jet network keeps [K, N, F] stacks: each dense layer its input x (for dL/dW = sum_k g_k^T x_k)
+and its z = x W^T + b (for the activation adjoint), each product both operands, each scaling by a trainable
+factor its operand. Every stack but the z's is elementwise in kept stacks: h = s(z) as a jet, the gates
+v + h (u - v), the residual mix alpha h + (1 - alpha) x. So a stack made by an elementwise rule carries a
+Recipe (the rule and its sources: kept tensors or other recipes), and while `keeping_recipes()` is active a
+saved-tensor hook stores the recipe in place of the stack; the backward runs it again, under no_grad.
+A stack that is shared, the source of two recipes or saved twice (PirateNet's gates u - v and v, a block's
+output), is kept instead (`Recipe.kept`): remaking it for every use would cost more passes than it saves memory.
+Memory: about one stack per dense layer (its z) plus the shared ones, instead of two to three per layer; time:
+the elementwise passes again in the backward, never a GEMM. Recipes deeper than MAX_DEPTH rules are not made
+(the stack is kept), which bounds the work a backward redoes per saved stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+MAX_DEPTH = 4  # v + s(z) (u - v) is three rules deep (activation, product, sum), with u and v remade four
+_ATTRIBUTE = "_soap_jet_recipe"
+_state = threading.local()  # .keeping: whether keeping_recipes() is active in this thread (hooks are per thread)
+
+
+@dataclass(eq=False)
+class Recipe:
+    """make(*sources) remakes the stack; a source is a kept tensor or another Recipe. uses: recipes made from
+    this one; saves: times autograd saved the stack; kept: the stack itself once shared (then never remade)."""
+
+    make: Callable[..., torch.Tensor]
+    sources: tuple
+    depth: int
+    uses: int = 0
+    saves: int = 0
+    kept: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        if self.kept is not None:
+            return self.kept
+        with torch.no_grad():
+            return self.make(*(s() if isinstance(s, Recipe) else s for s in self.sources))
+
+    def count_use(self, stack: torch.Tensor, saved: bool) -> None:
+        """Note a use of `stack` (this recipe's): the second use as a source, or second save, keeps it."""
+        if saved:
+            self.saves += 1
+        else:
+            self.uses += 1
+        if self.kept is None and (self.uses >= 2 or self.saves >= 2):
+            self.kept = stack
+            # later users take the stack itself; no stack -> recipe -> stack cycle (which only the GC could free)
+            delattr(stack, _ATTRIBUTE)
+
+
+def attach(stack: torch.Tensor, make: Callable[..., torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
+    """Give `stack` = make(*operands) a recipe whose sources are the operands' recipes where they have one
+    (else the operands themselves), unless that recipe would be deeper than MAX_DEPTH. Returns the stack."""
+    sources = tuple(recipe_of(t) or t for t in operands)
+    depth = 1 + max((s.depth for s in sources if isinstance(s, Recipe) and s.kept is None), default=0)
+    if depth > MAX_DEPTH:
+        return stack
+    for operand, source in zip(operands, sources, strict=True):
+        if isinstance(source, Recipe):
+            source.count_use(operand, saved=False)
+    setattr(stack, _ATTRIBUTE, Recipe(make, sources, depth))
+    return stack
+
+
+def recipe_of(tensor: torch.Tensor) -> Recipe | None:
+    return getattr(tensor, _ATTRIBUTE, None)
+
+
+def keeping_recipes_active() -> bool:
+    """Whether keeping_recipes() is active: ops then need not save what a recipe remakes."""
+    return getattr(_state, "keeping", False)
+
+
+@dataclass(frozen=True, eq=False)
+class _ViewOf:
+    """A saved view (a reshape, a slot) of a stack with a recipe: the recipe and where the view lies in it."""
+
+    recipe: Recipe
+    base_stride: tuple[int, ...]
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+
+
+def _pack(tensor: torch.Tensor):
+    recipe = recipe_of(tensor)
+    if recipe is not None:
+        recipe.count_use(tensor, saved=True)
+        return recipe
+    base = tensor._base
+    base_recipe = recipe_of(base) if base is not None else None
+    if base_recipe is not None:
+        base_recipe.count_use(base, saved=True)
+        return _ViewOf(base_recipe, base.stride(), tensor.size(), tensor.stride(), tensor.storage_offset())
+    return tensor
+
+
+def _unpack(saved):
+    if not isinstance(saved, Recipe | _ViewOf):
+        return saved
+    if torch.is_grad_enabled():
+        # the remade stack would have no history: a recorded (create_graph) backward through it would be wrong
+        raise RuntimeError(
+            "soap_kernels.jet(..., recompute=True): the jets' backward cannot be recorded (create_graph=True) "
+            "because it remakes stacks without their history; call jet(..., recompute=False) for that"
+        )
+    if isinstance(saved, Recipe):
+        return saved()
+    base = saved.recipe()
+    if base.stride() != saved.base_stride:  # the rules make contiguous stacks: a remade one is laid out alike
+        raise RuntimeError(f"jets recompute: a remade stack has strides {base.stride()}, not {saved.base_stride}")
+    return base.as_strided(saved.size, saved.stride, saved.offset)
+
+
+@contextlib.contextmanager
+def keeping_recipes() -> Iterator[None]:
+    """While active, tensors autograd saves for the backward are stored as their recipes when they have one."""
+    previous, _state.keeping = keeping_recipes_active(), True
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
+            yield
+    finally:
+        _state.keeping = previous

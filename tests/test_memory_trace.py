@@ -1,0 +1,67 @@
+"""bench/memory_trace.py: live tensor bytes op by op, and the affine extrapolation in N."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.memory_trace import AllocationTrace, affine_peak, trace_timeline
+
+
+def test_trace_counts_new_storages_and_their_release():
+    with AllocationTrace() as trace:
+        a = torch.empty(1000)  # 4000 bytes
+        b = a * 2  # 4000 more
+        view = a.view(10, 100)  # shares a's storage: nothing new
+        a.add_(1)  # in place: nothing new
+        del a, view  # a's storage dies here
+        c = b + 1  # 4000 more
+    assert trace.timeline == [4000, 8000, 8000, 8000, 8000]
+    assert trace.peak == 8000
+    assert trace.current == 8000  # b and c are alive
+    del b, c
+    assert trace.current == 0
+
+
+def test_storage_held_by_a_reference_cycle_is_freed_at_the_next_op():
+    class Holder:
+        pass
+
+    with AllocationTrace() as trace:
+        holder = Holder()
+        holder.tensor = torch.empty(250)  # 1000 bytes
+        holder.me = holder  # a cycle: only the collector frees it
+        del holder
+        torch.empty(0)
+    assert trace.timeline == [1000, 0]
+
+    with AllocationTrace(collect_cycles=False) as trace:
+        holder = Holder()
+        holder.tensor = torch.empty(250)
+        holder.me = holder
+        del holder
+        torch.empty(0)
+    assert trace.timeline == [1000, 1000]  # still held until Python's collector runs
+
+
+def test_affine_peak_predicts_a_size_it_did_not_run():
+    def run(n):
+        def body():
+            x = torch.empty(n, 8)
+            y = torch.cat([x, x])  # 2 n x 8
+            del x
+            z = y.sum(0)  # fixed size
+            del y, z
+
+        return trace_timeline(body)
+
+    timelines = [run(16), run(32)]
+    assert affine_peak((16, 32), timelines, 100) == max(run(100))
+    assert affine_peak((16, 32), timelines, 100) == 3 * 100 * 8 * 4  # x and y live together
+
+
+def test_affine_peak_refuses_different_op_sequences():
+    with pytest.raises(ValueError, match="not one code path"):
+        affine_peak((16, 32), ([1, 2, 3], [1, 2]), 64)
+    with pytest.raises(ValueError, match="not one code path"):
+        affine_peak((16, 16), ([1], [1]), 64)
