@@ -135,10 +135,15 @@ def soap_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]
 
 
 def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
-    """Launches of the jet layer kernels, forward and backward, for the PDEs' layouts and every activation."""
+    """Launches of the jet layer kernels (forward, backward, the activation alone) for the PDEs' layouts and every
+    activation, and of the jet product."""
     from soap_kernels.jets.plan import JetPlan
     from soap_kernels.ops.jet_bilinear_triton import jet_bilinear_triton
-    from soap_kernels.ops.jet_dense_triton import jet_dense_activation_backward_triton, jet_dense_activation_triton
+    from soap_kernels.ops.jet_dense_triton import (
+        jet_activation_triton,
+        jet_dense_activation_backward_triton,
+        jet_dense_activation_triton,
+    )
     from soap_kernels.ops.jet_product import product_program, transposed_program
 
     quick_layouts = ("allen_cahn", "kuramoto_sivashinsky")  # 4 and 6 slots: the most shared memory
@@ -155,6 +160,7 @@ def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
             def forward_and_backward(plan=plan, x=x, weight=weight, bias=bias, activation=activation):
                 h, z = jet_dense_activation_triton(x, weight, bias, activation, plan.key)
                 jet_dense_activation_backward_triton(torch.ones_like(h), z, x, weight, activation, plan.key, True)
+                jet_activation_triton(z, activation, plan.key)  # the remaking of h (jet(..., recompute=True))
 
             cases[f"jet_dense {name} {activation}"] = forward_and_backward
 
