@@ -5,7 +5,8 @@ seen (views and in-place results share a seen storage) and subtracts a storage's
 freed (a weakref finalizer), so `timeline[i]` is the bytes live after op i that were allocated inside the
 trace, and max(timeline) the peak: what torch.cuda.max_memory_allocated() minus the memory allocated before
 reports on a GPU, up to the CUDA caching allocator's rounding to 512 bytes. It sees only what goes through
-the dispatcher: an op's scratch memory that never becomes a tensor output is not counted. With collect_cycles
+the dispatcher: an op's scratch memory that never becomes a tensor output is not counted, nor is a storage made
+before the trace (an op returning a view of it or writing into it in place). With collect_cycles
 (the default) it runs the cyclic garbage collector after every op (over the objects made since the trace began,
 so it stays cheap) and a storage that only a reference cycle still held is freed there: Triton's interpreter,
 which runs the GPU path's kernels on CPU tensors, leaves cycles holding its arguments' storages, which would
@@ -39,24 +40,42 @@ class AllocationTrace(TorchDispatchMode):
         self.timeline: list[int] = []
 
     def __enter__(self):
+        self._gc_was_enabled = gc.isenabled()
         if self.collect_cycles:
             gc.collect()
             gc.freeze()  # what exists now is out of the collector's sight: each collection scans only new objects
             gc.disable()
-        return super().__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._restore_gc()
+            raise
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            if self.collect_cycles:
+            self._restore_gc()
+
+    def _restore_gc(self) -> None:
+        if self.collect_cycles:
+            gc.unfreeze()
+            if self._gc_was_enabled:
                 gc.enable()
-                gc.unfreeze()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = set()  # storages the op was given (Tensor.set_ takes a bare storage)
+        for given in tree_leaves((args, kwargs)):
+            if isinstance(given, torch.Tensor):
+                inputs.add(given.untyped_storage()._cdata)
+            elif isinstance(given, torch.UntypedStorage):
+                inputs.add(given._cdata)
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
+                key = tensor.untyped_storage()._cdata
+                if key in inputs and key not in self._live:
+                    continue  # a view of, or a write into, a storage made before the trace
                 self._track(tensor.untyped_storage())
         if self.collect_cycles:
             gc.collect()

@@ -50,17 +50,35 @@ def _backends(device):
     return ["torch", "auto", "triton"] if has_native_cpu() else ["torch", "triton"]
 
 
+@pytest.fixture
+def remakes(monkeypatch):
+    """Counts the stacks the backward remakes (Recipe calls that run a rule)."""
+    calls = []
+    original = recompute_module.Recipe.__call__
+
+    def counted(self):
+        if self.kept is None:
+            calls.append(self.depth)
+        return original(self)
+
+    monkeypatch.setattr(recompute_module.Recipe, "__call__", counted)
+    return calls
+
+
 @pytest.mark.parametrize("request_name", list(REQUESTS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_recompute_gives_the_gradients_of_the_kept_stacks(triton_device, request_name, dtype):
+def test_recompute_gives_the_gradients_of_the_kept_stacks(triton_device, request_name, dtype, remakes):
     requests, laplacian = REQUESTS[request_name]
     for name, model in _models(dtype).items():
         model = model.to(triton_device, dtype)
         x = torch.rand(33, 2, dtype=dtype, device=triton_device)
         for backend in _backends(triton_device):
             kept_loss, kept = _loss_and_grads(model, x, requests, laplacian, backend, recompute=False)
+            assert not remakes
             loss, grads = _loss_and_grads(model, x, requests, laplacian, backend, recompute=True)
             what = f"{name} {backend} {dtype}"
+            assert remakes, f"{what}: the backward remade nothing"
+            remakes.clear()
             if triton_device.type == "cpu":  # the same kernels on the same inputs: the same bits
                 assert torch.equal(loss, kept_loss), what
                 assert all(torch.equal(g, k) for g, k in zip(grads, kept, strict=True)), what
@@ -129,11 +147,49 @@ def test_a_retained_graph_remakes_its_stacks_each_backward():
     torch.manual_seed(0)
     model = snn.PirateNet(2, 1, 6, 2, "tanh", alpha_init=0.5).double()
     x = torch.rand(5, 2, dtype=torch.float64)
-    d = soap_kernels.jet(model, x, [(0,), (1, 1)], backend="torch", recompute=True)
-    loss = (d[(0,)] - d[(1, 1)] + d[()] ** 3).pow(2).mean()
-    first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
-    second = torch.autograd.grad(loss, list(model.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    results = {}
+    for recompute in (False, True):
+        d = soap_kernels.jet(model, x, [(0,), (1, 1)], backend="auto", recompute=recompute)
+        loss = (d[(0,)] - d[(1, 1)] + d[()] ** 3).pow(2).mean()
+        first = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+        results[recompute] = first, torch.autograd.grad(loss, list(model.parameters()))
+    for grads in (*results[True], results[False][1]):
+        assert all(torch.equal(a, b) for a, b in zip(grads, results[False][0], strict=True))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_kept_tensor_modified_in_place_raises_as_autograd_does(recompute):
+    torch.manual_seed(0)
+    model = snn.PirateNet(2, 1, 6, 2, "tanh", alpha_init=0.5).double()
+    x = torch.rand(5, 2, dtype=torch.float64)
+    for parameter in (model.blocks[0].alpha, next(model.parameters())):
+        d = soap_kernels.jet(model, x, [(0,), (1, 1)], backend="auto", recompute=recompute)
+        loss = (d[(0,)] - d[(1, 1)] + d[()] ** 3).pow(2).mean()
+        with torch.no_grad():
+            parameter.mul_(1.5)  # e.g. an optimizer step between forward and backward
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+def test_an_unused_graph_frees_its_stacks_without_the_garbage_collector():
+    """Saved tensors are kept detached: an op's saved output must not hold its own graph in a cycle."""
+
+    class ElementwiseEnd(snn.JetModule):  # ends in Jet.activation, whose torch ops save their outputs
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 16)
+
+        def forward_jet(self, jet):
+            return jet.dense(self.layer.weight, self.layer.bias, None).activation("tanh").activation("sin")
+
+    model = ElementwiseEnd()
+    x = torch.rand(64, 2)
+    with AllocationTrace(collect_cycles=False) as trace:
+        d = soap_kernels.jet(model, x, [(0,), (1, 1)], recompute=True)
+        d[()].sum()
+        del d
+        torch.empty(0)  # an op after the release, so the timeline shows it
+    assert trace.timeline[-1] == 0
 
 
 def test_recompute_is_opt_in_and_checked(monkeypatch):

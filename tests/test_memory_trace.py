@@ -65,3 +65,29 @@ def test_affine_peak_refuses_different_op_sequences():
         affine_peak((16, 32), ([1, 2, 3], [1, 2]), 64)
     with pytest.raises(ValueError, match="not one code path"):
         affine_peak((16, 16), ([1], [1]), 64)
+
+
+def test_storages_made_before_the_trace_are_not_counted():
+    weight = torch.empty(1000)
+    with AllocationTrace() as trace:
+        part = weight[:10]  # a view of it
+        weight.add_(1)  # a write into it
+        doubled = part * 2  # 40 new bytes
+        alias = torch.empty(0).set_(weight.untyped_storage())  # as Triton's interpreter re-wraps arguments
+    assert trace.timeline == [0, 0, 40, 40, 40]  # only the product: the alias is not a new 4000 bytes
+    del doubled, alias
+
+
+def test_the_collector_is_left_as_it_was():
+    import gc
+
+    gc.disable()
+    try:
+        with AllocationTrace():
+            torch.empty(1)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with AllocationTrace():
+        torch.empty(1)
+    assert gc.isenabled()

@@ -14,7 +14,7 @@ from soap_kernels.jets.autograd import jet_autograd
 from soap_kernels.jets.jet import Jet
 from soap_kernels.jets.module import JetModule
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.recompute import keeping_recipes
+from soap_kernels.jets.recompute import forget, keeping_recipes
 
 _WARNED_FALLBACK: set[str] = set()
 
@@ -80,7 +80,8 @@ def jet(
     recompute: keep for the backward only the dense layers' z and the stacks several uses share, and remake
     the other elementwise stacks from them there (jets/recompute.py; soap_kernels.nn networks): less memory
     (PirateNet 3x256, Allen-Cahn: an estimated 0.61x of the kept stacks' peak on the CUDA path) for elementwise
-    passes (no GEMM) again in the backward, whose graph then cannot be recorded (create_graph). Eager only.
+    passes (no GEMM) again in the backward, whose graph then cannot be recorded (create_graph). Eager only;
+    saved-tensor hooks of the caller do not apply inside jet() then.
     """
     _check_input(model, x)
     if not isinstance(recompute, bool):
@@ -107,6 +108,7 @@ def jet(
     seed = Jet.seed(x, plan, _layer_kernels(x, backend), recompute)
     with keeping_recipes() if recompute else contextlib.nullcontext():
         output = model.forward_jet(seed).stack
+    forget(output)  # a network ending in an elementwise rule: its recipe would hold its sources for the caller
     result: dict = {(): output[0]}
     for request in derivatives:
         result[tuple(request)] = output[plan.slot(tuple(request))]

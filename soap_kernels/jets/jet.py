@@ -132,7 +132,9 @@ class Jet:
         ):
             from soap_kernels.ops.jet_arithmetic import jet_scale
 
-            return self._made(lambda x: jet_scale(x, factor), self.stack)
+            return self._made(jet_scale, self.stack, factor)
+        if isinstance(factor, torch.Tensor):  # a source, so a recipe checks it was not modified in place
+            return self._made(torch.mul, self.stack, factor)
         return self._made(lambda x: x * factor, self.stack)
 
     __rmul__ = __mul__

@@ -5,7 +5,10 @@ and its z = x W^T + b (for the activation adjoint), each product both operands, 
 factor its operand. Every stack but the z's is elementwise in kept stacks: h = s(z) as a jet, the gates
 v + h (u - v), the residual mix alpha h + (1 - alpha) x. So a stack made by an elementwise rule carries a
 Recipe (the rule and its sources: kept tensors or other recipes), and while `keeping_recipes()` is active a
-saved-tensor hook stores the recipe in place of the stack; the backward runs it again, under no_grad.
+saved-tensor hook stores the recipe in place of the stack; the backward runs it again, under no_grad. Every
+tensor kept this way (saved as is, or a recipe's source) is checked like autograd checks saved tensors: one
+modified in place before the backward raises instead of giving wrong gradients. Inside jet(), these hooks take
+the place of any saved-tensor hooks the caller set (torch.autograd.graph.save_on_cpu, for one).
 A stack that is shared, the source of two recipes or saved twice (PirateNet's gates u - v and v, a block's
 output), is kept instead (`Recipe.kept`): remaking it for every use would cost more passes than it saves memory.
 Memory: about one stack per dense layer (its z) plus the shared ones, instead of two to three per layer; time:
@@ -22,14 +25,37 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_DEPTH = 4  # v + s(z) (u - v) is three rules deep (activation, product, sum), with u and v remade four
+# PirateNet's gate v + s(z) (u - v) is three rules deep over the kept v and u - v; four leaves room for one more
+MAX_DEPTH = 4
 _ATTRIBUTE = "_soap_jet_recipe"
 _state = threading.local()  # .keeping: whether keeping_recipes() is active in this thread (hooks are per thread)
 
 
+@dataclass(frozen=True, eq=False)
+class _Kept:
+    """A tensor kept for the backward (detached: no graph held, so no reference cycle through it) and its
+    version then; get() raises, as autograd does, if it was modified in place since."""
+
+    tensor: torch.Tensor
+    version: int
+
+    @staticmethod
+    def of(tensor: torch.Tensor) -> _Kept:
+        return _Kept(tensor.detach(), tensor._version)
+
+    def get(self) -> torch.Tensor:
+        if self.tensor._version != self.version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                f"a {tuple(self.tensor.shape)} tensor kept by soap_kernels.jet(..., recompute=True) is at version "
+                f"{self.tensor._version}, expected {self.version}"
+            )
+        return self.tensor
+
+
 @dataclass(eq=False)
 class Recipe:
-    """make(*sources) remakes the stack; a source is a kept tensor or another Recipe. uses: recipes made from
+    """make(*sources) remakes the stack; a source is a _Kept tensor or another Recipe. uses: recipes made from
     this one; saves: times autograd saved the stack; kept: the stack itself once shared (then never remade)."""
 
     make: Callable[..., torch.Tensor]
@@ -37,13 +63,13 @@ class Recipe:
     depth: int
     uses: int = 0
     saves: int = 0
-    kept: torch.Tensor | None = None
+    kept: _Kept | None = None
 
     def __call__(self) -> torch.Tensor:
         if self.kept is not None:
-            return self.kept
+            return self.kept.get()
         with torch.no_grad():
-            return self.make(*(s() if isinstance(s, Recipe) else s for s in self.sources))
+            return self.make(*(s() if isinstance(s, Recipe) else s.get() for s in self.sources))
 
     def count_use(self, stack: torch.Tensor, saved: bool) -> None:
         """Note a use of `stack` (this recipe's): the second use as a source, or second save, keeps it."""
@@ -52,7 +78,7 @@ class Recipe:
         else:
             self.uses += 1
         if self.kept is None and (self.uses >= 2 or self.saves >= 2):
-            self.kept = stack
+            self.kept, self.sources = _Kept.of(stack), ()  # what it was made from may go
             # later users take the stack itself; no stack -> recipe -> stack cycle (which only the GC could free)
             delattr(stack, _ATTRIBUTE)
 
@@ -60,7 +86,7 @@ class Recipe:
 def attach(stack: torch.Tensor, make: Callable[..., torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
     """Give `stack` = make(*operands) a recipe whose sources are the operands' recipes where they have one
     (else the operands themselves), unless that recipe would be deeper than MAX_DEPTH. Returns the stack."""
-    sources = tuple(recipe_of(t) or t for t in operands)
+    sources = tuple(recipe_of(t) or _Kept.of(t) for t in operands)
     depth = 1 + max((s.depth for s in sources if isinstance(s, Recipe) and s.kept is None), default=0)
     if depth > MAX_DEPTH:
         return stack
@@ -73,6 +99,12 @@ def attach(stack: torch.Tensor, make: Callable[..., torch.Tensor], *operands: to
 
 def recipe_of(tensor: torch.Tensor) -> Recipe | None:
     return getattr(tensor, _ATTRIBUTE, None)
+
+
+def forget(tensor: torch.Tensor) -> None:
+    """Drop the tensor's recipe (and what it holds): for the stacks jet() returns, which nothing remakes."""
+    if recipe_of(tensor) is not None:
+        delattr(tensor, _ATTRIBUTE)
 
 
 def keeping_recipes_active() -> bool:
@@ -101,12 +133,12 @@ def _pack(tensor: torch.Tensor):
     if base_recipe is not None:
         base_recipe.count_use(base, saved=True)
         return _ViewOf(base_recipe, base.stride(), tensor.size(), tensor.stride(), tensor.storage_offset())
-    return tensor
+    return _Kept.of(tensor)
 
 
 def _unpack(saved):
-    if not isinstance(saved, Recipe | _ViewOf):
-        return saved
+    if isinstance(saved, _Kept):
+        return saved.get()
     if torch.is_grad_enabled():
         # the remade stack would have no history: a recorded (create_graph) backward through it would be wrong
         raise RuntimeError(
