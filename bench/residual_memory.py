@@ -58,6 +58,7 @@ def estimate(provider, model_name, problem, fit_sizes, check_size, targets, dtyp
         "fit_sizes": list(fit_sizes),
         "ops": len(timelines[0]),
         "check": {"N": check_size, "measured_bytes": max(check), "predicted_bytes": predicted_check},
+        "fit_holds": max(check) == predicted_check,
         "peak_mib": {str(n): affine_peak(fit_sizes, timelines, n) / 2**20 for n in targets},
     }
 
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
                         f"{model_name:9s} {problem:10s} N={n:>6s} {provider:17s} peak {r['peak_mib'][n]:9.1f} MiB"
                         + (f"  x{ratio:.2f} of nested autograd" if ratio else "")
                         + f"  (check N={check['N']}: measured {check['measured_bytes']}, "
-                        f"predicted {check['predicted_bytes']} bytes)"
+                        f"predicted {check['predicted_bytes']} bytes{'' if r['fit_holds'] else ': THE FIT FAILS'})"
                     )
             cases.append({"model": model_name, "problem": problem, "dtype": args.dtype, "providers": results})
     payload = {
@@ -103,6 +104,11 @@ def main(argv=None) -> dict:
     }
     path = save_results(args.suite, payload, "cpu")
     print(f"saved {path}")
+    failed = [
+        f"{c['model']} {c['problem']} {p}" for c in cases for p, r in c["providers"].items() if not r["fit_holds"]
+    ]
+    if failed:
+        raise SystemExit(f"the affine fit failed its check for: {', '.join(failed)} (the estimates there are void)")
     return payload
 
 
