@@ -68,6 +68,8 @@ def remakes(monkeypatch):
 @pytest.mark.parametrize("request_name", list(REQUESTS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_recompute_gives_the_gradients_of_the_kept_stacks(triton_device, request_name, dtype, remakes):
+    if triton_device.type == "cuda" and request_name != "allen_cahn":
+        pytest.skip("on a GPU Allen-Cahn's layout only (bench/gpu_check.sh's time); all layouts run interpreted")
     requests, laplacian = REQUESTS[request_name]
     for name, model in _models(dtype).items():
         model = model.to(triton_device, dtype)

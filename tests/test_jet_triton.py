@@ -71,6 +71,8 @@ def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype
 def test_activation_kernel_remakes_the_layers_h_from_its_z(device, layout, activation, dtype):
     """jet_activation_triton (what jet(..., recompute=True) remakes h with) against the fused forward's h and the
     reference, on odd and empty shapes."""
+    if device.type == "cuda" and activation not in ("tanh", "gelu"):
+        pytest.skip("on a GPU tanh and gelu only (bench/gpu_check.sh's time); every activation runs interpreted")
     plan = LAYOUTS[layout]
     torch.manual_seed(2)
     for n, f_in, f_out in [(7, 33, 17), (1, 1, 1), (33, 7, 1), (1025, 3, 1), (0, 3, 2)]:
