@@ -4,13 +4,16 @@
 seen (views and in-place results share a seen storage) and subtracts a storage's bytes when the storage is
 freed (a weakref finalizer), so `timeline[i]` is the bytes live after op i that were allocated inside the
 trace, and max(timeline) the peak: what torch.cuda.max_memory_allocated() minus the memory allocated before
-reports on a GPU, up to the CUDA caching allocator's rounding to 512 bytes. It sees only what goes through
-the dispatcher: an op's scratch memory that never becomes a tensor output is not counted, nor is a storage made
-before the trace (an op returning a view of it or writing into it in place). With collect_cycles
-(the default) it runs the cyclic garbage collector after every op (over the objects made since the trace began,
-so it stays cheap) and a storage that only a reference cycle still held is freed there: Triton's interpreter,
-which runs the GPU path's kernels on CPU tensors, leaves cycles holding its arguments' storages, which would
-otherwise live until Python's collector happens to run (at a different op in each run) and are not on a GPU.
+reports on a GPU, up to the CUDA caching allocator's rounding to 512 bytes. It sees what goes through the
+dispatcher: the tensors ops return, and inside a custom op written in Python (torch.library.custom_op,
+triton_op: the jets' Triton launchers) the tensors its own ops make, freed or not before it returns (the
+backward's g_z). Not counted: scratch memory of an ATen or C++ op that never becomes a tensor seen from Python
+(cuBLAS workspaces), and a storage made before the trace (an op returning a view of it or writing into it in
+place). With collect_cycles (the default) it runs the cyclic garbage collector after every op (over the
+objects made since the trace began, so it stays cheap) and a storage that only a reference cycle still held is
+freed there: Triton's interpreter, which runs the GPU path's kernels on CPU tensors, leaves cycles holding its
+arguments' storages, which would otherwise live until Python's collector happens to run (at a different op in
+each run) and are not on a GPU.
 
 When a code path allocates the same sequence of tensors at every problem size N, each with a size affine in
 N (true of the PINN residuals here: the stacks are [K, N, F], the weights fixed), the live bytes after op i
@@ -25,6 +28,7 @@ import weakref
 from collections.abc import Callable, Sequence
 
 import torch
+from torch._library import custom_ops
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -64,7 +68,17 @@ class AllocationTrace(TorchDispatchMode):
                 gc.enable()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        implementation = _python_implementation(func)
+        if implementation is None:
+            out = func(*args, **(kwargs or {}))
+        else:
+            # A custom op written in Python (the jets' Triton launchers): trace the ops it runs, so the tensors it
+            # makes and frees before returning (the backward's g_z) count at the peak as they do on a GPU.
+            TorchDispatchMode.__enter__(self)
+            try:
+                out = implementation(*args, **(kwargs or {}))
+            finally:
+                TorchDispatchMode.__exit__(self, None, None, None)
         inputs = set()  # storages the op was given (Tensor.set_ takes a bare storage)
         for given in tree_leaves((args, kwargs)):
             if isinstance(given, torch.Tensor):
@@ -97,6 +111,14 @@ class AllocationTrace(TorchDispatchMode):
     @property
     def peak(self) -> int:
         return max(self.timeline, default=0)
+
+
+def _python_implementation(func) -> Callable | None:
+    """The Python function behind a torch.library custom op (triton_op, custom_op), or None for any other op
+    (ATen, or a C++ kernel, whose scratch tensors the dispatcher never sees from Python)."""
+    schema = getattr(func, "_schema", None)
+    definition = None if schema is None else custom_ops.OPDEFS.get(schema.name)
+    return None if definition is None else definition._init_fn
 
 
 def trace_timeline(run: Callable[[], None]) -> list[int]:

@@ -8,7 +8,8 @@ every op's live bytes as a N + c, which gives the peak at the paper's N; a third
 (predicted and measured must agree to the byte). nested_autograd runs the same ATen ops on a CPU as on a GPU.
 
 Counted: every tensor an op returns, as on the GPU after the step's inputs and parameters (the gradients are
-counted). Not counted: an op's scratch memory that never becomes a tensor (cuBLAS workspaces), the caching
+counted), including those a Python custom op (a Triton launcher) makes and frees before it returns. Not
+counted: an ATen or C++ op's scratch memory that never becomes a tensor (cuBLAS workspaces), the caching
 allocator's rounding to 512-byte blocks. Providers: nested_autograd; jets_triton (every stack kept, jet()'s
 default); jets_triton_recompute (jet(..., recompute=True): the dense layers' z and the shared stacks kept, the
 other elementwise stacks remade in the backward).

@@ -91,3 +91,21 @@ def test_the_collector_is_left_as_it_was():
     with AllocationTrace():
         torch.empty(1)
     assert gc.isenabled()
+
+
+@torch.library.custom_op("soap_kernels_test::scratch_then_small", mutates_args=())
+def _scratch_then_small(x: torch.Tensor) -> torch.Tensor:
+    scratch = torch.empty(1000)  # 4000 bytes made and freed inside the op, as a launcher's workspace
+    scratch.fill_(1.0)
+    return x[:10] + scratch[:10]  # 40 bytes returned
+
+
+def test_a_python_custom_op_is_traced_inside():
+    """A custom op written in Python (the jets' Triton launchers) allocates tensors it frees before returning;
+    on a GPU they count in max_memory_allocated, so the trace must see them too."""
+    x = torch.zeros(10)
+    with AllocationTrace() as trace:
+        out = _scratch_then_small(x)
+    assert trace.peak == 4040  # the scratch and the output, both alive at the op's add
+    assert trace.current == 40
+    del out
