@@ -6,7 +6,8 @@ Residuals on N random points of [0, 1]^2 (inputs (t, x) or (x, y)):
 loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients). jets_torch runs the torch
 reference of the jet rules, jets_native their C++ CPU kernels (what backend "auto" picks on a CPU), jets_triton
 the Triton kernels (CUDA), and jets_triton_recompute the same with jet(..., recompute=True), which remakes the
-elementwise stacks in the backward instead of keeping them (less memory, more elementwise passes).
+elementwise stacks in the backward instead of keeping them (less memory, more elementwise passes);
+jets_triton_recompute_all with recompute="all" remakes the dense layers' z too (one more GEMM per layer).
 jets_torch_compiled is jets_torch under torch.compile (inductor; its compile time is reported as first_call_s).
 Providers are timed interleaved, one repetition each per round, so background load hits them alike; medians and
 ratios are of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated;
@@ -57,12 +58,14 @@ PROVIDERS = (
     "jets_torch_compiled",
     "jets_triton",
     "jets_triton_recompute",
+    "jets_triton_recompute_all",
 )
 _JET_OPTIONS = {  # provider -> (jet backend, jet recompute)
     "jets_torch": ("torch", False),
     "jets_native": ("auto", False),
     "jets_triton": ("triton", False),
     "jets_triton_recompute": ("triton", True),
+    "jets_triton_recompute_all": ("triton", "all"),
 }
 
 

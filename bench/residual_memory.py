@@ -34,7 +34,7 @@ from bench.harness import save_results  # noqa: E402
 from bench.memory_trace import affine_peak, trace_timeline  # noqa: E402
 from bench.residual import build_model, loss_function  # noqa: E402
 
-PROVIDERS = ("nested_autograd", "jets_triton", "jets_triton_recompute")  # residual.py's
+PROVIDERS = ("nested_autograd", "jets_triton", "jets_triton_recompute", "jets_triton_recompute_all")  # residual.py's
 
 
 def step_timeline(provider: str, model_name: str, problem: str, n: int, dtype: torch.dtype) -> list[int]:

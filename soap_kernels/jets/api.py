@@ -65,7 +65,7 @@ def jet(
     *,
     laplacian_axes: Iterable[int] | None = None,
     backend: str = "auto",
-    recompute: bool = False,
+    recompute: bool | str = False,
 ) -> dict:
     """u and its input derivatives at the points x [N, d], each [N, out_features].
 
@@ -77,15 +77,19 @@ def jet(
     Gradients with respect to parameters (and x when it requires grad) need only a first-order backward.
     backend: "auto" (Triton on CUDA tensors, the C++ kernels on CPU tensors), "torch" or "triton";
     SOAP_KERNELS_BACKEND wins.
-    recompute: keep for the backward only the dense layers' z and the stacks several uses share, and remake
-    the other elementwise stacks from them there (jets/recompute.py; soap_kernels.nn networks): less memory
-    (PirateNet 3x256, Allen-Cahn: an estimated 0.61x of the kept stacks' peak on the CUDA path) for elementwise
-    passes (no GEMM) again in the backward, whose graph then cannot be recorded (create_graph). Eager only;
-    saved-tensor hooks of the caller do not apply inside jet() then.
+    recompute (soap_kernels.nn networks; jets/recompute.py): False keeps every stack the backward needs. True
+    keeps only the dense layers' z and the stacks several uses share, and remakes the other elementwise stacks
+    from them in the backward (elementwise passes again, no GEMM). "all" also remakes each dense layer's z, by
+    running the layer again (one more forward GEMM per layer, each once per backward), so between stacks that
+    several uses share (PirateNet's block outputs and gates) only the block being differentiated is in memory;
+    a plain MLP, whose layers form one chain, gets nothing back for the GEMMs. Estimated peak on the CUDA path,
+    PirateNet 3x256, Allen-Cahn, N = 8192, relative to the kept stacks: bench/results/residual-memory-estimate-*.
+    With recompute the backward cannot be recorded (create_graph); eager only; saved-tensor hooks of the caller
+    do not apply inside jet().
     """
     _check_input(model, x)
-    if not isinstance(recompute, bool):
-        raise TypeError(f"recompute must be True or False, got {recompute!r}")
+    if not (isinstance(recompute, bool) or recompute == "all"):
+        raise TypeError(f'recompute must be True, False or "all", got {recompute!r}')
     if isinstance(derivatives, tuple) and derivatives and all(isinstance(a, int) for a in derivatives):
         raise TypeError(f"derivatives={derivatives!r} must be a list of index tuples, e.g. [{derivatives!r}]")
     if not isinstance(derivatives, list | tuple):
@@ -104,9 +108,9 @@ def jet(
             )
         return jet_autograd(model, x, derivatives, laplacian_axes)
     if recompute and torch.compiler.is_compiling():
-        raise ValueError("jet(..., recompute=True) runs eagerly only, not under torch.compile")
-    seed = Jet.seed(x, plan, _layer_kernels(x, backend), recompute)
-    with keeping_recipes() if recompute else contextlib.nullcontext():
+        raise ValueError(f"jet(..., recompute={recompute!r}) runs eagerly only, not under torch.compile")
+    seed = Jet.seed(x, plan, _layer_kernels(x, backend), bool(recompute))
+    with keeping_recipes(layers=recompute == "all") if recompute else contextlib.nullcontext():
         output = model.forward_jet(seed).stack
     forget(output)  # a network ending in an elementwise rule: its recipe would hold its sources for the caller
     result: dict = {(): output[0]}

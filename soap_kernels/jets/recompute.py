@@ -14,6 +14,12 @@ output), is kept instead (`Recipe.kept`): remaking it for every use would cost m
 Memory: about one stack per dense layer (its z) plus the shared ones, instead of two to three per layer; time:
 the elementwise passes again in the backward, never a GEMM. Recipes deeper than MAX_DEPTH rules are not made
 (the stack is kept), which bounds the work a backward redoes per saved stack.
+With keeping_recipes(layers=True) (jet(..., recompute="all")) a dense layer's z gets a recipe too: the layer's
+op run again on its input (itself remade), one GEMM. That recipe is cached: count_calls fixes, when the forward
+is done, how many calls the backward will make to it, and the first call's stack is held until the last, so each
+GEMM runs once per backward, and z is in memory only from the first backward node that needs it (the block
+being differentiated) to the last. Between shared stacks (kept) a chain of layers is remade at once: PirateNet's
+blocks, one at a time; a plain MLP, one chain from x, holds all its z again at its first backward node.
 """
 
 from __future__ import annotations
@@ -56,7 +62,9 @@ class _Kept:
 @dataclass(eq=False)
 class Recipe:
     """make(*sources) remakes the stack; a source is a _Kept tensor or another Recipe. uses: recipes made from
-    this one; saves: times autograd saved the stack; kept: the stack itself once shared (then never remade)."""
+    this one; saves: times autograd saved the stack; kept: the stack itself once shared (then never remade).
+    cached (a dense layer's z, remade by its GEMM): the first call's stack is held until `calls_left`, the
+    calls the backward will make (count_calls), are done, so each GEMM runs once per backward."""
 
     make: Callable[..., torch.Tensor]
     sources: tuple
@@ -64,12 +72,26 @@ class Recipe:
     uses: int = 0
     saves: int = 0
     kept: _Kept | None = None
+    cached: bool = False
+    calls_left: int = 0
+    remade: torch.Tensor | None = None
+
+    @property
+    def chain_depth(self) -> int:
+        """The rules a call runs before reaching a stack that is there: none for a kept or cached recipe."""
+        return 0 if self.kept is not None or self.cached else self.depth
 
     def __call__(self) -> torch.Tensor:
         if self.kept is not None:
             return self.kept.get()
-        with torch.no_grad():
-            return self.make(*(s() if isinstance(s, Recipe) else s.get() for s in self.sources))
+        stack = self.remade
+        if stack is None:
+            with torch.no_grad():
+                stack = self.make(*(s() if isinstance(s, Recipe) else s.get() for s in self.sources))
+        if self.cached:  # after the last call, or in a second backward through a retained graph: not held
+            self.calls_left -= 1
+            self.remade = stack if self.calls_left > 0 else None
+        return stack
 
     def count_use(self, stack: torch.Tensor, saved: bool) -> None:
         """Note a use of `stack` (this recipe's): the second use as a source, or second save, keeps it."""
@@ -83,18 +105,46 @@ class Recipe:
             delattr(stack, _ATTRIBUTE)
 
 
-def attach(stack: torch.Tensor, make: Callable[..., torch.Tensor], *operands: torch.Tensor) -> torch.Tensor:
+def attach(
+    stack: torch.Tensor, make: Callable[..., torch.Tensor], *operands: torch.Tensor, cached: bool = False
+) -> torch.Tensor:
     """Give `stack` = make(*operands) a recipe whose sources are the operands' recipes where they have one
-    (else the operands themselves), unless that recipe would be deeper than MAX_DEPTH. Returns the stack."""
+    (else the operands themselves), unless that recipe would be deeper than MAX_DEPTH. Returns the stack.
+    cached: for a costly rule (a GEMM), remade once per backward and held until its last use."""
     sources = tuple(recipe_of(t) or _Kept.of(t) for t in operands)
-    depth = 1 + max((s.depth for s in sources if isinstance(s, Recipe) and s.kept is None), default=0)
-    if depth > MAX_DEPTH:
+    recipes = [s for s in sources if isinstance(s, Recipe)]
+    # a source this use makes shared is kept from now on (count_use below): no rules to run for it
+    depth = 1 + max((0 if s.uses + recipes.count(s) >= 2 else s.chain_depth for s in recipes), default=0)
+    if depth > MAX_DEPTH and not cached:  # a cached recipe runs its sources' rules once, not per call
         return stack
     for operand, source in zip(operands, sources, strict=True):
         if isinstance(source, Recipe):
             source.count_use(operand, saved=False)
-    setattr(stack, _ATTRIBUTE, Recipe(make, sources, depth))
+    recipe = Recipe(make, sources, depth, cached=cached)
+    setattr(stack, _ATTRIBUTE, recipe)
+    made = getattr(_state, "recipes", None)
+    if made is not None:
+        made.append(recipe)
     return stack
+
+
+def count_calls(recipes: list[Recipe]) -> None:
+    """Set each cached recipe's calls_left: the calls one backward makes to it, once every save is done.
+
+    A recipe is called once per save of its stack (an unpack) and once per call of a recipe made from it that is
+    not kept; a cached one calls its sources only the first time. `recipes` in the order they were made (each
+    after its sources), so one pass from the last fixes every count.
+    """
+    calls = {id(r): r.saves for r in recipes}
+    for recipe in reversed(recipes):
+        if recipe.kept is not None:
+            continue  # its stack is there: its sources are never called (and were dropped)
+        made = calls[id(recipe)]
+        if recipe.cached:
+            recipe.calls_left, made = made, min(made, 1)
+        for source in recipe.sources:
+            if isinstance(source, Recipe) and id(source) in calls:
+                calls[id(source)] += made
 
 
 def recipe_of(tensor: torch.Tensor) -> Recipe | None:
@@ -110,6 +160,11 @@ def forget(tensor: torch.Tensor) -> None:
 def keeping_recipes_active() -> bool:
     """Whether keeping_recipes() is active: ops then need not save what a recipe remakes."""
     return getattr(_state, "keeping", False)
+
+
+def remaking_layers_active() -> bool:
+    """Whether keeping_recipes(layers=True) is active: the dense layers' z get (cached) recipes too."""
+    return getattr(_state, "layers", False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,11 +209,14 @@ def _unpack(saved):
 
 
 @contextlib.contextmanager
-def keeping_recipes() -> Iterator[None]:
-    """While active, tensors autograd saves for the backward are stored as their recipes when they have one."""
-    previous, _state.keeping = keeping_recipes_active(), True
+def keeping_recipes(layers: bool = False) -> Iterator[None]:
+    """While active, tensors autograd saves for the backward are stored as their recipes when they have one.
+    layers: the dense layers' z are remade too, by their GEMM (ops/jet_dense.py gives them cached recipes)."""
+    previous = keeping_recipes_active(), remaking_layers_active(), getattr(_state, "recipes", None)
+    _state.keeping, _state.layers, _state.recipes = True, layers, []
     try:
         with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
             yield
+        count_calls(_state.recipes)
     finally:
-        _state.keeping = previous
+        _state.keeping, _state.layers, _state.recipes = previous

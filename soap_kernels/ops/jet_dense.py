@@ -18,11 +18,13 @@ the jet is torch.compile friendly.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.library import triton_op
 
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.recompute import keeping_recipes_active
+from soap_kernels.jets.recompute import attach, keeping_recipes_active, remaking_layers_active
 from soap_kernels.jets.reference import (
     activation_jet_adjoint_ref,
     activation_jet_ref,
@@ -156,8 +158,16 @@ def _setup_context(ctx, inputs, output):
     # reference cycle (pytorch/pytorch#94990) while saved outputs are not. Not while jets keep recipes: h would
     # be remade whole for its value slot (jets/recompute.py); the kernel evaluates the tower from z instead.
     reuses_value = kernels == "native" and activation in NATIVE_BASE_ACTIVATIONS and not keeping_recipes_active()
+    if remaking_layers_active():  # before z is saved: the save then stores the recipe (jets/recompute.py)
+        remake = functools.partial(_remade_z, activation, layout, kernels)
+        attach(z, remake, x, weight, *(() if bias is None else (bias,)), cached=True)
     ctx.save_for_backward(x, weight, z, h if reuses_value else None)
     ctx.options = (activation, layout, kernels, bias is not None)
+
+
+def _remade_z(activation, layout, kernels, x, weight, bias=None) -> torch.Tensor:
+    """A dense layer's z made again from its input and weights by the same op: bitwise the forward's z."""
+    return jet_dense_activation(x, weight, bias, activation, layout, kernels)[1]
 
 
 def _backward(ctx, grad_h, grad_z_unused):
