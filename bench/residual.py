@@ -7,13 +7,14 @@ loss = mean(r^2); one measurement = loss + loss.backward() (parameter gradients)
 reference of the jet rules, jets_native their C++ CPU kernels (what backend "auto" picks on a CPU), jets_triton
 the Triton kernels (CUDA), and jets_triton_recompute the same with jet(..., recompute=True), which remakes the
 elementwise stacks in the backward instead of keeping them (less memory, more elementwise passes);
-jets_triton_recompute_all with recompute="all" remakes the dense layers' z too (one more GEMM per layer).
+jets_triton_recompute_all with recompute="all" remakes the dense layers' z too (one more GEMM per layer);
+jets_native_recompute(_all) are the same on the C++ kernels (CPU).
 jets_torch_compiled is jets_torch under torch.compile (inductor; its compile time is reported as first_call_s).
 Providers are timed interleaved, one repetition each per round, so background load hits them alike; medians and
 ratios are of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated;
 bench/residual_memory.py estimates it for the CUDA path on a CPU).
 By default a CPU runs the CPU goal case (MLP 4x256, N=4096) and a GPU the GPU goal case (PirateNet 3x256, then
-MLP 4x256, N=8192; all providers but jets_torch_compiled), Allen-Cahn.
+MLP 4x256, N=8192; all providers but jets_torch_compiled and jets_native_recompute(_all)), Allen-Cahn.
 matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
 second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
 the elementwise work and on memory: jets_native takes its large stacks from the C++ buffer cache
@@ -59,13 +60,20 @@ PROVIDERS = (
     "jets_triton",
     "jets_triton_recompute",
     "jets_triton_recompute_all",
+    "jets_native_recompute",
+    "jets_native_recompute_all",
 )
+# inductor's compile of the PirateNet jets could take much of bench/gpu_check.sh's 150 s for this suite, and on a
+# GPU the native providers run the Triton kernels ("auto"), which the jets_triton ones measure already
+_NOT_BY_DEFAULT_ON_GPU = ("jets_torch_compiled", "jets_native_recompute", "jets_native_recompute_all")
 _JET_OPTIONS = {  # provider -> (jet backend, jet recompute)
     "jets_torch": ("torch", False),
     "jets_native": ("auto", False),
     "jets_triton": ("triton", False),
     "jets_triton_recompute": ("triton", True),
     "jets_triton_recompute_all": ("triton", "all"),
+    "jets_native_recompute": ("auto", True),
+    "jets_native_recompute_all": ("auto", "all"),
 }
 
 
@@ -245,7 +253,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", choices=["mlp", "piratenet"], help="default: see above")
     parser.add_argument("--problems", nargs="+", default=["allen_cahn"], choices=["allen_cahn", "laplacian"])
     parser.add_argument("--sizes", nargs="+", type=int, help="default: see above")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all (on a GPU all but compiled)")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all (on a GPU see above)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed repetitions per provider")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--suite", default="residual", help="results file prefix")
@@ -262,8 +270,7 @@ def main(argv=None) -> None:
     on_gpu = torch.device(args.device).type == "cuda"
     args.models = args.models or (["piratenet", "mlp"] if on_gpu else ["mlp"])
     args.sizes = args.sizes or ([8192] if on_gpu else [4096])
-    # inductor's compile of the PirateNet jets could take much of bench/gpu_check.sh's 150 s for this suite
-    args.providers = args.providers or [p for p in PROVIDERS if not (on_gpu and p == "jets_torch_compiled")]
+    args.providers = args.providers or [p for p in PROVIDERS if not (on_gpu and p in _NOT_BY_DEFAULT_ON_GPU)]
     if args.processes > 1:
         _in_fresh_processes(args)
         return
