@@ -68,7 +68,7 @@ class AllocationTrace(TorchDispatchMode):
                 gc.enable()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        implementation = _python_implementation(func)
+        implementation = _python_implementation(func, args)
         if implementation is None:
             out = func(*args, **(kwargs or {}))
         else:
@@ -113,12 +113,17 @@ class AllocationTrace(TorchDispatchMode):
         return max(self.timeline, default=0)
 
 
-def _python_implementation(func) -> Callable | None:
-    """The Python function behind a torch.library custom op (triton_op, custom_op), or None for any other op
-    (ATen, or a C++ kernel, whose scratch tensors the dispatcher never sees from Python)."""
+def _python_implementation(func, args) -> Callable | None:
+    """The Python function behind a torch.library custom op (triton_op, custom_op) for the device of its first
+    tensor argument (the op's kernel for that device, else its default), or None for any other op (ATen, or a
+    C++ kernel, whose scratch tensors the dispatcher never sees from Python). Reads torch's private registry."""
     schema = getattr(func, "_schema", None)
     definition = None if schema is None else custom_ops.OPDEFS.get(schema.name)
-    return None if definition is None else definition._init_fn
+    if definition is None:
+        return None
+    device = next((t.device.type for t in tree_leaves(args) if isinstance(t, torch.Tensor)), None)
+    kernels = definition._backend_fns
+    return kernels.get(device) or kernels.get(None)
 
 
 def trace_timeline(run: Callable[[], None]) -> list[int]:

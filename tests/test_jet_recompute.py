@@ -134,34 +134,43 @@ def test_recompute_keeps_less_memory(triton_device, model_name):
         assert remade < 0.9 * kept, (model_name, backend, remade, kept)
         if model_name == "piratenet":  # its shared block outputs bound the chains of remade layers
             remade_all = _peak_bytes(model, x, backend, recompute="all")
-            # measured here: 0.66-0.70 of recompute=True's peak (0.43-0.57 of the kept peak)
-            assert remade_all < 0.8 * remade, (model_name, backend, remade_all, remade, kept)
+            # measured here (byte counts, deterministic): 0.66-0.70 of recompute=True's peak (0.43-0.57 of the kept
+            # peak); 0.75-0.79 when the remade layers' sources were held to the end of the backward
+            assert remade_all < 0.72 * remade, (model_name, backend, remade_all, remade, kept)
 
 
 def test_recompute_all_runs_each_layer_once_per_backward(monkeypatch):
     """Each dense layer's z is remade by its GEMM once per backward (held until its last use), never in the
-    forward; a second backward through a retained graph remakes again and gives the same gradients."""
+    forward: in every backward through a retained graph, and after a backward that skipped nodes (gradients of
+    some parameters only), which holds nothing once it returns."""
     layers = []
     original = jet_dense._remade_z
     monkeypatch.setattr(jet_dense, "_remade_z", lambda *args: layers.append(args[0]) or original(*args))
     torch.manual_seed(0)
     model = snn.PirateNet(2, 1, 6, 2, "tanh", rwf=(1.0, 0.1), alpha_init=0.5).double()
     x = torch.rand(9, 2, dtype=torch.float64)
-    dense_layers = 2 + 2 + 2 * 3  # Fourier cos and sin, the gates u and v, three per block
+    every_layer = sorted(["cos", "sin"] + ["tanh"] * 8)  # Fourier cos and sin, the gates u and v, three per block
+    parameters = list(model.parameters())
     for backend in ("torch", "auto"):
         losses = {}
         for recompute in (False, "all"):
             d = soap_kernels.jet(model, x, [(0,), (1, 1)], backend=backend, recompute=recompute)
             losses[recompute] = (d[(0,)] - d[(1, 1)] + d[()] ** 3).pow(2).mean()
+            del d
         assert layers == []
-        kept = torch.autograd.grad(losses[False], list(model.parameters()))
-        for backward in range(2):
-            grads = torch.autograd.grad(losses["all"], list(model.parameters()), retain_graph=backward == 0)
-            assert all(torch.equal(g, k) for g, k in zip(grads, kept, strict=True)), backend
-            if backward == 0:
-                assert sorted(layers) == sorted(["cos", "sin"] + ["tanh"] * 8), (backend, layers)
-        assert len(layers) >= 2 * dense_layers  # the second backward remade them again (nothing held after)
-        layers.clear()
+        kept = torch.autograd.grad(losses[False], parameters)
+        for backward in range(3):
+            grads = torch.autograd.grad(losses["all"], parameters, retain_graph=backward < 2)
+            assert all(torch.equal(g, k) for g, k in zip(grads, kept, strict=True)), (backend, backward)
+            assert sorted(layers) == every_layer, (backend, backward, layers)
+            layers.clear()
+            if backward == 0:  # the last block's layers only: the nodes of the others are skipped
+                with AllocationTrace() as trace:
+                    last = torch.autograd.grad(losses["all"], list(model.blocks[-1].parameters()), retain_graph=True)
+                assert layers and sorted(layers) != every_layer, layers
+                assert trace.current == sum(g.nbytes for g in last)  # no remade z held after it returned
+                del last
+                layers.clear()
 
 
 def test_a_recorded_backward_through_remade_stacks_raises():

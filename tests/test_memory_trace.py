@@ -109,3 +109,13 @@ def test_a_python_custom_op_is_traced_inside():
     assert trace.peak == 4040  # the scratch and the output, both alive at the op's add
     assert trace.current == 40
     del out
+
+
+@torch.library.custom_op("soap_kernels_test::cuda_only", mutates_args=(), device_types="cuda")
+def _cuda_only(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+def test_a_custom_op_without_a_kernel_for_the_device_fails_as_without_the_trace():
+    with AllocationTrace(), pytest.raises(NotImplementedError):
+        _cuda_only(torch.zeros(3))

@@ -88,7 +88,7 @@ def jet(
     do not apply inside jet().
     """
     _check_input(model, x)
-    if not (isinstance(recompute, bool) or recompute == "all"):
+    if not (isinstance(recompute, bool) or (isinstance(recompute, str) and recompute == "all")):
         raise TypeError(f'recompute must be True, False or "all", got {recompute!r}')
     if isinstance(derivatives, tuple) and derivatives and all(isinstance(a, int) for a in derivatives):
         raise TypeError(f"derivatives={derivatives!r} must be a list of index tuples, e.g. [{derivatives!r}]")

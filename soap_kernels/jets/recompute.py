@@ -25,7 +25,9 @@ blocks, one at a time; a plain MLP, one chain from x, holds all its z again at i
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -53,7 +55,7 @@ class _Kept:
         if self.tensor._version != self.version:
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an inplace operation: "
-                f"a {tuple(self.tensor.shape)} tensor kept by soap_kernels.jet(..., recompute=True) is at version "
+                f"a {tuple(self.tensor.shape)} tensor kept by soap_kernels.jet(..., recompute) is at version "
                 f"{self.tensor._version}, expected {self.version}"
             )
         return self.tensor
@@ -63,8 +65,9 @@ class _Kept:
 class Recipe:
     """make(*sources) remakes the stack; a source is a _Kept tensor or another Recipe. uses: recipes made from
     this one; saves: times autograd saved the stack; kept: the stack itself once shared (then never remade).
-    cached (a dense layer's z, remade by its GEMM): the first call's stack is held until `calls_left`, the
-    calls the backward will make (count_calls), are done, so each GEMM runs once per backward."""
+    cached (a dense layer's z, remade by its GEMM): in a backward, the first call's stack is held until the
+    `calls` that backward makes (count_calls) are done, so each GEMM runs once per backward; the count starts
+    again at the end of each backward (a retained graph, or one whose backward skipped some nodes)."""
 
     make: Callable[..., torch.Tensor]
     sources: tuple
@@ -73,6 +76,7 @@ class Recipe:
     saves: int = 0
     kept: _Kept | None = None
     cached: bool = False
+    calls: int = 0
     calls_left: int = 0
     remade: torch.Tensor | None = None
 
@@ -88,7 +92,13 @@ class Recipe:
         if stack is None:
             with torch.no_grad():
                 stack = self.make(*(s() if isinstance(s, Recipe) else s.get() for s in self.sources))
-        if self.cached:  # after the last call, or in a second backward through a retained graph: not held
+        # held for the backward's later calls; outside a backward (grad_fn._saved_* read by hand) nothing is held
+        if self.cached and torch._C._current_graph_task_id() != -1:
+            if self.calls_left == self.calls:  # the first call in this backward
+                # by weak reference: the graph frees this recipe and its sources as the backward goes on
+                torch.autograd.Variable._execution_engine.queue_callback(
+                    functools.partial(_start_again, weakref.ref(self))
+                )
             self.calls_left -= 1
             self.remade = stack if self.calls_left > 0 else None
         return stack
@@ -103,6 +113,14 @@ class Recipe:
             self.kept, self.sources = _Kept.of(stack), ()  # what it was made from may go
             # later users take the stack itself; no stack -> recipe -> stack cycle (which only the GC could free)
             delattr(stack, _ATTRIBUTE)
+
+
+def _start_again(recipe_ref: weakref.ref) -> None:
+    """At the end of a backward, for a cached recipe still alive: drop its stack (the backward skipped a node
+    that would call it, e.g. autograd.grad of some parameters only) and count the next backward's calls anew."""
+    recipe = recipe_ref()
+    if recipe is not None:
+        recipe.calls_left, recipe.remade = recipe.calls, None
 
 
 def attach(
@@ -141,7 +159,8 @@ def count_calls(recipes: list[Recipe]) -> None:
             continue  # its stack is there: its sources are never called (and were dropped)
         made = calls[id(recipe)]
         if recipe.cached:
-            recipe.calls_left, made = made, min(made, 1)
+            recipe.calls = recipe.calls_left = made
+            made = min(made, 1)
         for source in recipe.sources:
             if isinstance(source, Recipe) and id(source) in calls:
                 calls[id(source)] += made
@@ -197,7 +216,7 @@ def _unpack(saved):
     if torch.is_grad_enabled():
         # the remade stack would have no history: a recorded (create_graph) backward through it would be wrong
         raise RuntimeError(
-            "soap_kernels.jet(..., recompute=True): the jets' backward cannot be recorded (create_graph=True) "
+            "soap_kernels.jet(..., recompute): the jets' backward cannot be recorded (create_graph=True) "
             "because it remakes stacks without their history; call jet(..., recompute=False) for that"
         )
     if isinstance(saved, Recipe):
@@ -217,6 +236,9 @@ def keeping_recipes(layers: bool = False) -> Iterator[None]:
     try:
         with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
             yield
-        count_calls(_state.recipes)
+        if previous[2] is None:
+            count_calls(_state.recipes)
+        else:  # nested: the outer context counts them, once its saves are all done too
+            previous[2].extend(_state.recipes)
     finally:
         _state.keeping, _state.layers, _state.recipes = previous

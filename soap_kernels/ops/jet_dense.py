@@ -34,6 +34,7 @@ from soap_kernels.jets.reference import (
 from soap_kernels.ops.jet_dense_native import (
     NATIVE_BASE_ACTIVATIONS,
     activation_jet_native,
+    dense_z_native,
     jet_dense_activation_backward_native,
     jet_dense_activation_native,
     native_jet_supported,
@@ -166,7 +167,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _remade_z(activation, layout, kernels, x, weight, bias=None) -> torch.Tensor:
-    """A dense layer's z made again from its input and weights by the same op: bitwise the forward's z."""
+    """A dense layer's z made again from its input and weights by the forward's own GEMMs: bitwise its z. The
+    C++ layer's z alone (its activation is a separate pass); the others compute z in the op that makes h."""
+    if kernels == "native" and native_jet_supported(x, activation):
+        return dense_z_native(x, weight, bias)
     return jet_dense_activation(x, weight, bias, activation, layout, kernels)[1]
 
 

@@ -110,9 +110,14 @@ def new_stack(like: torch.Tensor, shape) -> torch.Tensor:
     return cached_empty(like, shape) if native_stack_supported(like) else like.new_empty(shape)
 
 
+def dense_z_native(x, weight, bias):
+    """z = x W^T + b (bias on the value slot) of the native layer, into a stack from the CPU buffer cache."""
+    return linear_jet_into(x, weight, bias, out=cached_empty(x, (x.shape[0], x.shape[1], weight.shape[0])))
+
+
 def jet_dense_activation_native(x, weight, bias, activation, layout):
     """(h, z) of jet_dense_activation with the elementwise rule in C++."""
-    z = linear_jet_into(x, weight, bias, out=cached_empty(x, (x.shape[0], x.shape[1], weight.shape[0])))
+    z = dense_z_native(x, weight, bias)
     return activation_jet_native(z, activation, layout), z
 
 
