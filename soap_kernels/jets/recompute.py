@@ -66,8 +66,8 @@ class Recipe:
     """make(*sources) remakes the stack; a source is a _Kept tensor or another Recipe. uses: recipes made from
     this one; saves: times autograd saved the stack; kept: the stack itself once shared (then never remade).
     cached (a dense layer's z, remade by its GEMM): in a backward, the first call's stack is held until the
-    `calls` that backward makes (count_calls) are done, so each GEMM runs once per backward; the count starts
-    again at the end of each backward (a retained graph, or one whose backward skipped some nodes)."""
+    `calls` that backward makes (count_calls) are done, so each GEMM runs once per backward; each backward
+    counts anew (a retained graph), and its end drops a stack a skipped node left held."""
 
     make: Callable[..., torch.Tensor]
     sources: tuple
@@ -79,6 +79,7 @@ class Recipe:
     calls: int = 0
     calls_left: int = 0
     remade: torch.Tensor | None = None
+    backward: int = -1  # the autograd graph task whose calls calls_left counts
 
     @property
     def chain_depth(self) -> int:
@@ -88,17 +89,17 @@ class Recipe:
     def __call__(self) -> torch.Tensor:
         if self.kept is not None:
             return self.kept.get()
+        # held for the backward's later calls; outside a backward (grad_fn._saved_* read by hand) nothing is held
+        backward = torch._C._current_graph_task_id() if self.cached else -1
+        if backward != -1 and backward != self.backward:  # the first call in this backward
+            self.backward, self.calls_left, self.remade = backward, self.calls, None
+            # by weak reference: the graph frees this recipe and its sources as the backward goes on
+            torch.autograd.Variable._execution_engine.queue_callback(functools.partial(_drop_remade, weakref.ref(self)))
         stack = self.remade
         if stack is None:
             with torch.no_grad():
                 stack = self.make(*(s() if isinstance(s, Recipe) else s.get() for s in self.sources))
-        # held for the backward's later calls; outside a backward (grad_fn._saved_* read by hand) nothing is held
-        if self.cached and torch._C._current_graph_task_id() != -1:
-            if self.calls_left == self.calls:  # the first call in this backward
-                # by weak reference: the graph frees this recipe and its sources as the backward goes on
-                torch.autograd.Variable._execution_engine.queue_callback(
-                    functools.partial(_start_again, weakref.ref(self))
-                )
+        if backward != -1:
             self.calls_left -= 1
             self.remade = stack if self.calls_left > 0 else None
         return stack
@@ -115,12 +116,12 @@ class Recipe:
             delattr(stack, _ATTRIBUTE)
 
 
-def _start_again(recipe_ref: weakref.ref) -> None:
-    """At the end of a backward, for a cached recipe still alive: drop its stack (the backward skipped a node
-    that would call it, e.g. autograd.grad of some parameters only) and count the next backward's calls anew."""
+def _drop_remade(recipe_ref: weakref.ref) -> None:
+    """At the end of a backward, for a cached recipe still alive: drop its stack, which a node the backward
+    skipped (autograd.grad of some parameters only) would have called last."""
     recipe = recipe_ref()
     if recipe is not None:
-        recipe.calls_left, recipe.remade = recipe.calls, None
+        recipe.remade = None
 
 
 def attach(
@@ -147,7 +148,7 @@ def attach(
 
 
 def count_calls(recipes: list[Recipe]) -> None:
-    """Set each cached recipe's calls_left: the calls one backward makes to it, once every save is done.
+    """Set each cached recipe's `calls`: the calls one backward makes to it, once every save is done.
 
     A recipe is called once per save of its stack (an unpack) and once per call of a recipe made from it that is
     not kept; a cached one calls its sources only the first time. `recipes` in the order they were made (each
@@ -159,8 +160,7 @@ def count_calls(recipes: list[Recipe]) -> None:
             continue  # its stack is there: its sources are never called (and were dropped)
         made = calls[id(recipe)]
         if recipe.cached:
-            recipe.calls = recipe.calls_left = made
-            made = min(made, 1)
+            recipe.calls, made = made, min(made, 1)
         for source in recipe.sources:
             if isinstance(source, Recipe) and id(source) in calls:
                 calls[id(source)] += made
