@@ -14,7 +14,7 @@ Providers are timed interleaved, one repetition each per round, so background lo
 ratios are of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated;
 bench/residual_memory.py estimates it for the CUDA path on a CPU).
 By default a CPU runs the CPU goal case (MLP 4x256, N=4096) and a GPU the GPU goal case (PirateNet 3x256, then
-MLP 4x256, N=8192; all providers but jets_torch_compiled and jets_native_recompute(_all)), Allen-Cahn.
+MLP 4x256, N=8192; all providers but jets_torch_compiled and the jets_native ones), Allen-Cahn.
 matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
 second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
 the elementwise work and on memory: jets_native takes its large stacks from the C++ buffer cache
@@ -65,7 +65,7 @@ PROVIDERS = (
 )
 # inductor's compile of the PirateNet jets could take much of bench/gpu_check.sh's 150 s for this suite, and on a
 # GPU the native providers run the Triton kernels ("auto"), which the jets_triton ones measure already
-_NOT_BY_DEFAULT_ON_GPU = ("jets_torch_compiled", "jets_native_recompute", "jets_native_recompute_all")
+_NOT_BY_DEFAULT_ON_GPU = ("jets_torch_compiled", "jets_native", "jets_native_recompute", "jets_native_recompute_all")
 _JET_OPTIONS = {  # provider -> (jet backend, jet recompute)
     "jets_torch": ("torch", False),
     "jets_native": ("auto", False),
