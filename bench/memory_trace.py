@@ -24,6 +24,8 @@ are a_i N + c_i. `affine_peak` solves a_i, c_i from the timelines at two sizes a
 from __future__ import annotations
 
 import gc
+import os
+import traceback
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -34,14 +36,24 @@ from torch.utils._pytree import tree_leaves
 
 
 class AllocationTrace(TorchDispatchMode):
-    """with AllocationTrace() as trace: ...; then trace.timeline (bytes live after each op) and trace.peak."""
+    """with AllocationTrace() as trace: ...; then trace.timeline (bytes live after each op) and trace.peak.
 
-    def __init__(self, collect_cycles: bool = True) -> None:
+    record_live: also keep, per op, which storages are live (`live_after`, indices into `made`: each storage's
+    bytes and where it was made, the op and the innermost frame of this repository's code), for
+    `peak_breakdown`.
+    """
+
+    def __init__(self, collect_cycles: bool = True, record_live: bool = False) -> None:
         super().__init__()
         self.collect_cycles = collect_cycles
+        self.record_live = record_live
         self._live: dict[int, int] = {}  # StorageImpl address -> bytes
+        self._made_index: dict[int, int] = {}  # StorageImpl address -> index into made (record_live)
         self.current = 0
         self.timeline: list[int] = []
+        self.made: list[tuple[int, str]] = []  # (bytes, where) per storage, in the order made (record_live)
+        self.live_after: list[tuple[int, ...]] = []  # per op, the indices into made of the live storages
+        self._op = ""
 
     def __enter__(self):
         self._gc_was_enabled = gc.isenabled()
@@ -68,6 +80,7 @@ class AllocationTrace(TorchDispatchMode):
                 gc.enable()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._op = str(func)
         implementation = _python_implementation(func, args)
         if implementation is None:
             out = func(*args, **(kwargs or {}))
@@ -94,6 +107,8 @@ class AllocationTrace(TorchDispatchMode):
         if self.collect_cycles:
             gc.collect()
         self.timeline.append(self.current)
+        if self.record_live:
+            self.live_after.append(tuple(sorted(self._made_index[key] for key in self._live)))
         return out
 
     def _track(self, storage: torch.UntypedStorage) -> None:
@@ -102,11 +117,15 @@ class AllocationTrace(TorchDispatchMode):
             return
         self._live[key] = storage.nbytes()
         self.current += self._live[key]
+        if self.record_live:
+            self._made_index[key] = len(self.made)
+            self.made.append((storage.nbytes(), f"{self._op} {_where()}"))
         # torch keeps a storage's Python object alive as long as the storage, so this runs when it is freed
         weakref.finalize(storage, self._free, key)
 
     def _free(self, key: int) -> None:
         self.current -= self._live.pop(key)
+        self._made_index.pop(key, None)
 
     @property
     def peak(self) -> int:
@@ -126,6 +145,22 @@ def _python_implementation(func, args) -> Callable | None:
     return kernels.get(device) or kernels.get(None)
 
 
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_CODE = tuple(os.path.join(_REPOSITORY, part) + os.sep for part in ("soap_kernels", "python", "bench", "tests"))
+
+
+def _where() -> str:
+    """The innermost frame of this repository's code (not this file) that is running, "file:line function",
+    marked when autograd's engine runs between it and the op (an ATen op's backward formula)."""
+    engine = False
+    for frame in reversed(traceback.extract_stack()):
+        engine = engine or frame.name == "_engine_run_backward"
+        if frame.filename.startswith(_OWN_CODE) and frame.filename != __file__:
+            where = f"{os.path.relpath(frame.filename, _REPOSITORY)}:{frame.lineno} {frame.name}"
+            return f"autograd backward under {where}" if engine else where
+    return "outside this repository's code"
+
+
 def trace_timeline(run: Callable[[], None]) -> list[int]:
     """The live-bytes timeline of run() (see AllocationTrace)."""
     with AllocationTrace() as trace:
@@ -141,3 +176,21 @@ def affine_peak(sizes: Sequence[int], timelines: Sequence[Sequence[int]], target
     if len(t1) != len(t2) or n1 == n2:
         raise ValueError(f"timelines at N={n1} and N={n2} have {len(t1)} and {len(t2)} ops: not one code path")
     return max(round(b1 + (b2 - b1) * (target - n1) / (n2 - n1)) for b1, b2 in zip(t1, t2, strict=True))
+
+
+def peak_breakdown(sizes: Sequence[int], traces: Sequence[AllocationTrace], target: int) -> tuple[int, list[dict]]:
+    """What is live at the peak at N = target, from two record_live traces at `sizes` (as affine_peak): the op
+    index of the peak and, per place a storage was made, how many are live there and their bytes at N = target
+    (each storage's bytes fitted as a N + c; the runs make the same storages in the same order)."""
+    (n1, n2), (first, second) = sizes, traces
+    if len(first.made) != len(second.made):
+        raise ValueError(f"the traces at N={n1} and N={n2} made {len(first.made)} and {len(second.made)} storages")
+    timeline = [b1 + (b2 - b1) * (target - n1) / (n2 - n1) for b1, b2 in zip(first.timeline, second.timeline)]
+    peak_op = max(range(len(timeline)), key=timeline.__getitem__)
+    places: dict[str, dict] = {}
+    for index in second.live_after[peak_op]:
+        (b1, _), (b2, where) = first.made[index], second.made[index]
+        place = places.setdefault(where, {"where": where, "count": 0, "bytes": 0})
+        place["count"] += 1
+        place["bytes"] += round(b1 + (b2 - b1) * (target - n1) / (n2 - n1))
+    return peak_op, sorted(places.values(), key=lambda place: -place["bytes"])

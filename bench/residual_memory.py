@@ -16,6 +16,7 @@ other elementwise stacks remade in the backward).
 
     python bench/residual_memory.py                       # MLP 4x256 and PirateNet 3x256, both problems
     python bench/residual_memory.py --models piratenet --problems allen_cahn --targets 8192
+    python bench/residual_memory.py --models piratenet --problems allen_cahn --targets 8192 --explain --suite x
 """
 
 from __future__ import annotations
@@ -31,37 +32,51 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.harness import save_results  # noqa: E402
-from bench.memory_trace import affine_peak, trace_timeline  # noqa: E402
+from bench.memory_trace import AllocationTrace, affine_peak, peak_breakdown  # noqa: E402
 from bench.residual import build_model, loss_function  # noqa: E402
 
 PROVIDERS = ("nested_autograd", "jets_triton", "jets_triton_recompute", "jets_triton_recompute_all")  # residual.py's
 
 
-def step_timeline(provider: str, model_name: str, problem: str, n: int, dtype: torch.dtype) -> list[int]:
-    """Live bytes after each op of one loss + backward at N points (model and points made before the trace)."""
+def step_trace(provider: str, model_name: str, problem: str, n: int, dtype: torch.dtype, record_live: bool = False):
+    """The AllocationTrace of one loss + backward at N points (model and points made before the trace)."""
     model = build_model(model_name, torch.device("cpu")).to(dtype)
     torch.manual_seed(1)
     x = torch.rand(n, 2, dtype=dtype)
     loss = loss_function(provider, problem, model, x)
     model.zero_grad(set_to_none=True)
-
-    def step():
+    with AllocationTrace(record_live=record_live) as trace:
         loss().backward()
+    return trace
 
-    return trace_timeline(step)
 
-
-def estimate(provider, model_name, problem, fit_sizes, check_size, targets, dtype) -> dict:
-    timelines = [step_timeline(provider, model_name, problem, n, dtype) for n in fit_sizes]
-    check = step_timeline(provider, model_name, problem, check_size, dtype)
+def estimate(provider, model_name, problem, fit_sizes, check_size, targets, dtype, explain=False) -> dict:
+    traces = [step_trace(provider, model_name, problem, n, dtype, record_live=explain) for n in fit_sizes]
+    timelines = [trace.timeline for trace in traces]
+    check = step_trace(provider, model_name, problem, check_size, dtype).timeline
     predicted_check = affine_peak(fit_sizes, timelines, check_size)
-    return {
+    result = {
         "fit_sizes": list(fit_sizes),
         "ops": len(timelines[0]),
         "check": {"N": check_size, "measured_bytes": max(check), "predicted_bytes": predicted_check},
         "fit_holds": max(check) == predicted_check,
         "peak_mib": {str(n): affine_peak(fit_sizes, timelines, n) / 2**20 for n in targets},
     }
+    if explain:
+        peak_op, places = peak_breakdown(fit_sizes, traces, max(targets))
+        result["peak_breakdown"] = {
+            "N": max(targets),
+            "op_index": peak_op,
+            "live": [{"where": p["where"], "count": p["count"], "mib": p["bytes"] / 2**20} for p in places],
+        }
+    return result
+
+
+def _print_breakdown(model_name: str, problem: str, provider: str, breakdown: dict) -> None:
+    print(f"  live at the peak of {model_name} {problem} {provider}, N={breakdown['N']} (op {breakdown['op_index']}):")
+    for place in breakdown["live"]:
+        if place["mib"] >= 0.5:
+            print(f"    {place['mib']:9.1f} MiB  {place['count']:3d} x  {place['where']}")
 
 
 def main(argv=None) -> dict:
@@ -76,13 +91,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--check-size", type=int, default=48)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--suite", default="residual-memory-estimate")
+    parser.add_argument(
+        "--explain", action="store_true", help="list what is live at each peak (largest target N) and where it was made"
+    )
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     cases = []
     for model_name in args.models:
         for problem in args.problems:
             results = {
-                p: estimate(p, model_name, problem, args.fit_sizes, args.check_size, args.targets, dtype)
+                p: estimate(p, model_name, problem, args.fit_sizes, args.check_size, args.targets, dtype, args.explain)
                 for p in args.providers
             }
             for n in map(str, args.targets):
@@ -97,6 +115,9 @@ def main(argv=None) -> dict:
                         + f"  (check N={check['N']}: measured {check['measured_bytes']}, "
                         f"predicted {check['predicted_bytes']} bytes{'' if r['fit_holds'] else ': THE FIT FAILS'})"
                     )
+            for provider, r in results.items():
+                if "peak_breakdown" in r:
+                    _print_breakdown(model_name, problem, provider, r["peak_breakdown"])
             cases.append({"model": model_name, "problem": problem, "dtype": args.dtype, "providers": results})
     payload = {
         "description": "estimated peak memory (MiB above the step's inputs) of the residual loss + backward on the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.memory_trace import AllocationTrace, affine_peak, trace_timeline
+from bench.memory_trace import AllocationTrace, affine_peak, peak_breakdown, trace_timeline
 
 
 def test_trace_counts_new_storages_and_their_release():
@@ -119,3 +119,21 @@ def _cuda_only(x: torch.Tensor) -> torch.Tensor:
 def test_a_custom_op_without_a_kernel_for_the_device_fails_as_without_the_trace():
     with AllocationTrace(), pytest.raises(NotImplementedError):
         _cuda_only(torch.zeros(3))
+
+
+def test_peak_breakdown_names_what_is_live_at_the_extrapolated_peak():
+    def step(n):
+        with AllocationTrace(record_live=True) as trace:
+            kept = torch.empty(3 * n)  # 12 n bytes, live to the end
+            scratch = torch.empty(n + 100)  # 4 n + 400 bytes: the peak is here, for every n
+            del scratch
+            torch.empty(1)  # 4 bytes
+            del kept
+        return trace
+
+    traces = [step(16), step(32)]
+    peak_op, live = peak_breakdown([16, 32], traces, 1000)
+    assert peak_op == 1
+    assert [(place["count"], place["bytes"]) for place in live] == [(1, 12000), (1, 4400)]
+    assert all("test_memory_trace.py" in place["where"] and "aten.empty" in place["where"] for place in live)
+    assert traces[0].live_after == [(0,), (0, 1), (0, 2)]
