@@ -130,13 +130,13 @@ def test_recompute_keeps_less_memory(triton_device, model_name):
     for backend in _backends(triton_device):
         kept = _peak_bytes(model, x, backend, recompute=False)
         remade = _peak_bytes(model, x, backend, recompute=True)
-        # measured here (N = 64, width 64): MLP 0.73-0.81, PirateNet 0.65-0.81 of the kept peak over the kernel sets
-        assert remade < 0.9 * kept, (model_name, backend, remade, kept)
+        # measured here (N = 64, width 64): MLP 0.65-0.72, PirateNet 0.63-0.78 of the kept peak over the kernel sets
+        assert remade < 0.85 * kept, (model_name, backend, remade, kept)
         if model_name == "piratenet":  # its shared block outputs bound the chains of remade layers
             remade_all = _peak_bytes(model, x, backend, recompute="all")
-            # measured here (byte counts, deterministic): 0.66-0.70 of recompute=True's peak (0.43-0.57 of the kept
-            # peak); 0.75-0.79 when the remade layers' sources were held to the end of the backward
-            assert remade_all < 0.72 * remade, (model_name, backend, remade_all, remade, kept)
+            # measured here (byte counts, deterministic): 0.68-0.73 of recompute=True's peak (0.43-0.57 of the kept
+            # peak); 0.78-0.82 when the remade layers' sources were held to the end of the backward
+            assert remade_all < 0.76 * remade, (model_name, backend, remade_all, remade, kept)
 
 
 def test_recompute_all_runs_each_layer_once_per_backward(monkeypatch):

@@ -78,12 +78,12 @@ def jet(
     backend: "auto" (Triton on CUDA tensors, the C++ kernels on CPU tensors), "torch" or "triton";
     SOAP_KERNELS_BACKEND wins.
     recompute (soap_kernels.nn networks; jets/recompute.py): False keeps every stack the backward needs. True
-    keeps only the dense layers' z and the stacks several uses share, and remakes the other elementwise stacks
-    from them in the backward (elementwise passes again, no GEMM). "all" also remakes each dense layer's z, by
-    running the layer again (one more forward GEMM per layer, each once per backward), so between stacks that
-    several uses share (PirateNet's block outputs and gates) only the block being differentiated is in memory;
-    a plain MLP, whose layers form one chain, gets nothing back for the GEMMs. Estimated peak on the CUDA path,
-    PirateNet 3x256, Allen-Cahn, N = 8192, relative to the kept stacks: bench/results/residual-memory-estimate-*.
+    keeps only the dense layers' z (but for layers on the coordinates) and the stacks several uses share, and
+    remakes the others from them in the backward (elementwise passes again, no wide GEMM). "all" also remakes
+    each dense layer's z, by running the layer again (one more forward GEMM per layer, each once per backward),
+    so between stacks that several uses share (PirateNet's block outputs and gates) only the block being
+    differentiated is in memory; a plain MLP, whose layers form one chain, gets nothing back for the GEMMs.
+    Estimated peaks on the CUDA path: bench/results/residual-memory-estimate-* (README).
     With recompute the backward cannot be recorded (create_graph); eager only; saved-tensor hooks of the caller
     do not apply inside jet().
     """

@@ -12,8 +12,10 @@ the place of any saved-tensor hooks the caller set (torch.autograd.graph.save_on
 A stack that is shared, the source of two recipes or saved twice (PirateNet's gates u - v and v, a block's
 output), is kept instead (`Recipe.kept`): remaking it for every use would cost more passes than it saves memory.
 Memory: about one stack per dense layer (its z) plus the shared ones, instead of two to three per layer; time:
-the elementwise passes again in the backward, never a GEMM. Recipes deeper than MAX_DEPTH rules are not made
-(the stack is kept), which bounds the work a backward redoes per saved stack.
+the elementwise passes again in the backward, and the GEMMs of layers on a narrow input (ops/jet_dense.py's
+NARROW_INPUT: the coordinates), whose z is remade too, since their GEMM costs about an elementwise pass. Recipes
+deeper than MAX_DEPTH rules are not made (the stack is kept), which bounds the work a backward redoes per saved
+stack.
 With keeping_recipes(layers=True) (jet(..., recompute="all")) a dense layer's z gets a recipe too: the layer's
 op run again on its input (itself remade), one GEMM. That recipe is cached: count_calls fixes, when the forward
 is done, how many calls the backward will make to it, and the first call's stack is held until the last, so each

@@ -159,11 +159,19 @@ def _setup_context(ctx, inputs, output):
     # reference cycle (pytorch/pytorch#94990) while saved outputs are not. Not while jets keep recipes: h would
     # be remade whole for its value slot (jets/recompute.py); the kernel evaluates the tower from z instead.
     reuses_value = kernels == "native" and activation in NATIVE_BASE_ACTIVATIONS and not keeping_recipes_active()
-    if remaking_layers_active():  # before z is saved: the save then stores the recipe (jets/recompute.py)
+    narrow = weight.shape[1] <= NARROW_INPUT
+    if remaking_layers_active() or (narrow and keeping_recipes_active()):
+        # before z is saved, so the save stores the recipe (jets/recompute.py); a narrow layer's GEMM costs about
+        # an elementwise pass, so its z is remade at each use rather than held (and so even with recompute=True)
         remake = functools.partial(_remade_z, activation, layout, kernels)
-        attach(z, remake, x, weight, *(() if bias is None else (bias,)), cached=True)
+        attach(z, remake, x, weight, *(() if bias is None else (bias,)), cached=not narrow)
     ctx.save_for_backward(x, weight, z, h if reuses_value else None)
     ctx.options = (activation, layout, kernels, bias is not None)
+
+
+# Inputs at most this wide (a PINN's coordinates, d = 1 to 4) make a layer whose z the jets' recompute remakes at each
+# use: its GEMM does 2 d flops per output element, about what the activation rule does.
+NARROW_INPUT = 4
 
 
 def _remade_z(activation, layout, kernels, x, weight, bias=None) -> torch.Tensor:
