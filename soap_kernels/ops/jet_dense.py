@@ -149,6 +149,11 @@ def _(grad_h, z, x, weight, activation, layout, kernels, compute_grad_x, value=N
     return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
+# Inputs at most this wide (a PINN's coordinates, d = 1 to 4) make a layer whose z the jets' recompute remakes at each
+# use: its GEMM does 2 d flops per output element, about what the activation rule does.
+NARROW_INPUT = 4
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, activation, layout, kernels = inputs
     h, z = output
@@ -167,11 +172,6 @@ def _setup_context(ctx, inputs, output):
         attach(z, remake, x, weight, *(() if bias is None else (bias,)), cached=not narrow)
     ctx.save_for_backward(x, weight, z, h if reuses_value else None)
     ctx.options = (activation, layout, kernels, bias is not None)
-
-
-# Inputs at most this wide (a PINN's coordinates, d = 1 to 4) make a layer whose z the jets' recompute remakes at each
-# use: its GEMM does 2 d flops per output element, about what the activation rule does.
-NARROW_INPUT = 4
 
 
 def _remade_z(activation, layout, kernels, x, weight, bias=None) -> torch.Tensor:
