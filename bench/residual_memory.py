@@ -12,7 +12,8 @@ counted), including those a Python custom op (a Triton launcher) makes and frees
 counted: an ATen or C++ op's scratch memory that never becomes a tensor (cuBLAS workspaces), the caching
 allocator's rounding to 512-byte blocks. Providers: nested_autograd; jets_triton (every stack kept, jet()'s
 default); jets_triton_recompute (jet(..., recompute=True): the dense layers' z and the shared stacks kept, the
-other elementwise stacks remade in the backward).
+other elementwise stacks remade in the backward); jets_triton_recompute_all (recompute="all": the z too, each
+layer run again once per backward).
 
     python bench/residual_memory.py                       # MLP 4x256 and PirateNet 3x256, both problems
     python bench/residual_memory.py --models piratenet --problems allen_cahn --targets 8192

@@ -149,7 +149,8 @@ def test_recompute_all_runs_each_layer_once_per_backward(monkeypatch):
     torch.manual_seed(0)
     model = snn.PirateNet(2, 1, 6, 2, "tanh", rwf=(1.0, 0.1), alpha_init=0.5).double()
     x = torch.rand(9, 2, dtype=torch.float64)
-    every_layer = sorted(["cos", "sin"] + ["tanh"] * 8)  # Fourier cos and sin, the gates u and v, three per block
+    # the gates u and v, three per block; and the Fourier cos and sin layers (narrow: remade at each use, one here)
+    every_layer = sorted(["cos", "sin"] + ["tanh"] * 8)
     parameters = list(model.parameters())
     for backend in ("torch", "auto"):
         losses = {}
