@@ -80,7 +80,8 @@ class AllocationTrace(TorchDispatchMode):
                 gc.enable()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self._op = str(func)
+        if self.record_live:
+            self._op = str(func)
         implementation = _python_implementation(func, args)
         if implementation is None:
             out = func(*args, **(kwargs or {}))

@@ -233,14 +233,15 @@ def _unpack(saved):
 def keeping_recipes(layers: bool = False) -> Iterator[None]:
     """While active, tensors autograd saves for the backward are stored as their recipes when they have one.
     layers: the dense layers' z are remade too, by their GEMM (ops/jet_dense.py gives them cached recipes)."""
-    previous = keeping_recipes_active(), remaking_layers_active(), getattr(_state, "recipes", None)
+    outer_recipes = getattr(_state, "recipes", None)
+    previous = keeping_recipes_active(), remaking_layers_active(), outer_recipes
     _state.keeping, _state.layers, _state.recipes = True, layers, []
     try:
         with torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
             yield
-        if previous[2] is None:
+        if outer_recipes is None:
             count_calls(_state.recipes)
         else:  # nested: the outer context counts them, once its saves are all done too
-            previous[2].extend(_state.recipes)
+            outer_recipes.extend(_state.recipes)
     finally:
         _state.keeping, _state.layers, _state.recipes = previous

@@ -176,10 +176,12 @@ def _setup_context(ctx, inputs, output):
 
 def _remade_z(activation, layout, kernels, x, weight, bias=None) -> torch.Tensor:
     """A dense layer's z made again from its input and weights by the forward's own GEMMs: bitwise its z. The
-    C++ layer's z alone (its activation is a separate pass); the others compute z in the op that makes h."""
+    Triton kernel computes z only with h (discarded here); the C++ and torch layers compute z alone first."""
+    if kernels == "triton":
+        return jet_dense_activation(x, weight, bias, activation, layout, kernels)[1]
     if kernels == "native" and native_jet_supported(x, activation):
         return dense_z_native(x, weight, bias)
-    return jet_dense_activation(x, weight, bias, activation, layout, kernels)[1]
+    return linear_jet_into(x, weight, bias)  # jet_dense_activation_ref's z
 
 
 def _backward(ctx, grad_h, grad_z_unused):
