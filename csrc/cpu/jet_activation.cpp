@@ -27,11 +27,13 @@
 #include <torch/library.h>
 
 #include "soap_kernels/cpu_buffer_cache.h"
+#include "soap_kernels/fast_tanh.h"
 #include "soap_kernels/jet_terms.h"
 
 #include <algorithm>
 #include <array>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace soap_kernels {
@@ -182,8 +184,9 @@ SOAP_KERNELS_INLINE void gelu_from_tanh_tower(const scalar_t* x, scalar_t* tower
 
 template <typename scalar_t>
 struct TowerBuffers {
-  std::vector<scalar_t> square, tower;  // square: b^2 for even/odd polynomials
-  TowerBuffers(int64_t orders, int64_t block) : square(block), tower(orders * block) {}
+  // square: b^2 for even/odd polynomials; base: b of the block when the block loop computes it (float32 tanh)
+  std::vector<scalar_t> square, tower, base;
+  TowerBuffers(int64_t orders, int64_t block) : square(block), tower(orders * block), base(block) {}
 };
 
 // The base functions of z_0 over a block: b = tanh(z_0), sigmoid(z_0) (also silu's) or tanh(u) (gelu's); for sin
@@ -247,7 +250,9 @@ struct JetBlocks {
   const std::vector<Term>* program;
   const scalar_t* z;
   const scalar_t* grad;  // null in the forward
-  const scalar_t* base;    // the base function of z_0 over the value slot: tanh, sigmoid, gelu's tanh(u) or sin
+  // the base function of z_0 over the value slot: tanh, sigmoid, gelu's tanh(u) or sin; null: float32 tanh, which
+  // the block loop computes block by block (fast_tanh.h) instead of in a pass of its own
+  const scalar_t* base;
   const scalar_t* cosine;  // cos(z_0) for sin and cos, else null
   scalar_t* out;
   int64_t elements, z_stride, grad_stride;
@@ -261,7 +266,11 @@ SOAP_KERNELS_INLINE void run_blocks(const JetBlocks<scalar_t>& a, int64_t first_
   for (int64_t blk = first_block; blk < last_block; ++blk) {
     const int64_t offset = blk * block;
     const int64_t count = std::min(block, a.elements - offset);
-    const BaseBlock<scalar_t> base{a.base + offset, a.cosine ? a.cosine + offset : nullptr};
+    const scalar_t* b = a.base ? a.base + offset : buffers.base.data();
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (!a.base) tanh_float_block(a.z + offset, buffers.base.data(), count);
+    }
+    const BaseBlock<scalar_t> base{b, a.cosine ? a.cosine + offset : nullptr};
     fill_tower(a.kind, *a.polys, a.z + offset, base, count, block, buffers);
     int64_t written_slot = -1;
     for (const Term& t : *a.program) {
@@ -288,11 +297,17 @@ SOAP_KERNELS_CPU_CLONES void run_activation_blocks(const JetBlocks<double>& a, i
   run_blocks(a, first, last);
 }
 
+SOAP_KERNELS_CPU_CLONES void tanh_float_span(float* values, int64_t count) {
+  tanh_float_block(values, values, count);
+}
+
 // The base functions of z_0 over the whole value slot z0 [N, F] (see BaseBlock), each by one vectorised, threaded
-// ATen call; `given` is the tanh or sigmoid of z_0 the caller already has (the forward's output value slot).
+// pass; `given` is the tanh or sigmoid of z_0 the caller already has (the forward's output value slot). None
+// (undefined tensors) for a float32 tanh: the block loop computes it.
 template <typename scalar_t>
 std::array<at::Tensor, 2> base_functions(const at::Tensor& z0, TowerKind kind, const at::Tensor* given) {
   if (given != nullptr) return {*given, at::Tensor()};
+  if (kind == TowerKind::kTanh && std::is_same_v<scalar_t, float>) return {};
   at::Tensor b = cpu_cached_empty(z0.sizes(), z0.scalar_type());
   switch (kind) {
     case TowerKind::kTanh:
@@ -309,8 +324,9 @@ std::array<at::Tensor, 2> base_functions(const at::Tensor& z0, TowerKind kind, c
       const auto c = static_cast<scalar_t>(kGeluC), a = static_cast<scalar_t>(kGeluA);
       at::parallel_for(0, z0.numel(), kJetBlockElements, [&](int64_t first, int64_t last) {
         for (int64_t e = first; e < last; ++e) u[e] = c * (x[e] + a * x[e] * x[e] * x[e]);
+        if constexpr (std::is_same_v<scalar_t, float>) tanh_float_span(u + first, last - first);
       });
-      at::tanh_(b);
+      if constexpr (!std::is_same_v<scalar_t, float>) at::tanh_(b);
       return {b, at::Tensor()};
     }
     case TowerKind::kSin:
@@ -334,7 +350,7 @@ void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at:
                                    &program,
                                    z.data_ptr<scalar_t>(),
                                    grad ? grad->data_ptr<scalar_t>() : nullptr,
-                                   bases[0].data_ptr<scalar_t>(),
+                                   bases[0].defined() ? bases[0].data_ptr<scalar_t>() : nullptr,
                                    bases[1].defined() ? bases[1].data_ptr<scalar_t>() : nullptr,
                                    out.data_ptr<scalar_t>(),
                                    elements,

@@ -15,13 +15,15 @@ namespace soap_kernels {
 // Elements of one slot per block: every slot's block (and a few scratch rows) stays in L1/L2 while its terms run.
 constexpr int64_t kJetBlockElements = 4096;
 
-// A block loop is compiled twice, for AVX2+FMA (Haswell and later) and for the baseline, and the loader picks
-// the one the CPU runs (GCC function multiversioning): the elementwise loops are 2x wider. Every helper it calls
+// A block loop is compiled twice, for x86-64-v3 (AVX2, FMA, BMI2: Haswell, Zen and later) and for the baseline,
+// and the loader picks the one the CPU runs (GCC function multiversioning): the elementwise loops are 2x wider.
+// Not "arch=haswell": GCC's resolver takes that clone only on an Intel CPU of that model family (never on the
+// AMD EPYC we measure on), while a level like x86-64-v3 is chosen by the CPU's features. Every helper it calls
 // is forced inline so it is compiled into each clone (GCC 12 is the version this was built and tested with;
 // older ones get the baseline loop only). The AVX2 clone contracts a * b + c into FMAs, so its results can
 // differ from the baseline's in the last bit.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-#define SOAP_KERNELS_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#define SOAP_KERNELS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define SOAP_KERNELS_CPU_CLONES
 #endif
