@@ -11,27 +11,36 @@ jets_triton_recompute_all with recompute="all" remakes the dense layers' z too (
 jets_native_recompute(_all) are the same on the C++ kernels (CPU).
 jets_torch_compiled is jets_torch under torch.compile (inductor; its compile time is reported as first_call_s).
 Providers are timed interleaved, one repetition each per round, so background load hits them alike; medians and
-ratios are of those samples. Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated;
-bench/residual_memory.py estimates it for the CUDA path on a CPU).
+ratios are of those samples. On a CPU each provider runs in a spawned process of its own (--isolation process), as
+a user's training would: glibc sizes its mmap and trim thresholds from the largest blocks freed so far, so in a
+shared process one provider's frees decide how many pages another's fresh tensors fault in (measured on the goal
+case: nested autograd faulted 0 to 68,000 pages per step in a process shared with jets_native, 19,000 alone).
+--isolation shared (the default on a GPU, whose caching allocator has no such history) times all in one process.
+Peak memory is measured on CUDA only (torch.cuda.max_memory_allocated; bench/residual_memory.py estimates it for
+the CUDA path on a CPU).
 By default a CPU runs the CPU goal case (MLP 4x256, N=4096) and a GPU the GPU goal case (PirateNet 3x256, then
 MLP 4x256, N=8192; all providers but jets_torch_compiled and the jets_native ones), Allen-Cahn.
 matmul_gflop is the GEMM work of one step (profiler flop counts): jets and nested autograd do the same GEMMs at
 second order (24 N F^2 flops per hidden layer each), so on a CPU, where GEMMs dominate, jets can gain only on
 the elementwise work and on memory: jets_native takes its large stacks from the C++ buffer cache
-(soap_kernels.cpu_buffer_cache), while every other provider's fresh tensors page-fault in again each step
-(minor_page_faults_median counts them). Providers in the same rounds share glibc's heap, so one that grows it
-(torch_func does) spares the next ones some faults: compare the goal case with the two providers alone.
+(soap_kernels.cpu_buffer_cache), while every other provider's fresh tensors may page-fault in again each step
+(minor_page_faults_median counts them). MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=10000000000 in
+the environment (recorded in the results as malloc_environment) spares every provider those faults: the
+comparison with nested autograd at its best.
 
     python bench/residual.py --providers nested_autograd jets_native   # the CPU goal case: MLP 4x256, N=4096
     python bench/residual.py --providers nested_autograd jets_native --rounds 20 --processes 6   # as recorded
+    MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=10000000000 python bench/residual.py ...   # no faults
     python bench/residual.py --sizes 2048 8192 32768 --models mlp piratenet --problems allen_cahn laplacian
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import os
 import resource
 import statistics
@@ -39,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -168,81 +178,154 @@ def _minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure_case(model_name, problem, n, providers, device, rounds, dtype) -> dict:
+def prepare_provider(provider, model_name, problem, n, device, dtype):
+    """(step, the provider's result fields measured before timing, its parameter gradient); (None, {"status": why},
+    None) when it cannot run here. The model and points come from fixed seeds, so every process builds the same."""
+    reason = available(provider, device)
+    if reason:
+        return None, {"status": reason}, None
     model = build_model(model_name, device).to(dtype)
     torch.manual_seed(1)
     x = torch.rand(n, 2, device=device, dtype=dtype)
+    loss = loss_function(provider, problem, model, x)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        value = loss()
+        value.backward()
+        return value
+
+    started = time.perf_counter()
+    value = step()
+    first_call_s = time.perf_counter() - started  # includes compilation for the compiled provider
+    # a parameter the residual does not depend on (the output bias under a pure Laplacian) has no grad
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    gradient = torch.cat([g.reshape(-1) for g in grads]).cpu()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = None
+    time_fn(step, device, warmup=1, repeats=1)
+    result = {
+        "process_id": os.getpid(),
+        "loss": value.item(),
+        "first_call_s": first_call_s,
+        "peak_memory_mib": peak,
+        "matmul_gflop": matmul_gflop(step),
+    }
+    return step, result, gradient
+
+
+def take_sample(step, device) -> tuple[float, float, int]:
+    """One timed step: (wall ms, process CPU ms over all threads, minor page faults)."""
+    cpu_started = time.process_time()
+    faults_started = _minor_page_faults()
+    wall_ms = time_fn(step, device, warmup=0, repeats=1)["median_ms"]
+    return wall_ms, (time.process_time() - cpu_started) * 1e3, _minor_page_faults() - faults_started
+
+
+def _serve_provider(connection, provider, model_name, problem, n, device_name_, dtype_name) -> None:
+    """A provider's own process: prepare it, send (result, gradient), then answer each "sample" with one."""
+    try:
+        device = torch.device(device_name_)
+        step, result, gradient = prepare_provider(provider, model_name, problem, n, device, getattr(torch, dtype_name))
+        connection.send((result, gradient))
+        while connection.recv() == "sample":
+            connection.send(take_sample(step, device))
+    except Exception:  # the parent raises it, with the provider's name
+        connection.send(("error", traceback.format_exc()))
+    finally:
+        connection.close()
+
+
+class ProviderProcess:
+    """One provider in a spawned process of its own, so its heap starts as a user's training process's does and no
+    other provider's allocations change how many pages its steps fault in (glibc sizes its mmap and trim
+    thresholds from the largest blocks freed so far, so in a shared process one provider's frees decide whether
+    another's fresh tensors come from the heap or from new pages)."""
+
+    def __init__(self, provider, model_name, problem, n, device, dtype):
+        context = multiprocessing.get_context("spawn")
+        self.provider = provider
+        self.connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve_provider,
+            args=(child, provider, model_name, problem, n, str(device), str(dtype).replace("torch.", "")),
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self.result, self.gradient = self._receive()
+
+    def _receive(self):
+        message = self.connection.recv()
+        if isinstance(message, tuple) and message and message[0] == "error":
+            self.process.join()
+            raise RuntimeError(f"provider {self.provider} failed in its process:\n{message[1]}")
+        return message
+
+    def sample(self) -> tuple[float, float, int]:
+        self.connection.send("sample")
+        return self._receive()
+
+    def close(self) -> None:
+        self.connection.send("stop")
+        self.process.join(timeout=60)
+        self.connection.close()
+
+
+def measure_case(model_name, problem, n, providers, device, rounds, dtype, isolation="shared") -> dict:
+    """Time `providers` on one case, interleaved: each round takes one sample of every provider in turn, so load
+    from elsewhere hits them alike. isolation "process" runs each provider in a process of its own (ProviderProcess),
+    "shared" all of them in this one."""
     case = {"model": model_name, "problem": problem, "N": n, "dtype": str(dtype).replace("torch.", "")}
-    runnable, results = [], {}
-    for provider in providers:
-        reason = available(provider, device)
-        if reason:
-            results[provider] = {"status": reason}
-            continue
-        loss = loss_function(provider, problem, model, x)
-
-        def step(loss=loss):
-            model.zero_grad(set_to_none=True)
-            value = loss()
-            value.backward()
-            return value
-
-        started = time.perf_counter()
-        value = step()
-        first_call_s = time.perf_counter() - started  # includes compilation for the compiled provider
-        # a parameter the residual does not depend on (the output bias under a pure Laplacian) has no grad
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-        gradient = torch.cat([g.reshape(-1) for g in grads])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            peak = None
-        time_fn(step, device, warmup=1, repeats=1)
-        results[provider] = {
-            "loss": value.item(),
-            "first_call_s": first_call_s,
-            "peak_memory_mib": peak,
-            "matmul_gflop": matmul_gflop(step),
-            "samples_ms": [],
-            "cpu_samples_ms": [],  # process CPU time, all threads: less sensitive to other jobs than wall time
-            "minor_page_faults": [],  # per step: fresh pages the step touched (each zeroed by the kernel)
-        }
-        runnable.append((provider, step, gradient))
-    for _ in range(rounds):
-        for provider, step, _ in runnable:
-            cpu_started = time.process_time()
-            faults_started = _minor_page_faults()
-            results[provider]["samples_ms"].append(time_fn(step, device, warmup=0, repeats=1)["median_ms"])
-            results[provider]["cpu_samples_ms"].append((time.process_time() - cpu_started) * 1e3)
-            results[provider]["minor_page_faults"].append(_minor_page_faults() - faults_started)
-    reference = next((g for p, _, g in runnable if p == "nested_autograd"), None)
-    for provider, _, gradient in runnable:
-        samples = results[provider]["samples_ms"]
-        results[provider]["median_ms"] = statistics.median(samples)
-        results[provider]["cpu_median_ms"] = statistics.median(results[provider]["cpu_samples_ms"])
-        results[provider]["minor_page_faults_median"] = statistics.median(results[provider]["minor_page_faults"])
-        results[provider]["p10_ms"] = quantile(samples, 0.1)
-        results[provider]["p90_ms"] = quantile(samples, 0.9)
-        if reference is not None:
-            results[provider]["grad_rel_diff_vs_nested_autograd"] = (
-                (gradient - reference).norm() / reference.norm()
-            ).item()
-    if any(p == "nested_autograd" for p, _, _ in runnable):
+    case["isolation"] = isolation
+    results, gradients, samplers, workers = {}, {}, {}, []
+    try:
+        for provider in providers:
+            if isolation == "process" and available(provider, device) is None:
+                worker = ProviderProcess(provider, model_name, problem, n, device, dtype)
+                workers.append(worker)
+                results[provider], gradients[provider] = worker.result, worker.gradient
+                samplers[provider] = worker.sample
+                continue
+            step, results[provider], gradient = prepare_provider(provider, model_name, problem, n, device, dtype)
+            if step is not None:
+                gradients[provider] = gradient
+                samplers[provider] = functools.partial(take_sample, step, device)
+        samples = {provider: [] for provider in samplers}
+        for _ in range(rounds):
+            for provider, sample in samplers.items():
+                samples[provider].append(sample())
+    finally:
+        for worker in workers:
+            worker.close()
+    for provider, taken in samples.items():
+        wall, cpu, faults = (list(column) for column in zip(*taken, strict=True)) if taken else ([], [], [])
+        result = results[provider]
+        result.update(samples_ms=wall, cpu_samples_ms=cpu, minor_page_faults=faults)
+        result["median_ms"] = statistics.median(wall)
+        result["cpu_median_ms"] = statistics.median(cpu)  # process CPU time, all threads: less load-sensitive
+        result["minor_page_faults_median"] = statistics.median(faults)  # fresh pages a step touched
+        result["p10_ms"] = quantile(wall, 0.1)
+        result["p90_ms"] = quantile(wall, 0.9)
+        if "nested_autograd" in gradients:
+            reference = gradients["nested_autograd"]
+            difference = (gradients[provider] - reference).norm() / reference.norm()
+            result["grad_rel_diff_vs_nested_autograd"] = difference.item()
+    if "nested_autograd" in samples:
         base = results["nested_autograd"]
-        for provider, _, _ in runnable:
-            results[provider]["speedup_vs_nested_autograd"] = base["median_ms"] / results[provider]["median_ms"]
-            results[provider]["cpu_time_speedup_vs_nested_autograd"] = (
-                base["cpu_median_ms"] / results[provider]["cpu_median_ms"]
-            )
-            if base["peak_memory_mib"] and results[provider]["peak_memory_mib"]:
-                results[provider]["memory_ratio_vs_nested_autograd"] = (
-                    results[provider]["peak_memory_mib"] / base["peak_memory_mib"]
-                )
+        for provider in samples:
+            result = results[provider]
+            result["speedup_vs_nested_autograd"] = base["median_ms"] / result["median_ms"]
+            result["cpu_time_speedup_vs_nested_autograd"] = base["cpu_median_ms"] / result["cpu_median_ms"]
+            if base["peak_memory_mib"] and result["peak_memory_mib"]:
+                result["memory_ratio_vs_nested_autograd"] = result["peak_memory_mib"] / base["peak_memory_mib"]
     case["providers"] = results
     return case
 
@@ -256,6 +339,13 @@ def main(argv=None) -> None:
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: all (on a GPU see above)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed repetitions per provider")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument(
+        "--isolation",
+        choices=["process", "shared"],
+        help="process: each provider in a spawned process of its own, as a user's training runs (default on a CPU, "
+        "where a process's heap history decides how many pages nested autograd faults in per step); shared: all "
+        "in this process (default on a GPU, whose caching allocator has no such history)",
+    )
     parser.add_argument("--suite", default="residual", help="results file prefix")
     parser.add_argument(
         "--processes",
@@ -271,6 +361,7 @@ def main(argv=None) -> None:
     args.models = args.models or (["piratenet", "mlp"] if on_gpu else ["mlp"])
     args.sizes = args.sizes or ([8192] if on_gpu else [4096])
     args.providers = args.providers or [p for p in PROVIDERS if not (on_gpu and p in _NOT_BY_DEFAULT_ON_GPU)]
+    args.isolation = args.isolation or ("shared" if on_gpu else "process")
     if args.processes > 1:
         _in_fresh_processes(args)
         return
@@ -280,7 +371,7 @@ def main(argv=None) -> None:
     for model_name in args.models:
         for problem in args.problems:
             for n in args.sizes:
-                case = measure_case(model_name, problem, n, args.providers, device, args.rounds, dtype)
+                case = measure_case(model_name, problem, n, args.providers, device, args.rounds, dtype, args.isolation)
                 cases.append(case)
                 for provider, r in case["providers"].items():
                     if "median_ms" not in r:
@@ -301,9 +392,13 @@ def main(argv=None) -> None:
         load = os.getloadavg()
     except OSError:
         load = None
+    where = "each in a process of its own" if args.isolation == "process" else "all in one process"
     payload = {
-        "description": "PINN residual loss + backward; providers timed interleaved; "
+        "description": f"PINN residual loss + backward; providers timed interleaved, {where}; "
         "speedup = nested_autograd median / provider median",
+        "isolation": args.isolation,
+        # glibc's allocator settings change how many pages a step faults in (see ProviderProcess)
+        "malloc_environment": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "device_label": device_name(device),
         "load_average_at_end": load,
         "cases": cases,
@@ -320,6 +415,7 @@ def _in_fresh_processes(args) -> None:
         for run in range(args.processes):
             child = [sys.executable, str(Path(__file__).resolve()), "--device", args.device]
             child += ["--rounds", str(args.rounds), "--dtype", args.dtype, "--suite", str(Path(folder) / f"run{run}")]
+            child += ["--isolation", args.isolation]
             child += ["--models", *args.models, "--problems", *args.problems, "--providers", *args.providers]
             child += ["--sizes", *map(str, args.sizes)]
             subprocess.run(child, check=True)

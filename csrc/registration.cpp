@@ -26,6 +26,13 @@ TORCH_LIBRARY(soap_kernels, m) {
   m.def(
       "jet_activation(Tensor z, Tensor? grad, Tensor? base, str activation, float[] tower_coefs, int tower_orders, "
       "int[] terms, float[] coefs) -> Tensor");
+  // The backward of a dense jet layer h = activation jet of z, z_k = x_k W^T (+ b on the value slot), given
+  // grad_h = dL/dh: (dL/dx, empty unless compute_grad_x; dL/dW; dL/db), jet_activation's adjoint (same program
+  // arguments) and the GEMMs run chunk_rows rows at a time. CPU only (csrc/cpu/jet_dense_backward.cpp).
+  m.def(
+      "jet_dense_backward(Tensor grad_h, Tensor z, Tensor x, Tensor weight, Tensor? base, str activation, "
+      "float[] tower_coefs, int tower_orders, int[] terms, float[] coefs, bool compute_grad_x, int chunk_rows) "
+      "-> (Tensor, Tensor, Tensor)");
   // out[s] = sum over terms (s, i, j) of coef * a[i] * b[j] for jet stacks a [Ka, N, F], b [Kb, N, F]: the
   // Leibniz product of two jets and its backward (CPU only; soap_kernels/ops/jet_product.py).
   m.def("jet_bilinear(Tensor a, Tensor b, int num_slots, int[] terms, float[] coefs) -> Tensor");

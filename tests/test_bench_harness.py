@@ -385,6 +385,38 @@ def test_gpu_train_report_dry_run_times_and_trains(tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
 
 
+@pytest.mark.parametrize("isolation", ["process", "shared"])
+def test_residual_bench_isolates_providers_in_processes_of_their_own(tmp_path, isolation):
+    """--isolation process prepares and times each provider in a spawned process (not this one, not another's);
+    shared does all here. Both give each provider its samples and the same gradients as nested autograd."""
+    from bench import residual
+
+    residual.main(
+        ["--device", "cpu", "--sizes", "16", "--rounds", "2", "--providers", "nested_autograd", "jets_torch"]
+        + ["--isolation", isolation, "--suite", str(tmp_path / isolation)]
+    )
+    (path,) = tmp_path.glob(f"{isolation}-*.json")
+    document = json.loads(path.read_text())
+    assert document["isolation"] == isolation
+    providers = document["cases"][0]["providers"]
+    process_ids = {name: result["process_id"] for name, result in providers.items()}
+    if isolation == "process":
+        assert os.getpid() not in process_ids.values() and len(set(process_ids.values())) == 2
+    else:
+        assert set(process_ids.values()) == {os.getpid()}
+    for result in providers.values():
+        assert len(result["samples_ms"]) == 2 and result["grad_rel_diff_vs_nested_autograd"] < 1e-5
+
+
+def test_residual_bench_reports_a_provider_that_fails_in_its_process():
+    """An error inside a provider's process comes back as a RuntimeError naming the provider and the cause."""
+    from bench import residual
+
+    with pytest.raises(RuntimeError, match="(?s)provider nested_autograd failed in its process:.*unknown model"):
+        residual.measure_case("no_such_model", "allen_cahn", 8, ["nested_autograd"], torch.device("cpu"), 1,
+                              torch.float32, isolation="process")  # fmt: skip
+
+
 def test_residual_bench_repeats_in_fresh_processes_and_summarises(tmp_path):
     """--processes 2 runs the case twice, each in a new process, and saves both runs and the per-run medians."""
     from bench import residual

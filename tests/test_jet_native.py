@@ -277,8 +277,8 @@ def test_opcheck_native_layer_with_the_reused_value(activation):
 @pytest.mark.parametrize("f_in, f_out", [(2, 9), (9, 4)])  # dL/dW accumulated in either orientation
 @pytest.mark.parametrize("activation", ["tanh", "sin"])
 def test_backward_in_row_chunks_equals_the_torch_layer(monkeypatch, f_in, f_out, activation):
-    """The native backward computes g_z a chunk of rows at a time (here 5 rows: chunks of 5, 5, ..., 3) and
-    accumulates dL/dW and dL/db over them."""
+    """The native backward (soap_kernels::jet_dense_backward) computes g_z a chunk of rows at a time (here 5 rows:
+    chunks of 5, 5, ..., 3) and accumulates dL/dW and dL/db over them."""
     monkeypatch.setattr(native, "BACKWARD_CHUNK_ELEMENTS", 5 * f_out)
     torch.manual_seed(10)
     layout = LAYOUTS["allen_cahn"]
@@ -292,6 +292,27 @@ def test_backward_in_row_chunks_equals_the_torch_layer(monkeypatch, f_in, f_out,
         grads[kernels] = torch.autograd.grad(h, (x, w, b), g)
     for ours, theirs, name in zip(grads["native"], grads["torch"], "xwb", strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("compute_grad_x", [True, False])
+def test_dense_backward_op_opcheck_and_bad_arguments(compute_grad_x):
+    """soap_kernels::jet_dense_backward (the chunked C++ backward) passes opcheck (its fake included) on odd
+    shapes with 3-row chunks, and rejects mismatched shapes and dtypes and a chunk of no rows."""
+    torch.manual_seed(12)
+    layout = LAYOUTS["allen_cahn"]
+    z = torch.randn(layout.num_slots, 7, 5, dtype=torch.float64)
+    x = torch.randn(layout.num_slots, 7, 3, dtype=torch.float64)
+    w = torch.randn(5, 3, dtype=torch.float64)
+    terms, coefs, orders = _program(layout.key, True)
+    program = ("tanh", _tower_coefficients("tanh", orders), orders, terms, coefs)
+    op = torch.ops.soap_kernels.jet_dense_backward
+    torch.library.opcheck(op.default, (torch.randn_like(z), z, x, w, None, *program, compute_grad_x, 3))
+    with pytest.raises(RuntimeError, match="must be x"):
+        op(z, z, x, w.t().contiguous(), None, *program, compute_grad_x, 3)
+    with pytest.raises(RuntimeError, match="must have z's dtype"):
+        op(z, z, x.float(), w, None, *program, compute_grad_x, 3)
+    with pytest.raises(RuntimeError, match="chunk_rows must be >= 1, got 0"):
+        op(z, z, x, w, None, *program, compute_grad_x, 0)
 
 
 def test_kernel_reads_a_row_range_of_a_stack_in_place():

@@ -28,6 +28,7 @@
 
 #include "soap_kernels/cpu_buffer_cache.h"
 #include "soap_kernels/fast_tanh.h"
+#include "soap_kernels/jet_activation.h"
 #include "soap_kernels/jet_terms.h"
 
 #include <algorithm>
@@ -360,6 +361,8 @@ void jet_activation_typed(const at::Tensor& z, const at::Tensor* grad, const at:
   at::parallel_for(0, num_blocks, 1, [&](int64_t first, int64_t last) { run_activation_blocks(blocks, first, last); });
 }
 
+}  // namespace
+
 at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tensor>& grad,
                               const std::optional<at::Tensor>& base, std::string_view activation,
                               c10::ArrayRef<double> tower_coefs, int64_t tower_orders, c10::IntArrayRef terms,
@@ -401,8 +404,6 @@ at::Tensor jet_activation_cpu(const at::Tensor& z, const std::optional<at::Tenso
   });
   return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(soap_kernels, CPU, m) { m.impl("jet_activation", &jet_activation_cpu); }
 

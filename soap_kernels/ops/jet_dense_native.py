@@ -18,7 +18,7 @@ import torch
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.activations import logistic_polynomials
 from soap_kernels.jets.plan import JetPlan
-from soap_kernels.jets.reference import linear_jet_backward, linear_jet_into
+from soap_kernels.jets.reference import linear_jet_into
 
 NATIVE_ACTIVATIONS = ("tanh", "sigmoid", "silu", "sin", "cos", "gelu")
 # activations whose derivative tower is a polynomial in s(z_0) itself: the backward reuses the forward's h[0]
@@ -69,6 +69,16 @@ def _program(layout: str, adjoint: bool) -> tuple[list[int], list[float], int]:
     return rows, coefs, 1 + max(m for _, _, m, _, _ in flat)
 
 
+def _kernel_arguments(z, activation, layout, grad, value):
+    """(z, grad, base, activation, tower coefficients, tower orders, terms, coefs): the C++ kernels' arguments for
+    the forward rule (grad None) or its adjoint."""
+    terms, coefs, orders = _program(layout, grad is not None)
+    base = value.contiguous() if value is not None and activation in NATIVE_BASE_ACTIVATIONS else None
+    grad = _with_contiguous_slots(grad) if grad is not None else None
+    tower = _tower_coefficients(activation, orders)
+    return _with_contiguous_slots(z), grad, base, activation, tower, orders, terms, coefs
+
+
 def activation_jet_native(
     z: torch.Tensor,
     activation: str,
@@ -81,12 +91,7 @@ def activation_jet_native(
     value: s(z_0) from the forward (the output's value slot); for tanh and sigmoid it is the base of the
     derivative tower, which then need not be evaluated again.
     """
-    terms, coefs, orders = _program(layout, grad is not None)
-    base = value.contiguous() if value is not None and activation in NATIVE_BASE_ACTIVATIONS else None
-    grad = _with_contiguous_slots(grad) if grad is not None else None
-    return torch.ops.soap_kernels.jet_activation(
-        _with_contiguous_slots(z), grad, base, activation, _tower_coefficients(activation, orders), orders, terms, coefs
-    )
+    return torch.ops.soap_kernels.jet_activation(*_kernel_arguments(z, activation, layout, grad, value))
 
 
 def _with_contiguous_slots(stack: torch.Tensor) -> torch.Tensor:
@@ -127,34 +132,12 @@ BACKWARD_CHUNK_ELEMENTS = 1 << 18
 
 
 def jet_dense_activation_backward_native(grad_h, z, x, weight, activation, layout, compute_grad_x, value):
-    """(dL/dx, dL/dW, dL/db) with g_z in C++, computed and consumed one chunk of rows at a time: each chunk's g_z
-    feeds its GEMMs while it is in cache, and the [K, N, F_out] g_z of the whole batch, a fresh allocation that
-    page-faults on a CPU, never exists. dL/dW and dL/db accumulate over the chunks."""
-    num_slots, n, f_out = z.shape
-    rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(f_out, 1))
-    if n <= rows:
-        grad_z = activation_jet_native(z, activation, layout, grad=grad_h, value=value)
-        grad_x_out = cached_empty(x, x.shape) if compute_grad_x else None
-        return linear_jet_backward(grad_z, x, weight, compute_grad_x, grad_x_out)
-    f_in = weight.shape[1]
-    # accumulate dL/dW in the orientation whose GEMM has the wider left operand (weight_gradient's reason)
-    transposed = f_in < f_out
-    grad_weight = weight.new_zeros((f_in, f_out) if transposed else (f_out, f_in))
-    grad_bias = weight.new_zeros(f_out)
-    grad_x = cached_empty(x, x.shape) if compute_grad_x else x.new_empty(0)
-    for start in range(0, n, rows):
-        chunk = slice(start, start + rows)
-        part = None if value is None else value[chunk]
-        grad_z = activation_jet_native(z[:, chunk], activation, layout, grad=grad_h[:, chunk], value=part)
-        for slot in range(num_slots):
-            if transposed:
-                grad_weight.addmm_(x[slot, chunk].t(), grad_z[slot])
-            else:
-                grad_weight.addmm_(grad_z[slot].t(), x[slot, chunk])
-            if compute_grad_x:
-                torch.mm(grad_z[slot], weight, out=grad_x[slot, chunk])
-        grad_bias += grad_z[0].sum(0)
-    return grad_x, grad_weight.t().contiguous() if transposed else grad_weight, grad_bias
+    """(dL/dx, dL/dW, dL/db) by soap_kernels::jet_dense_backward (csrc/cpu/jet_dense_backward.cpp): g_z in C++,
+    computed and consumed one chunk of rows at a time, so each chunk's g_z feeds its GEMMs while it is in cache
+    and the [K, N, F_out] g_z of the whole batch, a fresh allocation that page-faults on a CPU, never exists."""
+    rows = max(1, BACKWARD_CHUNK_ELEMENTS // max(z.shape[2], 1))
+    z, grad_h, base, *program = _kernel_arguments(z, activation, layout, grad_h, value)
+    return torch.ops.soap_kernels.jet_dense_backward(grad_h, z, x, weight, base, *program, compute_grad_x, rows)
 
 
 def _register_fake() -> None:
@@ -165,6 +148,11 @@ def _register_fake() -> None:
     @torch.library.register_fake(_OP_NAME)
     def _(z, grad, base, activation, tower_coefs, tower_orders, terms, coefs):
         return torch.empty_like(z)
+
+    @torch.library.register_fake("soap_kernels::jet_dense_backward")
+    def _(grad_h, z, x, weight, base, activation, tower_coefs, tower_orders, terms, coefs, compute_grad_x, rows):
+        grad_x = x.new_empty(x.shape) if compute_grad_x else x.new_empty(0)
+        return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
     @torch.library.register_fake("soap_kernels::cached_empty")
     def _(like, size):
