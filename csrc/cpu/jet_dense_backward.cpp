@@ -5,8 +5,8 @@
 //     dL/dx_k = g_z,k W                 (into the chunk's rows of dL/dx)
 //     dL/db += sum over rows of g_z,0
 // Each chunk's g_z feeds its GEMMs while it is still in cache, and the [K, N, F_out] g_z of the whole batch never
-// exists. The loop is here rather than in Python because its ~30 small calls per chunk cost ~0.8 ms per layer
-// from Python (measured on the 2-core CPU for a 4-slot layer of 4096 rows in 4 chunks).
+// exists. The loop is here rather than in Python because its ~30 small calls per chunk made a step of the MLP
+// 4x256 Allen-Cahn case (N = 4096, 4 chunks per layer) 2.3-3 ms slower (A/B interleaved on the 2-core CPU).
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>

@@ -1,6 +1,7 @@
 // tanh of float32, written so a block loop of it vectorises (no calls, no branches): ATen's tanh (SLEEF's
 // 1-ulp version) costs about 4x a sigmoid on the CPUs measured, and the forward of a tanh jet evaluates it once
-// per element of the value slot. Error at most 2.3 ulp (tests/test_jet_native.py sweeps every 7th float).
+// per element of the value slot. Error at most 2.24 ulp over every 7th float of [0, 11] (a standalone sweep);
+// tests/test_jet_native.py checks every 997th, both signs, within 2.5.
 #pragma once
 
 #include <algorithm>
