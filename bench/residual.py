@@ -249,6 +249,9 @@ class ProviderProcess:
     thresholds from the largest blocks freed so far, so in a shared process one provider's frees decide whether
     another's fresh tensors come from the heap or from new pages)."""
 
+    # longest wait for an answer: preparing includes torch.compile for jets_torch_compiled, minutes on a CPU
+    ANSWER_TIMEOUT_S = 1800
+
     def __init__(self, provider, model_name, problem, n, device, dtype):
         context = multiprocessing.get_context("spawn")
         self.provider = provider
@@ -260,22 +263,47 @@ class ProviderProcess:
         )
         self.process.start()
         child.close()
-        self.result, self.gradient = self._receive()
+        try:
+            self.result, self.gradient = self._receive()
+        except BaseException:
+            self.close()
+            raise
 
     def _receive(self):
-        message = self.connection.recv()
+        """The process's next answer; RuntimeError naming the provider when it failed, died or hung."""
+        try:
+            if not self.connection.poll(self.ANSWER_TIMEOUT_S):
+                raise RuntimeError(f"provider {self.provider} gave no answer in {self.ANSWER_TIMEOUT_S} s")
+            message = self.connection.recv()
+        except (EOFError, OSError) as error:
+            raise self._ended() from error
         if isinstance(message, tuple) and message and message[0] == "error":
-            self.process.join()
             raise RuntimeError(f"provider {self.provider} failed in its process:\n{message[1]}")
         return message
 
+    def _ended(self) -> RuntimeError:
+        self.process.join(timeout=10)
+        return RuntimeError(
+            f"provider {self.provider}'s process ended without an answer (exit code {self.process.exitcode})"
+        )
+
     def sample(self) -> tuple[float, float, int]:
-        self.connection.send("sample")
+        try:
+            self.connection.send("sample")
+        except OSError as error:
+            raise self._ended() from error
         return self._receive()
 
     def close(self) -> None:
-        self.connection.send("stop")
+        """Stop the process (killing it if it does not stop within a minute); safe on a failed or closed one."""
+        try:
+            self.connection.send("stop")
+        except OSError:  # the process is gone, or the pipe was closed already
+            pass
         self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
         self.connection.close()
 
 

@@ -417,6 +417,28 @@ def test_residual_bench_reports_a_provider_that_fails_in_its_process():
                               torch.float32, isolation="process")  # fmt: skip
 
 
+def test_residual_bench_provider_process_that_dies_is_reported_and_every_process_stopped():
+    """A provider's process killed between samples: the next sample raises a RuntimeError naming the provider
+    (not a bare pipe error), and close() stops it and the other providers' processes alike."""
+    from bench import residual
+
+    cpu = torch.device("cpu")
+    workers = [
+        residual.ProviderProcess(p, "mlp", "allen_cahn", 8, cpu, torch.float32)
+        for p in ("nested_autograd", "jets_torch")
+    ]
+    try:
+        assert len(workers[1].sample()) == 3
+        workers[0].process.kill()
+        workers[0].process.join()
+        with pytest.raises(RuntimeError, match="provider nested_autograd's process ended without an answer"):
+            workers[0].sample()
+    finally:
+        for worker in workers:
+            worker.close()
+    assert not any(worker.process.is_alive() for worker in workers)
+
+
 def test_residual_bench_repeats_in_fresh_processes_and_summarises(tmp_path):
     """--processes 2 runs the case twice, each in a new process, and saves both runs and the per-run medians."""
     from bench import residual

@@ -5,9 +5,11 @@
 // soap_kernels/ops/jet_dense_native.py), eight integers of `terms` per term:
 //     (out_slot, order m, grad_slot or -1, number of factors, factor slots f_0..f_3)
 //     out[out_slot] += coef * s^(m)(z_0) * grad[grad_slot] * prod_i z[f_i]
-// The derivative tower s^(m)(z_0), m = 0..M, comes from one or two base functions of z_0 that ATen evaluates
-// (vectorised) over the whole value slot before the block loop, in one call each (per block, the dispatcher and
-// TensorIterator overhead of a 4096-element call cost several times its arithmetic):
+// The derivative tower s^(m)(z_0), m = 0..M, comes from one or two base functions of z_0, evaluated (vectorised)
+// over the whole value slot before the block loop, by one ATen call each (per block, the dispatcher and
+// TensorIterator overhead of a 4096-element call cost several times its arithmetic) — but for float32 tanh,
+// which the block loop computes itself by fast_tanh.h (no call to pay for), and gelu's float32 tanh, which the
+// pre-pass takes from fast_tanh.h too:
 //     tanh, sigmoid: s^(m) = P_m(b), b = tanh(z_0) or sigmoid(z_0), P_m = row m of tower_coefs (lowest degree
 //                    first; tower_orders rows)
 //     silu:          s^(m) = z_0 P_m(b) + m P_{m-1}(b), b = sigmoid(z_0), P the sigmoid polynomials
@@ -299,7 +301,7 @@ SOAP_KERNELS_CPU_CLONES void run_activation_blocks(const JetBlocks<double>& a, i
 }
 
 SOAP_KERNELS_CPU_CLONES void tanh_float_span(float* values, int64_t count) {
-  tanh_float_block(values, values, count);
+  tanh_float_in_place(values, count);
 }
 
 // The base functions of z_0 over the whole value slot z0 [N, F] (see BaseBlock), each by one vectorised, threaded

@@ -37,6 +37,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> jet_dense_backward_cpu(
   TORCH_CHECK(x.scalar_type() == z.scalar_type() && weight.scalar_type() == z.scalar_type(),
               "soap_kernels::jet_dense_backward: x (", x.scalar_type(), ") and weight (", weight.scalar_type(),
               ") must have z's dtype ", z.scalar_type());
+  TORCH_CHECK(grad_h.sizes() == z.sizes() && grad_h.scalar_type() == z.scalar_type(),
+              "soap_kernels::jet_dense_backward: grad_h (", grad_h.sizes(), " ", grad_h.scalar_type(),
+              ") must match z (", z.sizes(), " ", z.scalar_type(), ")");
+  TORCH_CHECK(!base || (base->dim() == 2 && base->size(0) == z.size(1) && base->size(1) == z.size(2)),
+              "soap_kernels::jet_dense_backward: base ", base ? base->sizes() : c10::IntArrayRef{},
+              " must be [N, F_out] like z[0] ", z[0].sizes());
   TORCH_CHECK(chunk_rows >= 1, "soap_kernels::jet_dense_backward: chunk_rows must be >= 1, got ", chunk_rows);
   const int64_t num_slots = z.size(0), rows = z.size(1), f_out = z.size(2), f_in = x.size(2);
   // dL/dW accumulates in the orientation whose GEMM has the wider left operand: a skinny g^T x (a first layer,
