@@ -37,6 +37,7 @@ comparison with nested autograd at its best.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -238,7 +239,8 @@ def _serve_provider(connection, provider, model_name, problem, n, device_name_, 
         while connection.recv() == "sample":
             connection.send(take_sample(step, device))
     except Exception:  # the parent raises it, with the provider's name
-        connection.send(("error", traceback.format_exc()))
+        with contextlib.suppress(OSError):  # unless the parent has gone
+            connection.send(("error", traceback.format_exc()))
     finally:
         connection.close()
 
