@@ -8,8 +8,8 @@
 #   bash bench/gpu_check.sh --dry-run    # anywhere: checks the script starts and each step resolves (CI)
 #
 # Environment: OUT (results folder), PYTHON (default python3; .venv/bin/python in a dry run when present),
-# SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 450: the
-# whole check stays inside 8 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
+# SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 520: the
+# whole check stays inside 9 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
 # train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-k cuda": the
 # cuda-marked tests and the device-parametrised ones on cuda; the tests of the Triton kernels, which
 # tests/conftest.py marks triton_kernel on a GPU, run in their own step after them), SOAP_KERNELS_CUDA_ARCHS (default:
@@ -27,7 +27,7 @@ mkdir -p "$OUT" || exit 1
 OUT="$(cd "$OUT" && pwd)"
 LOG="$OUT/gpu_check.log"
 SUMMARY="$OUT/summary.txt"
-BUDGET_S="${SOAP_KERNELS_GPU_CHECK_BUDGET_S:-450}"
+BUDGET_S="${SOAP_KERNELS_GPU_CHECK_BUDGET_S:-520}"
 SUITES="${SOAP_KERNELS_GPU_CHECK_SUITES:-soap_step refresh residual train_step}"
 PYTEST_ARGS="${SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS:--k cuda}"
 MAX_FILES=8
@@ -68,7 +68,7 @@ step() {
   echo
   echo "=== [$name] $(date -u +%H:%M:%S) limit ${limit}s: $*"
   began=$SECONDS
-  timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@"
+  STEP_LIMIT_S="$limit" timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@"
   rc=$?
   if ((rc == 124 || rc == 137)); then
     record "$name" FAIL $((SECONDS - began)) "timed out after ${limit} s"
@@ -161,8 +161,12 @@ gpu_tests() {
   for file in tests/test_*.py tests/soap_pinn/test_*.py; do
     [[ " ${first[*]} " == *" $file "* ]] || files+=("$file")
   done
+  # each test named as it finishes (the log shows how far a step got if its limit stops it), and one that hangs
+  # is stopped by pytest-timeout where that is installed
+  local per_test=()
+  "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-  "$PYTHON" -m pytest -q -rs -p no:cacheprovider $PYTEST_ARGS "${files[@]}"
+  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${per_test[@]}" $PYTEST_ARGS "${files[@]}"
   local rc=$?
   if ((rc == 5)); then
     echo "WARNING: pytest collected no tests for '$PYTEST_ARGS'"
@@ -172,10 +176,12 @@ gpu_tests() {
 }
 
 run_suite() {  # run_suite NAME: one suite in its own process, so one that hangs or crashes spares the rest
+  # The suite starts no new case once its budget is spent and saves what it has: one killed at the step's
+  # limit would save nothing. The margin covers Python's start, the ceilings and the last case.
   local device=cuda sizes=paper budget
   [[ "$DRY_RUN" == 1 ]] && device=cpu sizes=smoke
-  budget=$(($(remaining_s) - 60))
-  ((budget < 30)) && budget=30
+  budget=$((${STEP_LIMIT_S:-$(remaining_s)} - 40))
+  ((budget < 20)) && budget=20
   "$PYTHON" -m bench "$1" --device "$device" --sizes "$sizes" --out "$OUT" --plots none --time-budget-s "$budget"
 }
 
@@ -207,7 +213,9 @@ keep_file_budget() {  # the device tool brings back at most 8 files: pack surplu
 gpu_triton_tests() {
   # every test of a Triton kernel (the users of the triton_device fixture) on the GPU; Triton compiles each
   # kernel variant on first use, so the slowest are listed for the next check's time limits
-  "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m triton_kernel --durations=10 tests
+  local per_test=()
+  "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
+  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${per_test[@]}" -m triton_kernel --durations=10 tests
   local rc=$?
   ((rc == 5)) && { echo "WARNING: no test marked triton_kernel (no CUDA?)"; return 0; }
   return $rc
@@ -237,13 +245,23 @@ main() {
       step ceilings 60 run_suite ceilings
     else
       # a failed build still leaves the torch and Triton paths to test and time, so the check goes on
-      step build 300 build
+      # Order and limits fit a 15-minute device session: the optimizer and jet tests, then the benchmarks the
+      # issues' goals name, then the Triton kernels' own GPU tests and the end-to-end step.
+      step build 240 build
       step info 60 build_info
-      step tests 150 gpu_tests
-      step triton 100 gpu_triton_tests
-      for suite in $SUITES; do step "$suite" 150 run_suite "$suite"; done
+      step tests 110 gpu_tests
+      local suite limit triton_done=0
+      for suite in $SUITES; do
+        limit=90
+        if [[ "$suite" == train_step ]]; then
+          step triton 80 gpu_triton_tests
+          triton_done=1 limit=70
+        fi
+        step "$suite" "$limit" run_suite "$suite"
+      done
+      ((triton_done)) || step triton 80 gpu_triton_tests
       # where a training step's time goes (printed to the log only: no files)
-      step trace 90 "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12
+      step trace 45 "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12
       if ! compgen -G "$OUT/*-*-*.json" >/dev/null; then  # no suite ran: at least the machine's ceilings
         step ceilings 60 run_suite ceilings
       fi

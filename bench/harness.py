@@ -224,6 +224,7 @@ def record(
 
 
 SIZES = ("paper", "small", "smoke")
+OUT_OF_TIME = "not run: the suite's time budget (--time-budget-s) was spent"
 
 
 @dataclass
@@ -232,7 +233,8 @@ class SuiteConfig:
 
     sizes: "paper" (the paper's problem sizes; the GPU default), "small" (minutes on a 2-core CPU; the CPU
     default) or "smoke" (seconds; CI checks that the suite runs, numbers mean nothing). providers: names to
-    run, or None for all the suite offers. time_budget_s: a hint for how long the whole suite should take.
+    run, or None for all the suite offers. time_budget_s: how long the whole suite may take; past it, a suite
+    starts no new case (out_of_time) and saves what it measured, since a suite killed at a time limit saves nothing.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -241,6 +243,11 @@ class SuiteConfig:
     time_budget_s: float | None = None
     results_dir: Path = field(default_factory=lambda: RESULTS_DIR)
     extra: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def out_of_time(self) -> bool:
+        """True once time_budget_s has passed since this config was made."""
+        return self.time_budget_s is not None and time.monotonic() - self.started > self.time_budget_s
 
     def wants(self, provider: str) -> bool:
         """True when `provider` was asked for (all are, when no list was given)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import SuiteConfig, record, save_results  # noqa: E402
+from bench.harness import OUT_OF_TIME, SuiteConfig, record, save_results  # noqa: E402
 
 PROVIDERS = (
     "torch_qr_path",
@@ -141,6 +141,9 @@ def run(config: SuiteConfig) -> dict:
         for provider in PROVIDERS:
             block_min_n = 1 if config.sizes == "smoke" else BLOCK_MIN_N
             if not config.wants(provider) or not applies(provider, n, device, block_min_n):
+                continue
+            if config.out_of_time():
+                rows.append(record(name, provider, None, error=OUT_OF_TIME))
                 continue
             exact = provider.startswith("soap_kernels_exact")
             if exact and device.type == "cpu" and batch * n**3 > CPU_EXACT_MAX_WORK:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import SuiteConfig, record, save_results  # noqa: E402
+from bench.harness import OUT_OF_TIME, SuiteConfig, record, save_results  # noqa: E402
 
 PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
 PROVIDERS = (
@@ -172,6 +172,9 @@ def run(config: SuiteConfig) -> dict:
         blocks = {}
         for provider in PROVIDERS:
             if not config.wants(provider):
+                continue
+            if config.out_of_time():
+                rows.append(record(name, provider, None, error=OUT_OF_TIME))
                 continue
             try:
                 blocks[provider] = step_block(shapes, provider, config.device, frequency)

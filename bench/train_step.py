@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.harness import SuiteConfig, record
+from bench.harness import OUT_OF_TIME, SuiteConfig, record
 
 PROVIDERS = ("autograd+pytorch_optimizer_soap", "autograd+soap_kernels", "jets+soap_kernels", "jets+adam")
 BASELINE = "autograd+pytorch_optimizer_soap"
@@ -110,6 +110,9 @@ def run(config: SuiteConfig) -> dict:
     rows = []
     for provider in PROVIDERS:
         if not config.wants(provider):
+            continue
+        if config.out_of_time():
+            rows.append(record(case, provider, None, error=OUT_OF_TIME))
             continue
         model = copy.deepcopy(template)
         try:

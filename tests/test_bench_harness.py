@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,21 @@ def test_suite_config_selects_providers():
     assert harness.SuiteConfig().wants("anything")
     config = harness.SuiteConfig(providers=("a", "b"))
     assert config.wants("a") and not config.wants("c")
+
+
+def test_suite_config_is_out_of_time_only_once_its_budget_has_passed():
+    assert not harness.SuiteConfig().out_of_time()  # no budget: never
+    assert not harness.SuiteConfig(time_budget_s=3600).out_of_time()
+    assert harness.SuiteConfig(time_budget_s=0.0, started=time.monotonic() - 1.0).out_of_time()
+
+
+def test_a_suite_past_its_budget_records_every_provider_as_not_run():
+    from bench import soap_step
+
+    config = harness.SuiteConfig(sizes="smoke", time_budget_s=0.0, started=time.monotonic() - 1.0)
+    records = soap_step.run(config)["records"]
+    assert records and all(r.get("error") == harness.OUT_OF_TIME and "median_ms" not in r for r in records)
+    assert {r["provider"] for r in records} == set(soap_step.PROVIDERS)
 
 
 def test_save_results_names_files_by_suite_device_and_date(tmp_path):
