@@ -10,10 +10,12 @@
 # Environment: OUT (results folder), PYTHON (default python3; .venv/bin/python in a dry run when present),
 # SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 520: the
 # whole check stays inside 9 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
-# train_step"), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (default "-k cuda": the
-# cuda-marked tests and the device-parametrised ones on cuda; the tests of the Triton kernels, which
-# tests/conftest.py marks triton_kernel on a GPU, run in their own step after them), SOAP_KERNELS_CUDA_ARCHS (default:
-# this GPU's, e.g. 90a on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
+# train_step"), SOAP_KERNELS_GPU_CHECK_STEPS (the steps in order, each NAME or NAME:LIMIT_S; default "build info
+# tests <suites, triton before train_step> trace"), SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k
+# expression, default "cuda": the cuda-marked tests and the device-parametrised ones on cuda; the tests of the
+# Triton kernels, which tests/conftest.py marks triton_kernel on a GPU, are the triton step),
+# SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (more pytest words), SOAP_KERNELS_CUDA_ARCHS (default: this GPU's, e.g. 90a
+# on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
 # which the GPU machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
 set -u -o pipefail
 
@@ -29,7 +31,17 @@ LOG="$OUT/gpu_check.log"
 SUMMARY="$OUT/summary.txt"
 BUDGET_S="${SOAP_KERNELS_GPU_CHECK_BUDGET_S:-520}"
 SUITES="${SOAP_KERNELS_GPU_CHECK_SUITES:-soap_step refresh residual train_step}"
-PYTEST_ARGS="${SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS:--k cuda}"
+PYTEST_K="${SOAP_KERNELS_GPU_CHECK_PYTEST_K:-cuda}"
+PYTEST_ARGS="${SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS:-}"
+# the optimizer and jet tests, then the benchmarks the issues' goals name, then the Triton kernels' own GPU tests
+# and the end-to-end step (train_step after triton: both compile the jets' Triton kernels)
+DEFAULT_STEPS="build info tests"
+for suite in $SUITES; do
+  [[ "$suite" == train_step ]] && DEFAULT_STEPS+=" triton"
+  DEFAULT_STEPS+=" $suite"
+done
+[[ " $DEFAULT_STEPS " == *" triton "* ]] || DEFAULT_STEPS+=" triton"
+STEPS="${SOAP_KERNELS_GPU_CHECK_STEPS:-$DEFAULT_STEPS trace}"
 MAX_FILES=8
 if [[ -z "${PYTHON:-}" ]]; then
   PYTHON=python3
@@ -41,9 +53,21 @@ fi
 START_EPOCH=$(date +%s)
 TABLE="$(mktemp /tmp/soap_kernels_results_table.XXXXXX)"
 export PYTHONUNBUFFERED=1 SOAP_KERNELS_RESULTS_DIR="$OUT" MPLBACKEND=Agg
-export ROOT DRY_RUN OUT BUDGET_S PYTEST_ARGS MAX_FILES PYTHON START_EPOCH TABLE
+export ROOT DRY_RUN OUT BUDGET_S PYTEST_K PYTEST_ARGS MAX_FILES PYTHON START_EPOCH TABLE
 STEP_LINES=()
 FAILURES=0
+
+default_limit() {  # seconds a step may take by default; the defaults fit a 15-minute device session
+  case "$1" in
+    build) echo 240 ;;
+    tests) echo 110 ;;
+    triton) echo 80 ;;
+    train_step) echo 70 ;;
+    info) echo 60 ;;
+    trace) echo 45 ;;
+    *) echo 90 ;;
+  esac
+}
 
 remaining_s() { echo $((BUDGET_S - ($(date +%s) - START_EPOCH))); }
 
@@ -166,10 +190,11 @@ gpu_tests() {
   local per_test=()
   "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${per_test[@]}" $PYTEST_ARGS "${files[@]}"
+  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${per_test[@]}" -k "$PYTEST_K" $PYTEST_ARGS \
+    "${files[@]}"
   local rc=$?
   if ((rc == 5)); then
-    echo "WARNING: pytest collected no tests for '$PYTEST_ARGS'"
+    echo "WARNING: pytest collected no tests for -k '$PYTEST_K' $PYTEST_ARGS"
     return 0
   fi
   return $rc
@@ -177,10 +202,10 @@ gpu_tests() {
 
 run_suite() {  # run_suite NAME: one suite in its own process, so one that hangs or crashes spares the rest
   # The suite starts no new case once its budget is spent and saves what it has: one killed at the step's
-  # limit would save nothing. The margin covers Python's start, the ceilings and the last case.
+  # limit would save nothing. The margin covers the last case started and the saving.
   local device=cuda sizes=paper budget
   [[ "$DRY_RUN" == 1 ]] && device=cpu sizes=smoke
-  budget=$((${STEP_LIMIT_S:-$(remaining_s)} - 40))
+  budget=$((${STEP_LIMIT_S:-$(remaining_s)} - 25))
   ((budget < 20)) && budget=20
   "$PYTHON" -m bench "$1" --device "$device" --sizes "$sizes" --out "$OUT" --plots none --time-budget-s "$budget"
 }
@@ -221,7 +246,7 @@ gpu_triton_tests() {
   return $rc
 }
 
-export -f remaining_s check_environment install_wheels build build_resolves build_info gpu_tests \
+export -f default_limit remaining_s check_environment install_wheels build build_resolves build_info gpu_tests \
   gpu_triton_tests run_suite summarize keep_file_budget
 
 main() {
@@ -245,23 +270,21 @@ main() {
       step ceilings 60 run_suite ceilings
     else
       # a failed build still leaves the torch and Triton paths to test and time, so the check goes on
-      # Order and limits fit a 15-minute device session: the optimizer and jet tests, then the benchmarks the
-      # issues' goals name, then the Triton kernels' own GPU tests and the end-to-end step.
-      step build 240 build
-      step info 60 build_info
-      step tests 110 gpu_tests
-      local suite limit triton_done=0
-      for suite in $SUITES; do
-        limit=90
-        if [[ "$suite" == train_step ]]; then
-          step triton 80 gpu_triton_tests
-          triton_done=1 limit=70
-        fi
-        step "$suite" "$limit" run_suite "$suite"
+      local word name limit
+      for word in $STEPS; do
+        name=${word%%:*}
+        limit=$(default_limit "$name")
+        [[ "$word" == *:* ]] && limit=${word#*:}
+        case "$name" in
+          build) step build "$limit" build ;;
+          info) step info "$limit" build_info ;;
+          tests) step tests "$limit" gpu_tests ;;
+          triton) step triton "$limit" gpu_triton_tests ;;
+          # where a training step's time goes (printed to the log only: no files)
+          trace) step trace "$limit" "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12 ;;
+          *) step "$name" "$limit" run_suite "$name" ;;
+        esac
       done
-      ((triton_done)) || step triton 80 gpu_triton_tests
-      # where a training step's time goes (printed to the log only: no files)
-      step trace 45 "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12
       if ! compgen -G "$OUT/*-*-*.json" >/dev/null; then  # no suite ran: at least the machine's ceilings
         step ceilings 60 run_suite ceilings
       fi

@@ -8,7 +8,8 @@ block time / frequency is the mean step time including refreshes. Providers:
     tensor lr), soap_kernels_graph / soap_kernels_triton_graph (CUDA: one capturable step captured in a CUDA
     graph and replayed; a captured step computes the refresh every time, see SOAP's capturable), the
     *_no_refresh variants (precondition_frequency 10^9: the step without refresh that the issue compares with
-    fused Adam), pytorch_optimizer_soap (the baseline), heavyball_soap, adam (fused on CUDA).
+    fused Adam), pytorch_optimizer_soap (the baseline), adam (fused on CUDA), heavyball_soap (torch.compile's
+    default mode, not heavyball's max-autotune: see HEAVYBALL_COMPILE_MODE).
 Graph providers copy each gradient into the captured .grad buffers, which the others do not need to.
 Launches per step (the torch profiler: device kernels on CUDA, aten calls on CPU) are recorded beside times.
 On a CPU the providers are timed in interleaved rounds (harness.time_interleaved), so a shared machine's
@@ -34,11 +35,12 @@ PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, preconditio
 PROVIDERS = (
     "soap_kernels", "soap_kernels_triton", "soap_kernels_torch", "soap_kernels_capturable", "soap_kernels_graph",
     "soap_kernels_triton_graph", "soap_kernels_no_refresh", "soap_kernels_triton_no_refresh",
-    "pytorch_optimizer_soap", "heavyball_soap", "adam",
-)  # fmt: skip
+    "pytorch_optimizer_soap", "adam", "heavyball_soap",
+)  # fmt: skip  (heavyball last: its first step compiles for tens of seconds on a GPU)
 CUDA_ONLY = ("soap_kernels_triton", "soap_kernels_graph", "soap_kernels_triton_graph", "soap_kernels_triton_no_refresh")
 NO_REFRESH_FREQUENCY = 10**9
 BASELINE = "pytorch_optimizer_soap"
+HEAVYBALL_COMPILE_MODE = "default"
 
 
 def pirate_net_shapes(width: int = 256, blocks: int = 3, fourier: int = 128, inputs: int = 2) -> list[tuple]:
@@ -96,7 +98,11 @@ def make_optimizer(provider: str, params: list[torch.nn.Parameter]) -> torch.opt
         )
     if provider == "heavyball_soap":
         import heavyball
+        import heavyball.utils
 
+        # heavyball compiles its update with mode "max-autotune-no-cudagraphs", whose autotuning took over 90 s
+        # on an H100 (bench/results/gpu_check-*); torch.compile's default mode fuses the same code without it.
+        heavyball.utils.compile_mode = HEAVYBALL_COMPILE_MODE
         return heavyball.SOAP(
             params, lr=1e-3, betas=(0.9, 0.999), shampoo_beta=0.999, weight_decay=0.0, precondition_frequency=2,
             precondition_1d=True, max_precond_dim=10000, merge_dims=False,
@@ -166,10 +172,11 @@ def launches_per_step(block: Callable[[], None], device: torch.device, steps: in
 def run(config: SuiteConfig) -> dict:
     """One record per (parameter set, provider): median ms per step, refreshes included."""
     frequency = PAPER_SETTINGS["precondition_frequency"]
+    on_gpu = config.device.type == "cuda"
     rows = []
     for name, shapes in cases(config.sizes).items():
         values = int(sum(torch.Size(s).numel() for s in shapes))
-        blocks = {}
+        blocks, timings = {}, {}
         for provider in PROVIDERS:
             if not config.wants(provider):
                 continue
@@ -180,13 +187,18 @@ def run(config: SuiteConfig) -> dict:
                 blocks[provider] = step_block(shapes, provider, config.device, frequency)
             except ImportError as error:
                 rows.append(record(name, provider, None, error=f"not installed: {error}"))
-        timings = config.time_many(blocks, repeats=10 if config.device.type == "cpu" else 20)
+                continue
+            if on_gpu:  # timed at once, so a later provider that runs out of time loses no earlier timing
+                timings[provider] = config.time(blocks[provider])
+        if not on_gpu:  # interleaved rounds
+            timings = config.time_many(blocks, repeats=10)
         for provider, block in blocks.items():
             per_step = {k: (v / frequency if k.endswith("_ms") else v) for k, v in timings[provider].items()}
             launches, unit = launches_per_step(block, config.device, frequency)
+            extra = {"compile_mode": HEAVYBALL_COMPILE_MODE} if provider == "heavyball_soap" else {}
             rows.append(record(
                 name, provider, per_step, tensors=len(shapes), values=values, launches_per_step=launches,
-                launch_unit=unit,
+                launch_unit=unit, **extra,
             ))  # fmt: skip
             print(f"{name:16s} {provider:30s} {per_step['median_ms']:9.2f} ms/step {launches:8.0f} {unit}", flush=True)
     return {

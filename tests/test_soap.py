@@ -450,19 +450,49 @@ def test_cuda_trajectory_matches_cpu_and_steps_without_host_sync(backend):
         torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=1e-9, atol=1e-11)
 
 
-def test_step_method_routes_the_refresh():
-    """Which refresh a step runs: "qr" becomes the op on a CPU with the extension (not on the torch backend, not
-    on CUDA until the CholeskyQR kernel is timed there); capturable steps always take the graph-safe op."""
+def test_step_method_routes_the_refresh(monkeypatch):
+    """Which refresh a step runs: "qr" becomes the op on a CPU with the extension and, on CUDA with the native
+    kernels, the op for stacks of several factors (not on the torch backend); capturable steps always take the
+    graph-safe op."""
     from soap_kernels._native import has_native_cpu
+    from soap_kernels.optim import refresh
     from soap_kernels.optim.refresh import step_method
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert step_method("qr", False, "native", cpu) == ("qr_kernel" if has_native_cpu() else "qr")
     assert step_method("qr", False, "torch", cpu) == "qr"
-    assert step_method("qr", False, "native", cuda) == "qr"
     assert step_method("qr", True, "torch", cpu) == "qr_kernel"
     assert step_method("exact", False, "native", cpu) == "exact"
     assert step_method("eigh", False, "native", cpu) == "eigh"
+    monkeypatch.setattr(refresh, "native_kernels_for", lambda device: torch.device(device).type == "cuda")
+    assert step_method("qr", False, "native", cuda) == "qr_kernel_batched"
+    assert step_method("qr", False, "triton", cuda) == "qr_kernel_batched"
+    assert step_method("qr", False, "torch", cuda) == "qr"
+    assert step_method("qr", True, "native", cuda) == "qr_kernel"
+    assert step_method("exact", False, "native", cuda) == "exact"
+    monkeypatch.setattr(refresh, "native_kernels_for", lambda device: False)  # CUDA kernels not built
+    assert step_method("qr", False, "native", cuda) == "qr"
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+def test_batched_qr_refresh_takes_the_op_only_for_enough_factors(batch, monkeypatch):
+    """"qr_kernel_batched" is torch.linalg.qr's refresh below CUDA_QR_KERNEL_MIN_BATCH factors and the op's from
+    there on (checked by which of the two is called, and against both results)."""
+    from soap_kernels.optim import refresh
+
+    generator = torch.Generator().manual_seed(batch)
+    grads = torch.randn(batch, 7, 5, generator=generator, dtype=torch.float64)
+    factor = grads @ grads.mT
+    basis = refresh.initial_basis(factor + 0.1 * torch.eye(7, dtype=torch.float64))
+    calls = []
+    op = refresh.refresh_eigenbasis
+    monkeypatch.setattr(refresh, "refresh_eigenbasis", lambda *a, **k: calls.append(a[2]) or op(*a, **k))
+    new_basis, order = refresh.refresh_basis(factor, basis, "qr_kernel_batched")
+    uses_op = batch >= refresh.CUDA_QR_KERNEL_MIN_BATCH
+    assert calls == (["qr"] if uses_op else [])
+    expected_basis, expected_order = refresh.refresh_basis(factor, basis, "qr_kernel" if uses_op else "qr")
+    torch.testing.assert_close(order, expected_order)
+    torch.testing.assert_close(new_basis, expected_basis)
 
 
 @pytest.mark.cuda

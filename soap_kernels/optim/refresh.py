@@ -13,6 +13,8 @@ Both methods first order the current basis by its Rayleigh quotients, descending
           computed by soap_kernels::refresh_eigenbasis(method="qr") (CholeskyQR on CUDA, no cuSOLVER or host
           syncs; Householder over threads on the CPU): the same nested subspaces as "qr", so the same trajectory
           up to column signs and rounding.
+- "qr_kernel_batched" (internal, "qr" on CUDA with the native kernels): "qr_kernel" for a stack of at least
+          CUDA_QR_KERNEL_MIN_BATCH factors, "qr" (cuSOLVER) for fewer, whichever an H100 ran faster.
 The first basis comes from initial_basis: eigenvectors of (L + 1e-30 I), descending.
 """
 
@@ -32,13 +34,26 @@ EXACT_REFRESH_MAX_SWEEPS = 8
 CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
 
 
+# An eager CUDA "qr" refresh runs the CholeskyQR op for stacks of at least this many factors, torch.linalg.qr
+# for fewer. On an H100 (bench/results/refresh-NVIDIA-H100-80GB-HBM3-2026-11-28.json) the op took 0.5-2.8 ms at
+# batch 1 and 8 for n = 64-384, cuSOLVER about 0.19-1.33 ms per matrix: the op is 0.47-0.86x at batch 1,
+# 2.4-4.5x at batch 8 and 4.5-20x at batch 40; the crossover, interpolated from those, lies near 2-3 matrices.
+CUDA_QR_KERNEL_MIN_BATCH = 3
+
+
 def step_method(method: str, capturable: bool, impl: str, device: torch.device) -> str:
     """The refresh a step runs for the group's `method`: "qr" becomes the op ("qr_kernel") in a capturable step
     (no cuSOLVER, no host synchronisation) and on a CPU with the C++ kernel (Householder in the input dtype,
-    matrices over threads: faster than torch.linalg.qr on a batch, bench/refresh.py). On CUDA an eager "qr"
-    stays torch.linalg.qr until the CholeskyQR kernel has been timed on a GPU."""
-    on_cpu_kernel = impl != "torch" and torch.device(device).type == "cpu" and native_kernels_for(device)
-    return "qr_kernel" if method == "qr" and (capturable or on_cpu_kernel) else method
+    matrices over threads: faster than torch.linalg.qr on a batch, bench/refresh.py). On CUDA with the native
+    kernels an eager "qr" becomes "qr_kernel_batched": the op for stacks of CUDA_QR_KERNEL_MIN_BATCH factors or
+    more, torch.linalg.qr below."""
+    device = torch.device(device)
+    native = impl != "torch" and native_kernels_for(device)
+    if method != "qr" or not (capturable or native):
+        return method
+    if capturable or device.type == "cpu":
+        return "qr_kernel"
+    return "qr_kernel_batched"
 
 
 def initial_basis(factor: torch.Tensor) -> torch.Tensor:
@@ -54,6 +69,8 @@ def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tup
     """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring)."""
     if method == "exact":
         return refresh_eigenbasis(factor, basis, "exact", max_sweeps=EXACT_REFRESH_MAX_SWEEPS)
+    if method == "qr_kernel_batched":
+        method = "qr_kernel" if factor.shape[0] >= CUDA_QR_KERNEL_MIN_BATCH else "qr"
     if method == "qr_kernel":
         return refresh_eigenbasis(factor, basis, "qr")
     factor_times_basis = factor @ basis
