@@ -22,11 +22,10 @@ at::Tensor adam_moments_cpu(at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const a
     scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
     const scalar_t* g = grad.data_ptr<scalar_t>();
     scalar_t* d = direction.data_ptr<scalar_t>();
-    const auto b1 = static_cast<scalar_t>(beta1), b2 = static_cast<scalar_t>(beta2);
-    const auto e = static_cast<scalar_t>(eps);
+    const auto constants = AdamMomentConstants<scalar_t>::from(beta1, beta2, eps);
     at::parallel_for(0, exp_avg.numel(), 16384, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        d[i] = adam_moments_element<scalar_t>(m[i], v[i], g[i], b1, b2, e, on);
+        d[i] = adam_moments_element<scalar_t>(m[i], v[i], g[i], constants, on);
       }
     });
   });

@@ -14,13 +14,13 @@ namespace soap_kernels {
 template <typename scalar_t>
 __global__ void adam_moments_kernel(scalar_t* __restrict__ m, scalar_t* __restrict__ v,
                                     const scalar_t* __restrict__ g, scalar_t* __restrict__ d,
-                                    const bool* __restrict__ enabled, int64_t n, scalar_t beta1, scalar_t beta2,
-                                    scalar_t eps) {
+                                    const bool* __restrict__ enabled, int64_t n,
+                                    const AdamMomentConstants<scalar_t> constants) {
   const bool on = *enabled;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     scalar_t mi = m[i], vi = v[i];
-    d[i] = adam_moments_element<scalar_t>(mi, vi, g[i], beta1, beta2, eps, on);
+    d[i] = adam_moments_element<scalar_t>(mi, vi, g[i], constants, on);
     m[i] = mi;
     v[i] = vi;
   }
@@ -42,8 +42,8 @@ at::Tensor adam_moments_cuda(at::Tensor& exp_avg, at::Tensor& exp_avg_sq, const 
   AT_DISPATCH_FLOATING_TYPES(exp_avg.scalar_type(), "adam_moments_cuda", [&] {
     adam_moments_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
         exp_avg.data_ptr<scalar_t>(), exp_avg_sq.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-        direction.data_ptr<scalar_t>(), enabled.data_ptr<bool>(), n, static_cast<scalar_t>(beta1),
-        static_cast<scalar_t>(beta2), static_cast<scalar_t>(eps));
+        direction.data_ptr<scalar_t>(), enabled.data_ptr<bool>(), n,
+        AdamMomentConstants<scalar_t>::from(beta1, beta2, eps));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return direction;
