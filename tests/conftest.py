@@ -28,8 +28,8 @@ def triton_device():
     """Where Triton kernels run here: CUDA when present, else CPU under TRITON_INTERPRET=1; skip otherwise."""
     if not triton_available():
         pytest.skip("needs Triton with a CUDA device or TRITON_INTERPRET=1")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
+    if torch.cuda.is_available():  # with its index, as a tensor's device has (cuda != cuda:0 in comparisons)
+        return torch.device("cuda", torch.cuda.current_device())
     if os.environ.get("TRITON_INTERPRET") == "1":
         return torch.device("cpu")
     pytest.skip("needs CUDA or TRITON_INTERPRET=1")
