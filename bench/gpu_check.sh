@@ -175,6 +175,14 @@ print("backends here:", ", ".join(name for name, on in backends.items() if on))
 EOF
 }
 
+pytest_plugins_args() {  # the GPU machine's pytest plugins, where installed
+  # pytest-timeout stops a test that hangs; pytest-xdist spreads the files over workers (Triton compiles each
+  # kernel variant on the CPU, one core per process: the first check spent most of its test time there)
+  "$PYTHON" -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60"
+  "$PYTHON" -c "import xdist" 2>/dev/null && echo "-n ${SOAP_KERNELS_GPU_CHECK_WORKERS:-6} --dist loadfile"
+  return 0
+}
+
 gpu_tests() {
   # The optimizer's tests first: under the step's time limit, Triton's first compilations (several seconds per
   # jet kernel variant) must not starve them; then every other test file in name order.
@@ -187,10 +195,8 @@ gpu_tests() {
   done
   # each test named as it finishes (the log shows how far a step got if its limit stops it), and one that hangs
   # is stopped by pytest-timeout where that is installed
-  local per_test=()
-  "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${per_test[@]}" -k "$PYTEST_K" $PYTEST_ARGS \
+  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider $(pytest_plugins_args) -k "$PYTEST_K" $PYTEST_ARGS \
     "${files[@]}"
   local rc=$?
   if ((rc == 5)); then
@@ -238,15 +244,15 @@ keep_file_budget() {  # the device tool brings back at most 8 files: pack surplu
 gpu_triton_tests() {
   # every test of a Triton kernel (the users of the triton_device fixture) on the GPU; Triton compiles each
   # kernel variant on first use, so the slowest are listed for the next check's time limits
-  local per_test=()
-  "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
-  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider "${per_test[@]}" -m triton_kernel --durations=10 tests
+  # shellcheck disable=SC2046  # a list of words
+  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider $(pytest_plugins_args) -m triton_kernel \
+    --durations=10 tests
   local rc=$?
   ((rc == 5)) && { echo "WARNING: no test marked triton_kernel (no CUDA?)"; return 0; }
   return $rc
 }
 
-export -f default_limit remaining_s check_environment install_wheels build build_resolves build_info gpu_tests \
+export -f default_limit pytest_plugins_args remaining_s check_environment install_wheels build build_resolves build_info gpu_tests \
   gpu_triton_tests run_suite summarize keep_file_budget
 
 main() {

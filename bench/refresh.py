@@ -11,6 +11,8 @@ Providers (each refreshes a [batch, n, n] stack of factors from the previous bas
   soap_kernels_exact_block       block-Jacobi forced, max_sweeps 30 (n >= 256; where the dispatch does not pick it)
   soap_kernels_exact_block_cap8  block-Jacobi, max_sweeps 8: on CUDA every capped sweep is issued, so a warm
                       start's cap sets the cost (n >= 256)
+  soap_kernels_qr_graph / soap_kernels_exact_graph  (CUDA) the op captured in a CUDA graph, timed by replays:
+                      the issue's measure (the paper model's refresh inside a captured step), launch gaps excluded
 Block-Jacobi rows also carry `sweeps`: the most sweeps any matrix of the case rotated in.
 Factors drift like SOAP's between two refreshes (precondition_frequency 2, shampoo beta 0.95), and the bases
 are the previous factor's eigenvectors, so "exact" runs from the warm start it gets in training.
@@ -39,7 +41,10 @@ PROVIDERS = (
     "soap_kernels_exact_scalar",
     "soap_kernels_exact_block",
     "soap_kernels_exact_block_cap8",
+    "soap_kernels_qr_graph",
+    "soap_kernels_exact_graph",
 )
+GRAPH_SUFFIX = "_graph"
 BASELINE = "torch_qr_path"
 SHAMPOO_BETA = 0.95
 # On a CPU the Jacobi solvers of "exact" are correctness paths (about 9 n^3 scalar flops per sweep): cases
@@ -80,7 +85,22 @@ def torch_qr_path(factor: torch.Tensor, basis: torch.Tensor):
     return torch.linalg.qr(factor @ sorted_basis)[0], order
 
 
+def captured(fn):
+    """fn captured in a CUDA graph (after a warm-up on a side stream, as capture requires): returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def make(provider: str, factor: torch.Tensor, basis: torch.Tensor):
+    if provider.endswith(GRAPH_SUFFIX):
+        return captured(make(provider.removesuffix(GRAPH_SUFFIX), factor, basis))
     if provider == "torch_qr_path":
         return lambda: torch_qr_path(factor, basis)
     if provider == "torch_eigh":
@@ -102,6 +122,8 @@ def applies(provider: str, n: int, device: torch.device, block_min_n: int = BLOC
     dispatched soap_kernels_exact, the block-Jacobi ones at the paper's widths (any size in smoke runs)."""
     from soap_kernels.ops.block_jacobi import uses_block_jacobi
 
+    if provider.endswith(GRAPH_SUFFIX):
+        return torch.device(device).type == "cuda"
     if provider == "soap_kernels_exact_scalar":
         return uses_block_jacobi(n, device)
     if provider == "soap_kernels_exact_block":
@@ -116,6 +138,7 @@ def block_sweeps(provider: str, factor: torch.Tensor, basis: torch.Tensor) -> in
     from soap_kernels.ops.block_jacobi import block_jacobi_refresh_with_sweeps, uses_block_jacobi
 
     n = factor.shape[-1]
+    provider = provider.removesuffix(GRAPH_SUFFIX)
     if provider == "soap_kernels_exact" and uses_block_jacobi(n, factor.device):
         max_sweeps = 30
     elif provider.startswith("soap_kernels_exact_block"):
@@ -158,12 +181,16 @@ def run(config: SuiteConfig) -> dict:
         large = batch * n**3 >= 8 * 256**3
         timings = config.time_many(fns, repeats=5 if large else 10)  # interleaved on a CPU
         for provider, timing in timings.items():
-            flops = batch * (2 + 8 / 3) * n**3 if provider.endswith("qr_path") or provider.endswith("_qr") else None
+            qr = provider.removesuffix(GRAPH_SUFFIX).endswith(("qr_path", "_qr"))
+            flops = batch * (2 + 8 / 3) * n**3 if qr else None
             extra = {"batch": batch, "n": n}
             sweeps = block_sweeps(provider, factor, basis) if provider.startswith("soap_kernels_exact") else None
             if sweeps is not None:
                 extra["sweeps"] = sweeps
-            rows.append(record(name, provider, timing, flops=flops, peak_dtype="fp64", **extra))
+            # the CUDA op computes in float64 whatever the input dtype; torch's path in the input dtype
+            in_double = dtype == torch.float64 or (provider.startswith("soap_kernels") and device.type == "cuda")
+            peak = "fp64" if in_double else "fp32"
+            rows.append(record(name, provider, timing, flops=flops, peak_dtype=peak, **extra))
     return {
         "records": rows,
         "baseline_provider": BASELINE,

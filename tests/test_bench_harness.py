@@ -472,3 +472,13 @@ def test_residual_bench_repeats_in_fresh_processes_and_summarises(tmp_path):
         assert len(fields["median_ms"]) == 2 and all(v > 0 for v in fields["median_ms"])
         assert len(fields["minor_page_faults_median"]) == 2
     assert summary["nested_autograd"]["speedup_vs_nested_autograd"] == [1.0, 1.0]
+
+
+def test_refresh_bench_times_captured_graphs_on_cuda_only():
+    from bench import refresh
+
+    graph_providers = [p for p in refresh.PROVIDERS if p.endswith(refresh.GRAPH_SUFFIX)]
+    assert graph_providers == ["soap_kernels_qr_graph", "soap_kernels_exact_graph"]
+    for provider in graph_providers:
+        assert not refresh.applies(provider, 256, torch.device("cpu"))
+        assert refresh.applies(provider, 256, torch.device("cuda"))
