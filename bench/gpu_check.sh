@@ -11,7 +11,7 @@
 # SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 520: the
 # whole check stays inside 9 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
 # train_step"), SOAP_KERNELS_GPU_CHECK_STEPS (the steps in order, each NAME or NAME:LIMIT_S; default "build info
-# tests <suites, triton before train_step> trace"), SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k
+# tests <suites, triton before train_step> trace refresh_profile"), SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k
 # expression, default "cuda": the cuda-marked tests and the device-parametrised ones on cuda; the tests of the
 # Triton kernels, which tests/conftest.py marks triton_kernel on a GPU, are the triton step),
 # SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (more pytest words), SOAP_KERNELS_CUDA_ARCHS (default: this GPU's, e.g. 90a
@@ -41,7 +41,7 @@ for suite in $SUITES; do
   DEFAULT_STEPS+=" $suite"
 done
 [[ " $DEFAULT_STEPS " == *" triton "* ]] || DEFAULT_STEPS+=" triton"
-STEPS="${SOAP_KERNELS_GPU_CHECK_STEPS:-$DEFAULT_STEPS trace}"
+STEPS="${SOAP_KERNELS_GPU_CHECK_STEPS:-$DEFAULT_STEPS trace refresh_profile}"
 MAX_FILES=8
 if [[ -z "${PYTHON:-}" ]]; then
   PYTHON=python3
@@ -65,6 +65,7 @@ default_limit() {  # seconds a step may take by default; the defaults fit a 15-m
     train_step) echo 70 ;;
     info) echo 60 ;;
     trace) echo 45 ;;
+    refresh_profile) echo 40 ;;
     *) echo 90 ;;
   esac
 }
@@ -288,6 +289,9 @@ main() {
           triton) step triton "$limit" gpu_triton_tests ;;
           # where a training step's time goes (printed to the log only: no files)
           trace) step trace "$limit" "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12 ;;
+          # where one refresh's time goes (log only): the refresh goal's 1 ms hinges on launches vs kernels
+          refresh_profile) step refresh_profile "$limit" "$PYTHON" bench/refresh.py --device cuda --profile \
+            --n 256 --batch 1 40 --rows 25 --providers soap_kernels_qr soap_kernels_exact ;;
           *) step "$name" "$limit" run_suite "$name" ;;
         esac
       done

@@ -20,6 +20,8 @@ are the previous factor's eigenvectors, so "exact" runs from the warm start it g
     python bench/refresh.py [--device cpu|cuda] [--sizes paper|small|smoke] [--dtype float32|float64]
                             [--n 256 384] [--batch 1 8]   (only these cases of the grid)
     python -m bench refresh --device cpu
+    python bench/refresh.py --device cuda --profile --n 256 --batch 1 40 --providers soap_kernels_qr
+                            (no timing: each provider's kernels under torch.profiler, sorted by device time)
 """
 
 from __future__ import annotations
@@ -204,6 +206,36 @@ def run(config: SuiteConfig) -> dict:
     }
 
 
+def profile_cases(config: SuiteConfig, rows: int) -> None:
+    """Print, per case and provider, the profiler's operator table for one call (after a warm-up) and the
+    kernels (CUDA) or aten calls (CPU) it launches: where a refresh's time goes, and whether launches bound it."""
+    from bench.trace import launch_count
+
+    device = torch.device(config.device)
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    dtype = getattr(torch, config.extra.get("dtype", "float32"))
+    only_n, only_batch = config.extra.get("n"), config.extra.get("batch")
+    for batch, n in cases(config.sizes):
+        if (only_n and n not in only_n) or (only_batch and batch not in only_batch):
+            continue
+        factor, basis = drifting_factors(batch, n, dtype, device)
+        for provider in PROVIDERS:
+            if not config.wants(provider) or provider.endswith(GRAPH_SUFFIX) or not applies(provider, n, device):
+                continue
+            fn = make(provider, factor, basis)
+            fn()
+            with torch.profiler.profile(activities=activities) as prof:
+                fn()
+                if cuda:
+                    torch.cuda.synchronize(device)
+            events = prof.key_averages()
+            count, unit = launch_count(events, cuda)
+            print(f"== {provider}, batch={batch} n={n}: {count} {unit}")
+            sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+            print(events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -213,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--n", type=int, nargs="*", default=None, help="only these sizes of the grid")
     parser.add_argument("--batch", type=int, nargs="*", default=None, help="only these batch sizes of the grid")
+    parser.add_argument("--profile", action="store_true", help="print profiler tables instead of timing")
+    parser.add_argument("--rows", type=int, default=15, help="rows of each profiler table (--profile)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         providers=tuple(args.providers) if args.providers else None,
         extra={"dtype": args.dtype, "n": args.n, "batch": args.batch},
     )
+    if args.profile:
+        profile_cases(config, args.rows)
+        return
     result = run(config)
     baseline = {row["case"]: row.get("median_ms") for row in result["records"] if row["provider"] == BASELINE}
     print(f"{'case':<18} {'provider':<30} {'median ms':>10} {'p10-p90 ms':>18} {'vs qr path':>10} {'sweeps':>6}")
