@@ -9,6 +9,11 @@ a tanh MLP 2x32 with N = 64 (smoke). Providers, each "<residual>+<optimizer>" on
     autograd+soap_kernels            nested autograd + soap_kernels.SOAP
     jets+soap_kernels                soap_kernels.jet (forward mode, first-order backward) + soap_kernels.SOAP
     jets+adam                        soap_kernels.jet + torch.optim.Adam (fused on CUDA): the first-order floor
+    jets+soap_kernels_graph          (CUDA) the jets step with SOAP(capturable=True), the whole step (loss, backward,
+                                     optimizer step) captured in one CUDA graph and replayed; a captured SOAP step
+                                     computes the refresh at every step (it installs it every second), so this
+                                     pays one extra refresh per two steps and saves every launch's CPU cost
+    jets+adam_graph                  (CUDA) the same with Adam(capturable=True, fused=True)
 
 SOAP runs with the paper's settings (precondition_frequency 2, 1-D tensors preconditioned), so a timed block
 is two steps (one refresh) and the reported time is per step. Before timing, the two residual methods are
@@ -24,7 +29,11 @@ import torch
 
 from bench.harness import OUT_OF_TIME, SuiteConfig, record
 
-PROVIDERS = ("autograd+pytorch_optimizer_soap", "autograd+soap_kernels", "jets+soap_kernels", "jets+adam")
+PROVIDERS = (
+    "autograd+pytorch_optimizer_soap", "autograd+soap_kernels", "jets+soap_kernels", "jets+adam",
+    "jets+soap_kernels_graph", "jets+adam_graph",
+)  # fmt: skip
+GRAPH_SUFFIX = "_graph"
 BASELINE = "autograd+pytorch_optimizer_soap"
 SOAP_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
 DIFFUSION, REACTION = 1e-4, 5.0
@@ -63,6 +72,14 @@ def residual_jets(model: torch.nn.Module, points: torch.Tensor) -> torch.Tensor:
 
 
 def _optimizer(name: str, parameters: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    if name.endswith(GRAPH_SUFFIX):  # capturable: the learning rate a device tensor, counters on the device
+        lr = torch.tensor(SOAP_SETTINGS["lr"], device=device)
+        if name == "soap_kernels_graph":
+            from soap_kernels import SOAP
+
+            return SOAP(parameters, **{**SOAP_SETTINGS, "lr": lr}, capturable=True)
+        if name == "adam_graph":
+            return torch.optim.Adam(parameters, lr=lr, betas=(0.9, 0.999), capturable=True, fused=True)
     if name == "pytorch_optimizer_soap":
         from pytorch_optimizer import SOAP as ReferenceSOAP  # the bench extra; absent -> an error row
 
@@ -80,15 +97,41 @@ def make_block(provider: str, model: torch.nn.Module, points: torch.Tensor) -> C
     """Two training steps (one SOAP refresh) of `provider` on its own copy of the network."""
     residual_name, optimizer_name = provider.split("+")
     residual = {"autograd": residual_autograd, "jets": residual_jets}[residual_name]
+    graph = provider.endswith(GRAPH_SUFFIX)
+    if graph and points.device.type != "cuda":
+        raise ImportError(f"{provider} runs on CUDA only (it captures the step in a CUDA graph)")
     optimizer = _optimizer(optimizer_name, list(model.parameters()), points.device)
 
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        residual(model, points).square().mean().backward()
+        optimizer.step()
+
+    step = captured(train_step) if graph else train_step
+
     def block() -> None:
-        for _ in range(2):
-            optimizer.zero_grad(set_to_none=True)
-            residual(model, points).square().mean().backward()
-            optimizer.step()
+        step()
+        step()
 
     return block
+
+
+def captured(train_step: Callable[[], None], warmup: int = 3) -> Callable[[], None]:
+    """One training step captured in a CUDA graph; returns its replay. As torch.cuda.graphs' whole-network
+    example: eager warm-up steps on a side stream (SOAP's first step initialises its bases with eigh, which a
+    graph cannot hold), then the capture of loss, backward and optimizer step, with the gradients set to None
+    first so that the captured backward allocates them from the graph's pool. Every replay reuses the same
+    points (a trainer would copy each step's points into them first)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            train_step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step()  # its zero_grad(set_to_none=True) runs first: no kernel, and backward allocates in the pool
+    return graph.replay
 
 
 def run(config: SuiteConfig) -> dict:
@@ -118,7 +161,7 @@ def run(config: SuiteConfig) -> dict:
         try:
             block = make_block(provider, model, points)
             block()  # SOAP's first step only initialises its preconditioner: keep it out of the timing
-        except ImportError as error:
+        except Exception as error:  # a missing package, a CPU for a CUDA-only provider, or a capture that fails
             rows.append(record(case, provider, None, error=f"{type(error).__name__}: {error}"))
             continue
         kwargs = {} if device.type == "cuda" else {"repeats": cpu_repeats}
