@@ -41,9 +41,11 @@ else
 fi
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 # Each timing process gets at most TIMING_LIMIT_S, training MINUTES plus TRAIN_SLACK_S (final evaluation, plots),
-# so the whole call stays inside a device command's 600 s limit at the defaults (2 x 90 + 360 + 60).
-TIMING_LIMIT_S=90
-TRAIN_SLACK_S=60
+# so the whole call stays inside a device command's 600 s limit at the defaults (2 x 90 + 360 + 60); after a GPU
+# check in the same session, e.g. SOAP_PINN_REPORT_TIMING_LIMIT_S=60 SOAP_PINN_REPORT_TRAIN_SLACK_S=40 with
+# MINUTES 2 fits 280 s.
+TIMING_LIMIT_S="${SOAP_PINN_REPORT_TIMING_LIMIT_S:-90}"
+TRAIN_SLACK_S="${SOAP_PINN_REPORT_TRAIN_SLACK_S:-60}"
 
 copy_run_files() {  # also on a kill: what the run wrote so far still comes back
   local file
