@@ -203,12 +203,12 @@ def prepare_provider(provider, model_name, problem, n, device, dtype):
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
     gradient = torch.cat([g.reshape(-1) for g in grads]).cpu()
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         step()
-        torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         peak = None
     time_fn(step, device, warmup=1, repeats=1)

@@ -10,6 +10,7 @@ import torch
 import soap_kernels
 import soap_kernels.ops.jet_dense_native as native
 from soap_kernels import nn as snn
+from soap_kernels._backend import triton_available
 from soap_kernels._native import has_native_cpu
 from soap_kernels.jets.api import _layer_kernels
 from soap_kernels.jets.plan import JetPlan
@@ -135,6 +136,16 @@ def test_native_layer_equals_the_torch_layer_with_gradients(activation, bias):
     assert _relative_error(h, h_ref) < 1e-13  # relative to the largest entry: gelu's 4th-order slots reach ~1e2
     for ours, theirs in zip(grads, grads_ref, strict=True):
         assert _relative_error(ours, theirs) < 1e-12
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_jet_on_cuda_takes_triton_for_float32_and_float64_only():
+    x = torch.rand(9, 2, device="cuda")
+    assert _layer_kernels(x, "auto") == ("triton" if triton_available() else "torch")
+    assert _layer_kernels(x.double(), "auto") == ("triton" if triton_available() else "torch")
+    for dtype in (torch.float16, torch.bfloat16):  # the Triton kernels have no half-precision jets
+        assert _layer_kernels(x.to(dtype), "auto") == "torch"
 
 
 def test_jet_on_cpu_runs_the_native_kernels_by_default():

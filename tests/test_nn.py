@@ -1,5 +1,6 @@
 """soap_kernels.nn architectures: structure, initialisation and argument checks."""
 
+import copy
 import math
 
 import pytest
@@ -77,6 +78,20 @@ def test_piratenet_physics_informed_init_fits_least_squares():
     assert model.output.bias.abs().max() == 0
     with pytest.raises(ValueError, match="y has shape"):
         model.physics_informed_init(x, y[:, 0])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_piratenet_physics_informed_init_on_cuda_equals_the_cpu_fit_even_with_few_points():
+    # CUDA's lstsq driver (gels) assumes full rank and refuses fewer rows than columns: the fit runs on the CPU
+    torch.manual_seed(0)
+    model = snn.PirateNet(1, 1, hidden_features=32, blocks=1, rwf=(1.0, 0.1)).double()
+    x = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None]  # 20 points, 32 features
+    y = x**2 * torch.cos(math.pi * x)
+    on_gpu = copy.deepcopy(model).cuda()
+    model.physics_informed_init(x, y)
+    on_gpu.physics_informed_init(x.cuda(), y.cuda())
+    torch.testing.assert_close(on_gpu(x.cuda()).cpu(), model(x), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -190,6 +190,37 @@ def test_a_tensor_lr_on_another_device_fails_before_any_state_is_allocated():
     assert not any(optimizer.state[p] for p in params)
 
 
+def test_capturable_with_a_sharded_refresh_fails_before_any_state_is_allocated(monkeypatch):
+    from soap_kernels.optim import soap
+
+    params = _params()
+    optimizer = SOAP(params, capturable=True, shard_refresh=True)
+    monkeypatch.setattr(soap, "sharding_active", lambda *args: True)  # as under torch.distributed with 2+ ranks
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="shard_refresh"):
+        optimizer.step()
+    assert not any(optimizer.state[p] for p in params)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("why", ["not built", "torch forced"])
+def test_capturable_on_cuda_needs_the_native_refresh_kernel(why, monkeypatch):
+    from soap_kernels.optim import soap
+
+    if why == "not built":
+        monkeypatch.setattr(soap, "native_kernels_for", lambda device: False)
+    else:
+        monkeypatch.setenv("SOAP_KERNELS_BACKEND", "torch")
+    params = _params(device="cuda")
+    optimizer = SOAP(params, lr=torch.tensor(1e-3, device="cuda"), capturable=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="native refresh_eigenbasis kernel"):
+        optimizer.step()
+    assert not any(optimizer.state[p] for p in params)
+
+
 @pytest.mark.cuda
 def test_capturable_tensor_lr_must_live_on_the_parameters_device():
     params = _params(device="cuda")

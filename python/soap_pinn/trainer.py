@@ -454,7 +454,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.weights = state["weights"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # a CPU ByteTensor, whatever map_location moved it to
         self.previous_update = state["previous_update"]
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.last_record = state["last_record"]

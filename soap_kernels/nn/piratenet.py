@@ -124,8 +124,10 @@ class PirateNet(JetModule):
         if y.dim() != 2 or y.shape != (x.shape[0], self.out_features):
             raise ValueError(f"y has shape {tuple(y.shape)}, expected [{x.shape[0]}, {self.out_features}]")
         features = self.features(x)
-        solution = torch.linalg.lstsq(features.double(), y.double()).solution  # [hidden, out]
-        weight = solution.t().to(features.dtype)
+        # On the CPU, whose default driver (gelsy) is rank-revealing: the features are numerically rank-deficient
+        # (tanh saturates), and CUDA's only driver (gels) assumes full rank and refuses fewer points than features.
+        solution = torch.linalg.lstsq(features.double().cpu(), y.double().cpu()).solution  # [hidden, out]
+        weight = solution.t().to(device=features.device, dtype=features.dtype)
         if hasattr(self.output, "weight"):
             self.output.weight.copy_(weight)
         else:

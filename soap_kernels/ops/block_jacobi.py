@@ -78,16 +78,30 @@ def block_layout(n: int, max_block: int = MAX_BLOCK) -> tuple[int, int]:
     return k, -(-n // (2 * k))
 
 
-@functools.cache
+_PERMUTATIONS: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
 def _round_permutations(k: int, b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_build_round_permutations, kept per (k, b, device) once built eagerly. Inside a CUDA graph capture a
+    tensor not yet kept is built and not kept: its kernels are only recorded (the graph's replays compute it),
+    so an eager call after the capture must not find it (it would read memory no kernel has written yet)."""
+    key = (k, b, torch.device(device))
+    if key in _PERMUTATIONS:
+        return _PERMUTATIONS[key]
+    built = _build_round_permutations(k, b, key[2])
+    if not (key[2].type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        _PERMUTATIONS[key] = built
+    return built
+
+
+def _build_round_permutations(k: int, b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(first, steps, natural): index maps between the rounds' orderings of the N = 2 k b indices.
 
     Round r orders the indices as block p_0, block q_0, block p_1, ... where (p_t, q_t) are the circle-method
     pairs of round r (p_t < q_t). B is stored in the current round's ordering: `first` takes the natural
     order to round 0, steps[r] takes round r to round r + 1 (cyclically: steps[-1] goes from the last round
-    back to round 0 of the next sweep), `natural` takes round 0 back to the natural order. Built once per
-    (k, b, device) by arithmetic on the device (no host-to-device copy, so calls inside a CUDA graph capture
-    reuse the tensors made by a warm-up call).
+    back to round 0 of the next sweep), `natural` takes round 0 back to the natural order. Built by arithmetic
+    on the device: no host-to-device copy, which a CUDA graph capture would refuse.
     """
     m = 2 * k
     position = torch.arange(k, device=device)

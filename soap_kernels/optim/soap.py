@@ -198,7 +198,8 @@ class SOAP(torch.optim.Optimizer):
             self._implementation(device)
         for group in self.param_groups:  # and a capturable step that cannot be what it promises
             if group["capturable"]:
-                _check_capturable(group, [p for p in group["params"] if p.grad is not None], self.state)
+                params = [p for p in group["params"] if p.grad is not None]
+                _check_capturable(group, params, self.state, self._shard_refresh and sharding_active())
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -302,11 +303,23 @@ class SOAP(torch.optim.Optimizer):
         return stack
 
 
-def _check_capturable(group: dict, params: list[torch.Tensor], state: dict) -> None:
-    """A capturable step reads lr on the parameters' device and cannot capture the initialising (eigh) step;
-    checked before any state is allocated."""
+def _check_capturable(group: dict, params: list[torch.Tensor], state: dict, sharded: bool) -> None:
+    """A capturable step reads lr on the parameters' device, cannot capture the initialising (eigh) step, and
+    on CUDA refreshes with the native refresh_eigenbasis kernel (the torch reference copies index tensors
+    from the host and reads flags back); checked before any state is allocated."""
+    if sharded and params:
+        raise ValueError(
+            "SOAP(capturable=True) with shard_refresh=True: the sharded refresh builds index tensors on the host "
+            "and cannot be captured; use one or the other"
+        )
     lr = group["lr"]
     for p in params:
+        if p.is_cuda and (requested_backend() == "torch" or not native_kernels_for(p.device)):
+            raise RuntimeError(
+                f"SOAP(capturable=True) on {p.device} refreshes with the native refresh_eigenbasis kernel, which "
+                + ("SOAP_KERNELS_BACKEND=torch rules out" if requested_backend() == "torch" else "is not built here")
+                + " (the torch reference cannot be captured); build with SOAP_KERNELS_CUDA=1 or drop capturable"
+            )
         if isinstance(lr, torch.Tensor) and lr.device != p.device:
             raise ValueError(
                 f"SOAP(capturable=True): a tensor lr must be on the parameters' device {p.device}, got {lr.device}"

@@ -86,6 +86,21 @@ def test_resume_equals_uninterrupted(tmp_path, name, optimizer):
     assert [strip(r) for r in lines_whole] == [strip(r) for r in lines_split]
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_equals_uninterrupted(tmp_path):
+    # the checkpoint is loaded with map_location=cuda, which also moves the CPU RNG state it holds
+    config = lambda: tiny_config("allen_cahn", "soap", steps=8, device="cuda")  # noqa: E731
+    whole = Trainer(config(), tmp_path / "whole", progress=False)
+    whole.run()
+    Trainer(config(), tmp_path / "split", progress=False).run(stop_after=5)
+    resumed = Trainer(config(), tmp_path / "split", resume=True, progress=False)
+    assert resumed.step == 5
+    resumed.run()
+    for a, b in zip(parameters(whole), parameters(resumed)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config("allen_cahn", steps=10), tmp_path, progress=False)
     trainer.run(stop_after=5)
