@@ -336,3 +336,32 @@ def test_cuda_block_jacobi_is_graph_capturable():
     torch.testing.assert_close(captured, expected, atol=1e-12, rtol=0)
     assert torch.equal(captured_order, expected_order)
     assert _relative_residual(factor.cpu(), captured.cpu()).max().item() < 1e-12
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_round_permutations_first_built_inside_a_capture_are_not_kept(monkeypatch):
+    """Built inside a capture, the index maps exist only once the graph replays: an eager refresh after the
+    capture (before any replay) must build its own, and both must match an eager refresh."""
+    from soap_kernels.ops import block_jacobi
+
+    monkeypatch.setattr(block_jacobi, "_PERMUTATIONS", {})
+    factor, basis = _soap_like(2, 256, seed=3)
+    factor, basis = factor.cuda(), basis.cuda()
+    warm_factor, warm_basis = (t.cuda() for t in _soap_like(2, 300, seed=4))  # other blocks: (5, 30), not (4, 32)
+    side = torch.cuda.Stream()  # the warm-up a capture needs (libraries, Triton), on another size
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        block_jacobi.block_jacobi_refresh(warm_factor, warm_basis, 8)
+    torch.cuda.current_stream().wait_stream(side)
+    kept = set(block_jacobi._PERMUTATIONS)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured, captured_order = block_jacobi.block_jacobi_refresh(factor, basis, 8)
+    assert set(block_jacobi._PERMUTATIONS) == kept
+    eager, eager_order = block_jacobi.block_jacobi_refresh(factor, basis, 8)  # before any replay
+    assert len(block_jacobi._PERMUTATIONS) == len(kept) + 1
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, eager, atol=1e-12, rtol=0)
+    assert torch.equal(captured_order, eager_order)
