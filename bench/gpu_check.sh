@@ -11,7 +11,7 @@
 # SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 520: the
 # whole check stays inside 9 minutes), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
 # train_step"), SOAP_KERNELS_GPU_CHECK_STEPS (the steps in order, each NAME or NAME:LIMIT_S; default "build info
-# tests <suites, triton before train_step> trace refresh_profile"), SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k
+# tests <suites, triton before train_step> trace refresh_profile jet_kernels"), SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k
 # expression, default "cuda": the cuda-marked tests and the device-parametrised ones on cuda; the tests of the
 # Triton kernels, which tests/conftest.py marks triton_kernel on a GPU, are the triton step),
 # SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (more pytest words), SOAP_KERNELS_CUDA_ARCHS (default: this GPU's, e.g. 90a
@@ -41,7 +41,7 @@ for suite in $SUITES; do
   DEFAULT_STEPS+=" $suite"
 done
 [[ " $DEFAULT_STEPS " == *" triton "* ]] || DEFAULT_STEPS+=" triton"
-STEPS="${SOAP_KERNELS_GPU_CHECK_STEPS:-$DEFAULT_STEPS trace refresh_profile}"
+STEPS="${SOAP_KERNELS_GPU_CHECK_STEPS:-$DEFAULT_STEPS trace refresh_profile jet_kernels}"
 MAX_FILES=8
 if [[ -z "${PYTHON:-}" ]]; then
   PYTHON=python3

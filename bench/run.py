@@ -36,6 +36,7 @@ SUITES: dict[str, SuiteSpec] = {
     "refresh": SuiteSpec("bench.refresh", "eigenbasis refresh of Kronecker factors: qr / eigh / faster solvers"),
     "residual": SuiteSpec("bench.residual", "PINN residual + backward: jets vs nested autograd and torch.func"),
     "train_step": SuiteSpec("bench.train_step", "end-to-end PINN training step (residual + SOAP step)"),
+    "jet_kernels": SuiteSpec("bench.jet_kernels", "launch settings of the fused jet layer kernels (a GPU sweep)"),
     "distributed": SuiteSpec(
         "bench.distributed", "data-parallel SOAP step on CPU processes: sharded vs redundant refresh"
     ),

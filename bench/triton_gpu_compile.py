@@ -74,7 +74,7 @@ def compile_only(arch: int, compiled: list) -> Iterator[None]:
 
     original_run = JITFunction.run
     original_blocks = _triton_utils.gemm_blocks
-    original_jet_blocks = jet_dense_triton._blocks
+    original_jet_config = jet_dense_triton.launch_config
 
     def run_compile_only(self, *args, grid, warmup, **kwargs):
         kernel = original_run(self, *args, grid=grid, warmup=True, **kwargs)
@@ -84,15 +84,15 @@ def compile_only(arch: int, compiled: list) -> Iterator[None]:
     def cuda_blocks(dtype, device):
         return original_blocks(dtype, torch.device("cuda"))
 
-    def cuda_jet_blocks(num_slots, device):
-        return original_jet_blocks(num_slots, torch.device("cuda"))
+    def cuda_jet_config(kind, num_slots, device):
+        return original_jet_config(kind, num_slots, torch.device("cuda"))
 
     previous_driver = driver._active  # reset_active() would create the default driver, which needs a GPU
     driver.set_active(_CompileOnlyDriver(arch))
     JITFunction.run = run_compile_only
     for module in (_triton_utils, factor_update, rotated_adam):
         module.gemm_blocks = cuda_blocks
-    jet_dense_triton._blocks = cuda_jet_blocks
+    jet_dense_triton.launch_config = cuda_jet_config
     try:
         yield
     finally:
@@ -100,7 +100,7 @@ def compile_only(arch: int, compiled: list) -> Iterator[None]:
         JITFunction.run = original_run
         for module in (_triton_utils, factor_update, rotated_adam):
             module.gemm_blocks = original_blocks
-        jet_dense_triton._blocks = original_jet_blocks
+        jet_dense_triton.launch_config = original_jet_config
 
 
 def soap_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:

@@ -491,3 +491,20 @@ def test_refresh_bench_times_captured_graphs_on_cuda_only():
     for provider in graph_providers:
         assert not refresh.applies(provider, 256, torch.device("cpu"))
         assert refresh.applies(provider, 256, torch.device("cuda"))
+
+
+def test_jet_kernel_sweep_times_todays_setting_beside_a_plain_matmul(monkeypatch):
+    from bench import jet_kernels
+    from soap_kernels._backend import triton_available
+    from soap_kernels.ops import jet_dense_triton
+
+    if not (triton_available() and os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("needs Triton's interpreter on the CPU")
+    default = jet_dense_triton.launch_config
+    records = jet_kernels.run(harness.SuiteConfig(sizes="smoke"))["records"]
+    assert jet_dense_triton.launch_config is default  # restored after the sweep
+    providers = [(r["case"].split()[-1], r["provider"]) for r in records]
+    assert providers[0] == ("gemm", "torch_matmul")
+    assert [kind for kind, _ in providers[1:]] == ["forward", "backward"]
+    assert all(p.startswith("current M16 N32 K32") for _, p in providers[1:])
+    assert all(r["median_ms"] > 0 and r["flops"] > 0 for r in records)

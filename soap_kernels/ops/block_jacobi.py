@@ -40,8 +40,6 @@ result that is not orthonormal) keeps its sanitised basis with order = 0..n-1, a
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from soap_kernels._backend import native_kernels_for

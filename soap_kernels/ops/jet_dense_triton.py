@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import textwrap
+from dataclasses import dataclass
 
 import torch
 from torch.library import wrap_triton
@@ -182,18 +183,30 @@ def _precision(tensor: torch.Tensor) -> str:
     return "tf32" if allow_tf32 else "ieee"
 
 
-def _blocks(num_slots: int, device: torch.device) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile sizes and launch settings of the fused dense-layer kernels (BLOCK_K is the reduction tile)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def launch_config(kind: str, num_slots: int, device: torch.device) -> LaunchConfig:
+    """The forward's ("forward") or backward's ("backward") launch settings for a stack of num_slots slots.
+
+    Interpreter: small tiles keep the CPU emulation quick. GPU: software-pipelining stages hold a copy of
+    every slot's tiles in shared memory, so Triton's default (3 on Hopper) overflows the 227 KiB per block:
+    compiled for sm_90 (bench/triton_gpu_compile.py), the Allen-Cahn backward (4 slots, 64 x 64 float32
+    tiles) needs 336 KiB at 3 stages, 72 KiB at 1; the Kuramoto-Sivashinsky forward (6 slots) in float64
+    224 KiB at 3, 112 KiB at 2. Not tuned on a GPU yet (bench/jet_kernels.py sweeps the choices there).
+    """
     if device.type != "cuda":
-        return 16, 32, 32  # interpreter: small tiles keep the CPU emulation quick
-    return (32, 64, 32) if num_slots > 6 else (64, 64, 32)
-
-
-# Software-pipelining stages. Each stage holds a copy of every slot's tiles in shared memory, so Triton's
-# default (3 on Hopper) overflows the 227 KiB per block: compiled for sm_90 (bench/triton_gpu_compile.py),
-# the Allen-Cahn backward (4 slots, 64 x 64 float32 tiles) needs 336 KiB at 3 stages, 72 KiB at 1; the
-# Kuramoto-Sivashinsky forward (6 slots) in float64 224 KiB at 3, 112 KiB at 2. Not tuned on a GPU yet.
-_FORWARD_STAGES = 2
-_BACKWARD_STAGES = 1
+        return LaunchConfig(16, 32, 32, 4, 1)
+    block_m = 32 if num_slots > 6 else 64
+    return LaunchConfig(block_m, 64, 32, 4, 2 if kind == "forward" else 1)
 
 
 def jet_dense_activation_triton(
@@ -209,14 +222,14 @@ def jet_dense_activation_triton(
     z = torch.empty_like(h)
     if h.numel() == 0:  # nothing to write (and no launch with an empty grid)
         return h, z
-    block_m, block_n, block_k = _blocks(num_slots, x.device)
-    grid = (cdiv(n, block_m), cdiv(f_out, block_n))
+    config = launch_config("forward", num_slots, x.device)
+    grid = (cdiv(n, config.block_m), cdiv(f_out, config.block_n))
     kernel = _forward_kernel(layout, activation, dtype)
     with on_device_of(x):
         wrap_triton(kernel)[grid](
             x, weight, bias if bias is not None else weight, h, z, n, f_in, f_out,
-            HAS_BIAS=bias is not None, PRECISION=_precision(x),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_FORWARD_STAGES,
+            HAS_BIAS=bias is not None, PRECISION=_precision(x), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
         )
     return h, z
 
@@ -257,15 +270,16 @@ def jet_dense_activation_backward_triton(
     grad_z = torch.empty_like(z)
     grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
     if z.numel() > 0:
-        block_m, block_n, block_k = _blocks(num_slots, z.device)
+        config = launch_config("backward", num_slots, z.device)
         # the programs with pid_k == 0 write g_z, so there is one column of them even when F_in == 0
-        grid = (cdiv(n, block_m), max(cdiv(f_in, block_k), 1) if compute_grad_x else 1)
+        grid = (cdiv(n, config.block_m), max(cdiv(f_in, config.block_k), 1) if compute_grad_x else 1)
         kernel = _backward_kernel(layout, activation, dtype)
         with on_device_of(z):
             wrap_triton(kernel)[grid](
                 grad_h, z, weight_in_z_dtype, grad_z, grad_x if compute_grad_x else grad_z, n, f_in, f_out,
-                COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z),
-                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_stages=_BACKWARD_STAGES,
+                COMPUTE_GRAD_X=compute_grad_x, PRECISION=_precision(z), BLOCK_M=config.block_m,
+                BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps,
+                num_stages=config.num_stages,
             )
     elif compute_grad_x:
         grad_x.zero_()  # F_out == 0 (g_z is empty): dL/dx = g_z W is a sum of nothing; N == 0: grad_x is empty
