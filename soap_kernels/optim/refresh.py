@@ -35,9 +35,9 @@ CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
 
 
 # An eager CUDA "qr" refresh runs the CholeskyQR op for stacks of at least this many factors, torch.linalg.qr
-# for fewer. On an H100 (bench/results/refresh-NVIDIA-H100-80GB-HBM3-2026-11-28.json) the op took 0.5-2.8 ms at
-# batch 1 and 8 for n = 64-384, cuSOLVER about 0.19-1.33 ms per matrix: the op is 0.47-0.86x at batch 1,
-# 2.4-4.5x at batch 8 and 4.5-20x at batch 40; the crossover, interpolated from those, lies near 2-3 matrices.
+# for fewer. On an H100 (refresh-*.json in bench/results/gpu-check-NVIDIA-H100-80GB-HBM3-2026-11-28/) the op took
+# 0.5-2.8 ms at batch 1 and 8 for n = 64-384, cuSOLVER about 0.19-1.33 ms per matrix: the op is 0.47-0.86x at
+# batch 1, 2.4-4.5x at batch 8 and 4.5-20x at batch 40; the crossover, interpolated from those, lies near 2-3.
 CUDA_QR_KERNEL_MIN_BATCH = 3
 
 
