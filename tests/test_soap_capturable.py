@@ -190,15 +190,17 @@ def test_a_tensor_lr_on_another_device_fails_before_any_state_is_allocated():
     assert not any(optimizer.state[p] for p in params)
 
 
-def test_capturable_with_a_sharded_refresh_fails_before_any_state_is_allocated(monkeypatch):
+def test_capturing_a_sharded_refresh_fails_before_any_state_is_allocated(monkeypatch):
+    """Eager capturable steps may shard the refresh (tests/test_soap_distributed.py); a capture may not."""
     from soap_kernels.optim import soap
 
     params = _params()
     optimizer = SOAP(params, capturable=True, shard_refresh=True)
     monkeypatch.setattr(soap, "sharding_active", lambda *args: True)  # as under torch.distributed with 2+ ranks
+    monkeypatch.setattr(soap, "_capturing", lambda: True)  # as inside torch.cuda.graph
     for p in params:
         p.grad = torch.ones_like(p)
-    with pytest.raises(ValueError, match="shard_refresh"):
+    with pytest.raises(RuntimeError, match="shard_refresh"):
         optimizer.step()
     assert not any(optimizer.state[p] for p in params)
 

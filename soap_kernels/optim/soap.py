@@ -303,14 +303,19 @@ class SOAP(torch.optim.Optimizer):
         return stack
 
 
+def _capturing() -> bool:
+    """True inside a CUDA graph capture on the current stream."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _check_capturable(group: dict, params: list[torch.Tensor], state: dict, sharded: bool) -> None:
     """A capturable step reads lr on the parameters' device, cannot capture the initialising (eigh) step, and
     on CUDA refreshes with the native refresh_eigenbasis kernel (the torch reference copies index tensors
     from the host and reads flags back); checked before any state is allocated."""
-    if sharded and params:
-        raise ValueError(
-            "SOAP(capturable=True) with shard_refresh=True: the sharded refresh builds index tensors on the host "
-            "and cannot be captured; use one or the other"
+    if sharded and params and _capturing():
+        raise RuntimeError(
+            "SOAP(capturable=True) with shard_refresh=True cannot be captured in a CUDA graph: the sharded refresh "
+            "builds index tensors on the host (eager steps are fine); capture without shard_refresh"
         )
     lr = group["lr"]
     for p in params:
