@@ -179,15 +179,19 @@ def test_capturable_rejects_what_it_cannot_do():
         SOAP(params, lr=torch.tensor(-1e-3))
 
 
+def _step_fails_before_any_state(optimizer, params, error: type[Exception], match: str) -> None:
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(error, match=match):
+        optimizer.step()
+    assert not any(optimizer.state[p] for p in params)
+
+
 def test_a_tensor_lr_on_another_device_fails_before_any_state_is_allocated():
     params = _params()
     optimizer = SOAP(params, lr=torch.tensor(1e-3), capturable=True)
     optimizer.param_groups[0]["lr"] = torch.tensor(1e-3, device="meta")  # as a scheduler could leave it
-    for p in params:
-        p.grad = torch.ones_like(p)
-    with pytest.raises(ValueError, match="parameters' device"):
-        optimizer.step()
-    assert not any(optimizer.state[p] for p in params)
+    _step_fails_before_any_state(optimizer, params, ValueError, "parameters' device")
 
 
 def test_capturing_a_sharded_refresh_fails_before_any_state_is_allocated(monkeypatch):
@@ -198,11 +202,7 @@ def test_capturing_a_sharded_refresh_fails_before_any_state_is_allocated(monkeyp
     optimizer = SOAP(params, capturable=True, shard_refresh=True)
     monkeypatch.setattr(soap, "sharding_active", lambda *args: True)  # as under torch.distributed with 2+ ranks
     monkeypatch.setattr(soap, "_capturing", lambda: True)  # as inside torch.cuda.graph
-    for p in params:
-        p.grad = torch.ones_like(p)
-    with pytest.raises(RuntimeError, match="shard_refresh"):
-        optimizer.step()
-    assert not any(optimizer.state[p] for p in params)
+    _step_fails_before_any_state(optimizer, params, RuntimeError, "shard_refresh")
 
 
 @pytest.mark.cuda
@@ -216,11 +216,7 @@ def test_capturable_on_cuda_needs_the_native_refresh_kernel(why, monkeypatch):
         monkeypatch.setenv("SOAP_KERNELS_BACKEND", "torch")
     params = _params(device="cuda")
     optimizer = SOAP(params, lr=torch.tensor(1e-3, device="cuda"), capturable=True)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    with pytest.raises(RuntimeError, match="native refresh_eigenbasis kernel"):
-        optimizer.step()
-    assert not any(optimizer.state[p] for p in params)
+    _step_fails_before_any_state(optimizer, params, RuntimeError, "native refresh_eigenbasis kernel")
 
 
 @pytest.mark.cuda
