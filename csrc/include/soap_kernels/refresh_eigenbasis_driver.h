@@ -53,7 +53,10 @@ constexpr int64_t kCholeskyBlock = 64;
 // `diagonal`, panels and trailing updates by batched GEMMs) and a blocked right triangular solve:
 //   R_kk^{-1} = W_kk from G_kk;  R_k,rest = W_kk^T G_k,rest;  G_rest,rest -= R_k,rest^T R_k,rest
 //   Y_j = (X_j - sum_{i<j} Y_i R_ij) W_jj  over column blocks j.
-// Every flop outside the diagonal blocks is a GEMM, and nothing is read back to the host.
+// Every flop outside the diagonal blocks is a GEMM, and nothing is read back to the host. The GEMMs write
+// into their destinations (panels into `upper`, updates into G, solved blocks into Y: strided slices whose
+// rows are contiguous, which batched GEMMs take as they are) rather than through temporaries and copies:
+// the op is launch-bound on a GPU (1.7 ms for one 256 x 256 factor on an H100), so each launch saved counts.
 inline at::Tensor blocked_right_cholesky_solve(at::Tensor& gram, const at::Tensor& x,
                                                const BatchedCholeskyInverse& diagonal) {
   const int64_t n = gram.size(1);
@@ -62,24 +65,29 @@ inline at::Tensor blocked_right_cholesky_solve(at::Tensor& gram, const at::Tenso
     return at::matmul(x, gram);
   }
   at::Tensor& g = gram;  // overwritten: the caller's scratch
-  at::Tensor upper = at::zeros_like(gram);  // R above its diagonal blocks; W_kk on them
+  // R above its diagonal blocks and W_kk on them; every entry the solve reads is written below
+  at::Tensor upper = at::empty_like(gram);
   for (int64_t start = 0; start < n; start += kCholeskyBlock) {
     const int64_t end = std::min(start + kCholeskyBlock, n);
     at::Tensor block = g.slice(1, start, end).slice(2, start, end).contiguous();
     diagonal(block);
     upper.slice(1, start, end).slice(2, start, end).copy_(block);
     if (end < n) {
-      at::Tensor panel = at::matmul(block.mT(), g.slice(1, start, end).slice(2, end, n));
-      g.slice(1, end, n).slice(2, end, n).sub_(at::matmul(panel.mT(), panel));
-      upper.slice(1, start, end).slice(2, end, n).copy_(panel);
+      at::Tensor panel = upper.slice(1, start, end).slice(2, end, n);
+      at::bmm_out(panel, block.mT(), g.slice(1, start, end).slice(2, end, n));
+      g.slice(1, end, n).slice(2, end, n).baddbmm_(panel.mT(), panel, /*beta=*/1.0, /*alpha=*/-1.0);
     }
   }
   at::Tensor y = at::empty_like(x);
   for (int64_t start = 0; start < n; start += kCholeskyBlock) {
     const int64_t end = std::min(start + kCholeskyBlock, n);
     at::Tensor right = x.slice(2, start, end);
-    if (start > 0) right = right - at::matmul(y.slice(2, 0, start), upper.slice(1, 0, start).slice(2, start, end));
-    y.slice(2, start, end).copy_(at::matmul(right, upper.slice(1, start, end).slice(2, start, end)));
+    if (start > 0) {
+      right = at::baddbmm(right, y.slice(2, 0, start), upper.slice(1, 0, start).slice(2, start, end),
+                          /*beta=*/1.0, /*alpha=*/-1.0);
+    }
+    at::Tensor solved = y.slice(2, start, end);
+    at::bmm_out(solved, right, upper.slice(1, start, end).slice(2, start, end));
   }
   return y;
 }
@@ -164,8 +172,8 @@ inline std::tuple<at::Tensor, at::Tensor> refresh_eigenbasis_driver(const at::Te
     at::Tensor x = at::gather(at::addcmul(regularisation * q0, power, inverse_norm), 2, columns);
     for (int pass = 0; pass < passes; ++pass) {
       at::Tensor gram = at::matmul(x.mT(), x).contiguous();  // only its upper triangle is read
-      if (pass == 0) {
-        const at::Tensor shift = eigen_refresh::cholesky_qr_shift(n, 1.0) * x.square().sum({-2, -1});
+      if (pass == 0) {  // ||X||_F^2 = trace(X^T X): read off the Gram matrix instead of another pass over X
+        const at::Tensor shift = eigen_refresh::cholesky_qr_shift(n, 1.0) * gram.diagonal(0, -2, -1).sum(-1);
         gram.diagonal(0, -2, -1).add_(shift.unsqueeze(-1));
       }
       auto [next, ok] = right_cholesky_solve(gram, x);
