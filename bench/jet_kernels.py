@@ -6,7 +6,9 @@ launcher (activation adjoint g_z, dL/dx = g_z W, dL/dW and dL/db) are timed with
 candidates() lists (tile sizes, warps, pipelining stages; a setting that does not compile, e.g. for want of
 shared memory, is an error row), beside torch.matmul (cuBLAS on a GPU) of [4 N, 256] by [256, 256], the layer's
 main GEMM alone: a floor for the forward, half of one for the backward. The first setting is what the
-launchers use today (soap_kernels.ops.jet_dense_triton.launch_config). Each row carries TFLOP/s of the GEMM
+launchers use today (soap_kernels.ops.jet_dense_triton.launch_config). One more backward row times the split
+backward (SOAP_KERNELS_JET_BACKWARD=split: g_z by an elementwise kernel, dL/dx by torch.mm), which the fused
+kernel's default is to be weighed against. Each row carries TFLOP/s of the GEMM
 work (2 * 4N * 256 * 256 flops forward, twice that backward).
 
     python -m bench jet_kernels --device cuda          # the sweep (about a minute, compiles included)
@@ -16,6 +18,7 @@ work (2 * 4N * 256 * 256 flops forward, twice that backward).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import torch
@@ -107,6 +110,23 @@ def run(config: SuiteConfig) -> dict:
                     continue
                 extra = dataclasses.asdict(settings[kind])
                 rows.append(record(f"{case} {kind}", provider, timing, flops=flops, peak_dtype="fp32", **extra))
+        # the split backward: g_z by the elementwise adjoint kernel, then dL/dx by torch.mm (no launch settings)
+        jet_dense_triton.launch_config = default
+        provider = "split: adjoint kernel + torch.mm"
+        if config.out_of_time():
+            rows.append(record(f"{case} backward", provider, None, error=OUT_OF_TIME))
+        else:
+            previous = os.environ.get("SOAP_KERNELS_JET_BACKWARD")
+            os.environ["SOAP_KERNELS_JET_BACKWARD"] = "split"
+            try:
+                launchers["backward"]()
+                rows.append(record(f"{case} backward", provider, config.time(launchers["backward"]),
+                                   flops=2 * gemm_flops, peak_dtype="fp32"))  # fmt: skip
+            finally:
+                if previous is None:
+                    os.environ.pop("SOAP_KERNELS_JET_BACKWARD")
+                else:
+                    os.environ["SOAP_KERNELS_JET_BACKWARD"] = previous
     finally:
         jet_dense_triton.launch_config = default
     return {

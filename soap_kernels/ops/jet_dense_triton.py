@@ -5,7 +5,8 @@ Forward (one launch): for a tile of points and output features, every slot k sha
     z_k = x_k W^T (+ b on k = 0),  h_k = sum_terms coef * s^(m)(z_0) * prod z_factors   (jets/plan.py).
 Backward (one launch + one GEMM): g_z = (dh/dz)^T g computed in the prologue, dL/dx_k = g_z,k W in the
 same kernel (g_z is also written once), then dL/dW = sum_k g_z,k^T x_k as one GEMM over all K*N rows and
-dL/db = sum_n g_z,0.
+dL/db = sum_n g_z,0. Or, with SOAP_KERNELS_JET_BACKWARD=split, g_z by an elementwise kernel and dL/dx as a
+second GEMM (see backward_kernels).
 
 The slot count and the programs differ per layout, so the kernel source is generated per
 (layout, activation, dtype) by ops/jet_triton_codegen.py from the same term lists as the torch reference.
@@ -14,6 +15,7 @@ The slot count and the programs differ per layout, so the kernel source is gener
 from __future__ import annotations
 
 import functools
+import os
 import textwrap
 from dataclasses import dataclass
 
@@ -169,6 +171,28 @@ def _jet_dense_activation_backward_kernel(
     return load_generated(_HEADER + body, "jet-backward")["_jet_dense_activation_backward_kernel"]
 
 
+@functools.cache
+def _adjoint_kernel(layout: str, activation: str, dtype: str):
+    """The generated `_jet_activation_adjoint_kernel`: g_z = (dh/dz)^T g over blocks of every slot, each element
+    once (the split backward: this, then dL/dx = g_z W as one GEMM)."""
+    plan = JetPlan.from_key(layout)
+    slots = range(plan.num_slots)
+    body = f'''
+@triton.jit
+def _jet_activation_adjoint_kernel(g_ptr, z_ptr, gz_ptr, SLOT, BLOCK: tl.constexpr):
+    """g_z = (dh/dz)^T g (layout {layout}, {activation}), BLOCK elements of every slot per program."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    slot = tl.cast(SLOT, tl.int64)
+    mask = offs < slot
+{_indent([f"z{k} = tl.load(z_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots], 1)}
+{_indent([f"g{k} = tl.load(g_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots], 1)}
+{_indent(tower_lines(activation, "z0", plan.max_activation_order + 1, dtype), 1)}
+{_indent(adjoint_program_lines(plan, "z", "g", "gz"), 1)}
+{_indent([f"tl.store(gz_ptr + {k} * slot + offs, gz{k}, mask=mask)" for k in slots], 1)}
+'''
+    return load_generated(_HEADER + body, "jet-adjoint")["_jet_activation_adjoint_kernel"]
+
+
 def _dtype_name(tensor: torch.Tensor) -> str:
     if tensor.dtype not in _SUPPORTED_DTYPES:
         raise NotImplementedError(
@@ -181,6 +205,22 @@ def _precision(tensor: torch.Tensor) -> str:
     """tf32 only where torch itself allows it for float32 matmuls; exact fp32/fp64 otherwise."""
     allow_tf32 = tensor.is_cuda and torch.backends.cuda.matmul.allow_tf32 and tensor.dtype == torch.float32
     return "tf32" if allow_tf32 else "ieee"
+
+
+BACKWARD_KERNELS = ("fused", "split")
+
+
+def backward_kernels() -> str:
+    """How the Triton backward of a dense jet layer runs (environment SOAP_KERNELS_JET_BACKWARD):
+    "fused" (default): one kernel computes g_z and dL/dx = g_z W, each column block of programs recomputing g_z
+        for its rows (the F_in / BLOCK_K blocks each read g and z again);
+    "split": an elementwise kernel computes g_z once, then torch.mm (cuBLAS) dL/dx.
+    On an H100 the fused kernel took 349 us for a 4-slot 8192 x 256 -> 256 layer, twice the forward's 175 us;
+    bench/jet_kernels.py times both side by side, and the default follows that measurement."""
+    choice = os.environ.get("SOAP_KERNELS_JET_BACKWARD", "fused").strip().lower() or "fused"
+    if choice not in BACKWARD_KERNELS:
+        raise ValueError(f"SOAP_KERNELS_JET_BACKWARD={choice!r}; expected one of {BACKWARD_KERNELS}")
+    return choice
 
 
 @dataclass(frozen=True)
@@ -269,7 +309,15 @@ def jet_dense_activation_backward_triton(
     f_in = weight.shape[1]
     grad_z = torch.empty_like(z)
     grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
-    if z.numel() > 0:
+    if z.numel() > 0 and backward_kernels() == "split":
+        slot = n * f_out
+        with on_device_of(z):
+            wrap_triton(_adjoint_kernel(layout, activation, dtype))[(cdiv(slot, _ACTIVATION_BLOCK),)](
+                grad_h, z, grad_z, slot, BLOCK=_ACTIVATION_BLOCK
+            )
+        if compute_grad_x:  # one GEMM over every slot's rows: [K N, F_out] x [F_out, F_in]
+            torch.mm(grad_z.view(num_slots * n, f_out), weight_in_z_dtype, out=grad_x.view(num_slots * n, f_in))
+    elif z.numel() > 0:
         config = launch_config("backward", num_slots, z.device)
         # the programs with pid_k == 0 write g_z, so there is one column of them even when F_in == 0
         grid = (cdiv(n, config.block_m), max(cdiv(f_in, config.block_k), 1) if compute_grad_x else 1)
