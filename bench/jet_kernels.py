@@ -1,15 +1,13 @@
-"""Launch settings of the fused jet dense-layer kernels, swept on a GPU (or checked at smoke size on a CPU).
+"""The dense jet layer's Triton forward and backward, fused and split, and the fused kernels' launch settings.
 
 One PirateNet/MLP hidden layer of the Allen-Cahn jets: a stack of 4 slots (u, u_t, u_x, u_xx) of N points,
-256 -> 256 features, tanh, float32. The forward launcher (GEMM + activation-jet epilogue) and the backward
-launcher (activation adjoint g_z, dL/dx = g_z W, dL/dW and dL/db) are timed with each launch setting that
-candidates() lists (tile sizes, warps, pipelining stages; a setting that does not compile, e.g. for want of
-shared memory, is an error row), beside torch.matmul (cuBLAS on a GPU) of [4 N, 256] by [256, 256], the layer's
-main GEMM alone: a floor for the forward, half of one for the backward. The first setting is what the
-launchers use today (soap_kernels.ops.jet_dense_triton.launch_config). One more backward row times the split
-backward (SOAP_KERNELS_JET_BACKWARD=split: g_z by an elementwise kernel, dL/dx by torch.mm), which the fused
-kernel's default is to be weighed against. Each row carries TFLOP/s of the GEMM
-work (2 * 4N * 256 * 256 flops forward, twice that backward).
+256 -> 256 features, tanh, float32. The forward launcher (z and h) and the backward launcher (g_z, dL/dx,
+dL/dW, dL/db) are timed: fused with today's launch settings, split (torch.mm plus an elementwise kernel: the
+comparison that soap_kernels.ops.jet_dense_triton.DEFAULT_KERNELS rests on), then fused with each other
+setting that candidates() lists (tile sizes, warps, pipelining stages; one that does not compile, e.g. for
+want of shared memory, is an error row), beside torch.matmul (cuBLAS on a GPU) of [4 N, 256] by [256, 256],
+the layer's main GEMM alone: a floor for the forward, half of one for the backward. Each row carries TFLOP/s
+of the GEMM work (2 * 4N * 256 * 256 flops forward, twice that backward).
 
     python -m bench jet_kernels --device cuda          # the sweep (about a minute, compiles included)
     python -m bench jet_kernels --sizes smoke          # a CPU check that each setting launches (interpreter)
@@ -17,6 +15,7 @@ work (2 * 4N * 256 * 256 flops forward, twice that backward).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -74,11 +73,34 @@ def _launchers(points: int, device: torch.device) -> dict[str, Callable[[], obje
     }
 
 
+@contextlib.contextmanager
+def _running(way: str, settings: dict | None = None):
+    """Inside: both directions run `way` ("fused" or "split"), fused ones with `settings` ({kind: LaunchConfig},
+    None: today's); the environment and launch_config are restored after."""
+    from soap_kernels.ops import jet_dense_triton
+
+    names = ("SOAP_KERNELS_JET_FORWARD", "SOAP_KERNELS_JET_BACKWARD")
+    previous = {name: os.environ.get(name) for name in names}
+    default = jet_dense_triton.launch_config
+    os.environ.update(dict.fromkeys(names, way))
+    if settings is not None:
+        jet_dense_triton.launch_config = lambda kind, num_slots, device: settings[kind]
+    try:
+        yield
+    finally:
+        jet_dense_triton.launch_config = default
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run(config: SuiteConfig) -> dict:
-    """One row per (kernel, launch setting) plus cuBLAS's GEMM; see the module docstring."""
+    """One row per (kernel, way, launch setting) plus cuBLAS's GEMM; see the module docstring. Order: the GEMM,
+    today's fused settings and the split path (the comparison the defaults rest on), then the other settings."""
     from soap_kernels._backend import resolve_backend
     from soap_kernels.jets.plan import JetPlan
-    from soap_kernels.ops import jet_dense_triton
 
     device = torch.device(config.device)
     resolve_backend(device, "triton")  # a clear RuntimeError without Triton on CUDA or its interpreter
@@ -86,49 +108,31 @@ def run(config: SuiteConfig) -> dict:
     slots = JetPlan.build(2, DERIVATIVES).num_slots
     gemm_flops = 2.0 * slots * points * WIDTH * WIDTH
     case = f"allen_cahn {slots} slots N={points} {WIDTH}->{WIDTH} float32"
-    rows = []
     a = torch.randn(slots * points, WIDTH, device=device)
     b = torch.randn(WIDTH, WIDTH, device=device)
-    rows.append(record(f"{case} gemm", "torch_matmul", config.time(lambda: a @ b), flops=gemm_flops,
-                       peak_dtype="fp32"))  # fmt: skip
+    rows = [record(f"{case} gemm", "torch_matmul", config.time(lambda: a @ b), flops=gemm_flops, peak_dtype="fp32")]
     launchers = _launchers(points, device)
-    default = jet_dense_triton.launch_config
-    try:
-        for index, settings in enumerate(candidates(device)):
-            jet_dense_triton.launch_config = lambda kind, num_slots, dev, s=settings: s[kind]
-            for kind, flops in (("forward", gemm_flops), ("backward", 2 * gemm_flops)):
-                provider = ("current " if index == 0 else "") + _name(settings[kind])
-                if config.out_of_time():
-                    rows.append(record(f"{case} {kind}", provider, None, error=OUT_OF_TIME))
-                    continue
-                try:
-                    launch = launchers[kind]
-                    launch()  # compiles this setting
-                    timing = config.time(launch)
-                except Exception as error:  # out of shared memory or registers: this setting cannot run
-                    rows.append(record(f"{case} {kind}", provider, None, error=f"{type(error).__name__}: {error}"))
-                    continue
-                extra = dataclasses.asdict(settings[kind])
-                rows.append(record(f"{case} {kind}", provider, timing, flops=flops, peak_dtype="fp32", **extra))
-        # the split backward: g_z by the elementwise adjoint kernel, then dL/dx by torch.mm (no launch settings)
-        jet_dense_triton.launch_config = default
-        provider = "split: adjoint kernel + torch.mm"
-        if config.out_of_time():
-            rows.append(record(f"{case} backward", provider, None, error=OUT_OF_TIME))
-        else:
-            previous = os.environ.get("SOAP_KERNELS_JET_BACKWARD")
-            os.environ["SOAP_KERNELS_JET_BACKWARD"] = "split"
+    settings = candidates(device)
+    ways = [("fused", settings[0], "current "), ("split", None, "")]
+    ways += [("fused", other, "") for other in settings[1:]]
+    for way, chosen, prefix in ways:
+        for kind, flops in (("forward", gemm_flops), ("backward", 2 * gemm_flops)):
+            if way == "split":
+                provider, extra = "split: " + ("torch.mm + activation kernel" if kind == "forward" else
+                                               "adjoint kernel + torch.mm"), {}  # fmt: skip
+            else:
+                provider, extra = prefix + _name(chosen[kind]), dataclasses.asdict(chosen[kind])
+            if config.out_of_time():
+                rows.append(record(f"{case} {kind}", provider, None, error=OUT_OF_TIME))
+                continue
             try:
-                launchers["backward"]()
-                rows.append(record(f"{case} backward", provider, config.time(launchers["backward"]),
-                                   flops=2 * gemm_flops, peak_dtype="fp32"))  # fmt: skip
-            finally:
-                if previous is None:
-                    os.environ.pop("SOAP_KERNELS_JET_BACKWARD")
-                else:
-                    os.environ["SOAP_KERNELS_JET_BACKWARD"] = previous
-    finally:
-        jet_dense_triton.launch_config = default
+                with _running(way, chosen):
+                    launchers[kind]()  # compiles this setting
+                    timing = config.time(launchers[kind])
+            except Exception as error:  # out of shared memory or registers: this setting cannot run
+                rows.append(record(f"{case} {kind}", provider, None, error=f"{type(error).__name__}: {error}"))
+                continue
+            rows.append(record(f"{case} {kind}", provider, timing, flops=flops, peak_dtype="fp32", way=way, **extra))
     return {
         "records": rows,
         "settings": {"derivatives": [list(d) for d in DERIVATIVES], "width": WIDTH, "points": points},

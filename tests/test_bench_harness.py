@@ -503,10 +503,11 @@ def test_jet_kernel_sweep_times_todays_setting_beside_a_plain_matmul(monkeypatch
     default = jet_dense_triton.launch_config
     records = jet_kernels.run(harness.SuiteConfig(sizes="smoke"))["records"]
     assert jet_dense_triton.launch_config is default  # restored after the sweep
-    assert "SOAP_KERNELS_JET_BACKWARD" not in os.environ  # the split row's setting is undone too
+    assert not {"SOAP_KERNELS_JET_FORWARD", "SOAP_KERNELS_JET_BACKWARD"} & set(os.environ)  # undone after
     providers = [(r["case"].split()[-1], r["provider"]) for r in records]
     assert providers[0] == ("gemm", "torch_matmul")
-    assert [kind for kind, _ in providers[1:]] == ["forward", "backward", "backward"]
+    assert [kind for kind, _ in providers[1:]] == ["forward", "backward"] * 2
     assert all(p.startswith("current M16 N32 K32") for _, p in providers[1:3])
-    assert providers[3][1].startswith("split")
+    assert all(p.startswith("split") for _, p in providers[3:5])
+    assert [r.get("way") for r in records[1:]] == ["fused", "fused", "split", "split"]
     assert all(r["median_ms"] > 0 and r["flops"] > 0 for r in records)

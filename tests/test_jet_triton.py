@@ -42,13 +42,22 @@ def _close(actual, expected, dtype, activation, what):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=what)
 
 
+@pytest.fixture(params=["fused", "split"])
+def kernels(request, monkeypatch):
+    """Both ways of running a layer (ops/jet_dense_triton.kernel_choice), forward and backward alike."""
+    monkeypatch.setenv("SOAP_KERNELS_JET_FORWARD", request.param)
+    monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
 @pytest.mark.parametrize("activation", ["tanh", "sin", "silu", "gelu", "sigmoid"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype):
+def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype, kernels):
     plan = LAYOUTS[layout]
     torch.manual_seed(0)
-    for n, f_in, f_out, bias in [(7, 33, 17, True), (1, 1, 1, False), (33, 7, 1, True)]:
+    # 70 x 33: several programs of the split path's elementwise kernels (1024 elements of a slot each)
+    for n, f_in, f_out, bias in [(7, 33, 17, True), (1, 1, 1, False), (33, 7, 1, True), (70, 5, 33, True)]:
         x = torch.randn(plan.num_slots, n, f_in, dtype=dtype, device=device)
         w = torch.randn(f_out, f_in, dtype=dtype, device=device) / f_in**0.5
         b = torch.randn(f_out, dtype=dtype, device=device) if bias else None
@@ -67,37 +76,36 @@ def test_kernels_match_reference_on_odd_shapes(device, layout, activation, dtype
 
 @pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
 @pytest.mark.parametrize("activation", ["tanh", "sin", "gelu"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_split_backward_matches_reference_and_fused_on_odd_shapes(device, layout, activation, dtype, monkeypatch):
-    """SOAP_KERNELS_JET_BACKWARD=split: the elementwise adjoint kernel and one GEMM give the float64 reference's
-    grads, and in float32 the fused kernel's (the same adjoint statements: only the GEMMs' summation order
-    differs; against the reference, float32 sums of 4th-order terms over rows lose digits in both alike)."""
+def test_split_and_fused_agree_in_float32(device, layout, activation, monkeypatch):
+    """The same activation statements either way: only the GEMMs' summation order differs, so the two agree far
+    more closely than either agrees with the float64 reference (float32 4th-order sums lose digits alike)."""
     plan = LAYOUTS[layout]
     torch.manual_seed(1)
-    for n, f_in, f_out in [(7, 33, 17), (1, 1, 1), (33, 7, 1)]:
-        x = torch.randn(plan.num_slots, n, f_in, dtype=dtype, device=device)
-        w = torch.randn(f_out, f_in, dtype=dtype, device=device) / f_in**0.5
-        _, z = jet_dense_activation_ref(x, w, None, activation, plan.key)
-        g = torch.randn_like(z)
-        for compute_grad_x in (True, False):
-            args = (g, z, x, w, activation, plan.key)
-            monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", "split")
-            ours = jet_dense_activation_backward(*args, "triton", compute_grad_x)
-            if dtype == torch.float64:
-                expected = jet_dense_activation_backward_ref(*args, compute_grad_x)
-            else:
-                monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", "fused")
-                expected = jet_dense_activation_backward(*args, "triton", compute_grad_x)
-            for a, e, name in zip(ours, expected, ("grad_x", "grad_w", "grad_b")):
-                _close(a, e, dtype, activation, f"{name} N={n} F_in={f_in} F_out={f_out} grad_x={compute_grad_x}")
+    for n, f_in, f_out in [(7, 33, 17), (33, 7, 1), (70, 5, 33)]:
+        x = torch.randn(plan.num_slots, n, f_in, device=device)
+        w = torch.randn(f_out, f_in, device=device) / f_in**0.5
+        b = torch.randn(f_out, device=device)
+        results = {}
+        for way in ("fused", "split"):
+            monkeypatch.setenv("SOAP_KERNELS_JET_FORWARD", way)
+            monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", way)
+            h, z = jet_dense_activation(x, w, b, activation, plan.key, "triton")
+            g = torch.randn(h.shape, generator=torch.Generator().manual_seed(n)).to(device)
+            results[way] = (h, z, *jet_dense_activation_backward(g, z, x, w, activation, plan.key, "triton", True))
+        for a, e, name in zip(results["split"], results["fused"], ("h", "z", "grad_x", "grad_w", "grad_b")):
+            _close(a, e, torch.float32, activation, f"{name} N={n} F_in={f_in} F_out={f_out}")
 
 
-def test_an_unknown_backward_choice_is_refused(device, monkeypatch):
-    monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", "fastest")
+def test_an_unknown_kernel_choice_is_refused(device, monkeypatch):
     plan = LAYOUTS["allen_cahn"]
     x = torch.randn(plan.num_slots, 3, 2, dtype=torch.float64, device=device)
     w = torch.randn(2, 2, dtype=torch.float64, device=device)
     _, z = jet_dense_activation_ref(x, w, None, "tanh", plan.key)
+    monkeypatch.setenv("SOAP_KERNELS_JET_FORWARD", "fastest")
+    with pytest.raises(ValueError, match="SOAP_KERNELS_JET_FORWARD='fastest'"):
+        jet_dense_activation(x, w, None, "tanh", plan.key, "triton")
+    monkeypatch.delenv("SOAP_KERNELS_JET_FORWARD")
+    monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", "fastest")
     with pytest.raises(ValueError, match="SOAP_KERNELS_JET_BACKWARD='fastest'"):
         jet_dense_activation_backward(torch.randn_like(z), z, x, w, "tanh", plan.key, "triton", True)
 
@@ -216,11 +224,9 @@ def poisoned_empty_like(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", nan_filled)
 
 
-@pytest.mark.parametrize("backward", ["fused", "split"])
 @pytest.mark.parametrize("n, f_in, f_out", [(5, 0, 3), (5, 3, 0), (0, 3, 2)], ids=str)
-def test_empty_dimensions_match_reference(device, n, f_in, f_out, backward, poisoned_empty_like, monkeypatch):
+def test_empty_dimensions_match_reference(device, n, f_in, f_out, kernels, poisoned_empty_like):
     """No features in or out, or no points: every output is still fully defined (zeros where the sum is empty)."""
-    monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", backward)
     plan = LAYOUTS["allen_cahn"]
     torch.manual_seed(5)
     x = torch.randn(plan.num_slots, n, f_in, dtype=torch.float64, device=device)
@@ -265,23 +271,21 @@ def test_weight_of_another_dtype_is_cast_like_the_forward(device):
     torch.testing.assert_close(grad_b, ref_b.float())
 
 
-@pytest.mark.parametrize("backward", ["fused", "split"])
-def test_every_launch_runs_under_a_guard_for_the_inputs_device(device, backward, monkeypatch):
+def test_every_launch_runs_under_a_guard_for_the_inputs_device(device, kernels, monkeypatch):
     """Triton launches on the current CUDA device: forward and backward launches sit inside on_device_of(input)."""
     from soap_kernels.ops import jet_dense_triton
 
-    monkeypatch.setenv("SOAP_KERNELS_JET_BACKWARD", backward)
     launches = record_launch_guards(monkeypatch, jet_dense_triton)
     plan = LAYOUTS["allen_cahn"]
     x = torch.randn(plan.num_slots, 5, 7, dtype=torch.float64, device=device)
     w = torch.randn(3, 7, dtype=torch.float64, device=device)
     h, z = jet_dense_activation(x, w, None, "tanh", plan.key, "triton")
     jet_dense_activation_backward(torch.randn_like(h), z, x, w, "tanh", plan.key, "triton", True)
-    backward_kernel = {"fused": "_jet_dense_activation_backward_kernel", "split": "_jet_activation_adjoint_kernel"}
-    assert launches == [
-        ("_jet_dense_activation_kernel", [torch.device(device)]),
-        (backward_kernel[backward], [torch.device(device)]),
-    ]
+    names = {
+        "fused": ("_jet_dense_activation_kernel", "_jet_dense_activation_backward_kernel"),
+        "split": ("_jet_activation_kernel", "_jet_activation_adjoint_kernel"),
+    }[kernels]
+    assert launches == [(name, [torch.device(device)]) for name in names]
 
 
 @pytest.mark.cuda

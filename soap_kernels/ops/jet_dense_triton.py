@@ -5,8 +5,9 @@ Forward (one launch): for a tile of points and output features, every slot k sha
     z_k = x_k W^T (+ b on k = 0),  h_k = sum_terms coef * s^(m)(z_0) * prod z_factors   (jets/plan.py).
 Backward (one launch + one GEMM): g_z = (dh/dz)^T g computed in the prologue, dL/dx_k = g_z,k W in the
 same kernel (g_z is also written once), then dL/dW = sum_k g_z,k^T x_k as one GEMM over all K*N rows and
-dL/db = sum_n g_z,0. Or, with SOAP_KERNELS_JET_BACKWARD=split, g_z by an elementwise kernel and dL/dx as a
-second GEMM (see backward_kernels).
+dL/db = sum_n g_z,0.
+Split (kernel_choice; the backward's default): torch.mm for each GEMM and an elementwise kernel for the
+activation jet or its adjoint, each element once.
 
 The slot count and the programs differ per layout, so the kernel source is generated per
 (layout, activation, dtype) by ops/jet_triton_codegen.py from the same term lists as the torch reference.
@@ -207,19 +208,30 @@ def _precision(tensor: torch.Tensor) -> str:
     return "tf32" if allow_tf32 else "ieee"
 
 
-BACKWARD_KERNELS = ("fused", "split")
+KERNEL_CHOICES = ("fused", "split")
+# Measured on an H100 (bench/results/gpu-check-NVIDIA-H100-80GB-HBM3-2026-11-28/: jet-backward-fused-vs-split.txt
+# and jet_kernels-*.json; one 4-slot float32 layer, N = 8192, 256 -> 256): the backward launcher took 0.52 ms
+# fused and 0.254 ms split, twice, side by side. The fused forward took 0.32-0.57 ms depending on its launch
+# settings, against 0.10 ms for cuBLAS's GEMM of the same shape alone; the split forward (that GEMM plus an
+# elementwise pass) is not timed yet, so it is not the default yet.
+DEFAULT_KERNELS = {"forward": "fused", "backward": "split"}
 
 
-def backward_kernels() -> str:
-    """How the Triton backward of a dense jet layer runs (environment SOAP_KERNELS_JET_BACKWARD):
-    "fused" (default): one kernel computes g_z and dL/dx = g_z W, each column block of programs recomputing g_z
-        for its rows (the F_in / BLOCK_K blocks each read g and z again);
-    "split": an elementwise kernel computes g_z once, then torch.mm (cuBLAS) dL/dx.
-    On an H100 the fused kernel took 349 us for a 4-slot 8192 x 256 -> 256 layer, twice the forward's 175 us;
-    bench/jet_kernels.py times both side by side, and the default follows that measurement."""
-    choice = os.environ.get("SOAP_KERNELS_JET_BACKWARD", "fused").strip().lower() or "fused"
-    if choice not in BACKWARD_KERNELS:
-        raise ValueError(f"SOAP_KERNELS_JET_BACKWARD={choice!r}; expected one of {BACKWARD_KERNELS}")
+def kernel_choice(direction: str) -> str:
+    """How the Triton forward or backward of a dense jet layer runs (SOAP_KERNELS_JET_FORWARD,
+    SOAP_KERNELS_JET_BACKWARD; defaults in DEFAULT_KERNELS):
+    "fused": one kernel: the forward's GEMM with the activation jet in its epilogue; the backward's g_z in the
+        prologue of dL/dx = g_z W, each column block of programs recomputing g_z for its rows (the F_in /
+        BLOCK_K blocks each read g and z again);
+    "split": torch.mm (cuBLAS) for the GEMM and an elementwise kernel for the activation jet (forward: z then
+        h) or its adjoint (backward: g_z, then dL/dx).
+    Read at each call; under torch.compile when tracing, so a compiled graph keeps the choice it was traced with.
+    """
+    variable = f"SOAP_KERNELS_JET_{direction.upper()}"
+    default = DEFAULT_KERNELS[direction]
+    choice = os.environ.get(variable, default).strip().lower() or default
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"{variable}={choice!r}; expected one of {KERNEL_CHOICES}")
     return choice
 
 
@@ -261,6 +273,16 @@ def jet_dense_activation_triton(
     h = x.new_empty((num_slots, n, f_out))
     z = torch.empty_like(h)
     if h.numel() == 0:  # nothing to write (and no launch with an empty grid)
+        return h, z
+    if kernel_choice("forward") == "split":
+        torch.mm(x.view(num_slots * n, f_in), weight.t(), out=z.view(num_slots * n, f_out))
+        if bias is not None:
+            z[0].add_(bias)
+        slot = n * f_out
+        with on_device_of(x):
+            wrap_triton(_activation_kernel(layout, activation, dtype))[(cdiv(slot, _ACTIVATION_BLOCK),)](
+                z, h, slot, BLOCK=_ACTIVATION_BLOCK
+            )
         return h, z
     config = launch_config("forward", num_slots, x.device)
     grid = (cdiv(n, config.block_m), cdiv(f_out, config.block_n))
@@ -309,7 +331,7 @@ def jet_dense_activation_backward_triton(
     f_in = weight.shape[1]
     grad_z = torch.empty_like(z)
     grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
-    if z.numel() > 0 and backward_kernels() == "split":
+    if z.numel() > 0 and kernel_choice("backward") == "split":
         slot = n * f_out
         with on_device_of(z):
             wrap_triton(_adjoint_kernel(layout, activation, dtype))[(cdiv(slot, _ACTIVATION_BLOCK),)](
