@@ -176,7 +176,7 @@ def run(config: SuiteConfig) -> dict:
     rows = []
     for name, shapes in cases(config.sizes).items():
         values = int(sum(torch.Size(s).numel() for s in shapes))
-        blocks, timings = {}, {}
+        blocks, timings, launches = {}, {}, {}
         for provider in PROVIDERS:
             if not config.wants(provider):
                 continue
@@ -188,19 +188,21 @@ def run(config: SuiteConfig) -> dict:
             except ImportError as error:
                 rows.append(record(name, provider, None, error=f"not installed: {error}"))
                 continue
-            if on_gpu:  # timed at once, so a later provider that runs out of time loses no earlier timing
+            if on_gpu:  # timed and profiled at once: a later provider that runs out of time loses nothing earlier
                 timings[provider] = config.time(blocks[provider])
+                launches[provider] = launches_per_step(blocks[provider], config.device, frequency)
         if not on_gpu:  # interleaved rounds
             timings = config.time_many(blocks, repeats=10)
-        for provider, block in blocks.items():
+            launches = {p: launches_per_step(block, config.device, frequency) for p, block in blocks.items()}
+        for provider in blocks:
             per_step = {k: (v / frequency if k.endswith("_ms") else v) for k, v in timings[provider].items()}
-            launches, unit = launches_per_step(block, config.device, frequency)
+            count, unit = launches[provider]
             extra = {"compile_mode": HEAVYBALL_COMPILE_MODE} if provider == "heavyball_soap" else {}
             rows.append(record(
-                name, provider, per_step, tensors=len(shapes), values=values, launches_per_step=launches,
+                name, provider, per_step, tensors=len(shapes), values=values, launches_per_step=count,
                 launch_unit=unit, **extra,
             ))  # fmt: skip
-            print(f"{name:16s} {provider:30s} {per_step['median_ms']:9.2f} ms/step {launches:8.0f} {unit}", flush=True)
+            print(f"{name:16s} {provider:30s} {per_step['median_ms']:9.2f} ms/step {count:8.0f} {unit}", flush=True)
     return {
         "records": rows,
         "baseline_provider": BASELINE,
