@@ -482,9 +482,9 @@ def test_batched_qr_refresh_takes_the_op_only_for_enough_factors(batch, monkeypa
     from soap_kernels.optim import refresh
 
     generator = torch.Generator().manual_seed(batch)
-    grads = torch.randn(batch, 7, 5, generator=generator, dtype=torch.float64)
+    grads = torch.randn(batch, 7, 9, generator=generator, dtype=torch.float64)  # full rank: no ties in the order
     factor = grads @ grads.mT
-    basis = refresh.initial_basis(factor + 0.1 * torch.eye(7, dtype=torch.float64))
+    basis = refresh.initial_basis(factor + grads[..., :1] @ grads[..., :1].mT)  # the bases of an older factor
     calls = []
     op = refresh.refresh_eigenbasis
     monkeypatch.setattr(refresh, "refresh_eigenbasis", lambda *a, **k: calls.append(a[2]) or op(*a, **k))
