@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Callable
 
 import torch
@@ -79,21 +78,14 @@ def _running(way: str, settings: dict | None = None):
     None: today's); the environment and launch_config are restored after."""
     from soap_kernels.ops import jet_dense_triton
 
-    names = ("SOAP_KERNELS_JET_FORWARD", "SOAP_KERNELS_JET_BACKWARD")
-    previous = {name: os.environ.get(name) for name in names}
     default = jet_dense_triton.launch_config
-    os.environ.update(dict.fromkeys(names, way))
     if settings is not None:
         jet_dense_triton.launch_config = lambda kind, num_slots, device: settings[kind]
     try:
-        yield
+        with jet_dense_triton.using_kernels(way):
+            yield
     finally:
         jet_dense_triton.launch_config = default
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run(config: SuiteConfig) -> dict:

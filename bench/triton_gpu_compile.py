@@ -143,6 +143,7 @@ def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
         jet_activation_triton,
         jet_dense_activation_backward_triton,
         jet_dense_activation_triton,
+        using_kernels,
     )
     from soap_kernels.ops.jet_product import product_program, transposed_program
 
@@ -158,8 +159,11 @@ def jet_cases(dtype: torch.dtype, quick: bool) -> dict[str, Callable[[], None]]:
         for activation in activations:
 
             def forward_and_backward(plan=plan, x=x, weight=weight, bias=bias, activation=activation):
-                h, z = jet_dense_activation_triton(x, weight, bias, activation, plan.key)
-                jet_dense_activation_backward_triton(torch.ones_like(h), z, x, weight, activation, plan.key, True)
+                for way in ("fused", "split"):  # both ways of running a layer (jet_dense_triton.kernel_choice)
+                    with using_kernels(way):
+                        h, z = jet_dense_activation_triton(x, weight, bias, activation, plan.key)
+                        grad = torch.ones_like(h)
+                        jet_dense_activation_backward_triton(grad, z, x, weight, activation, plan.key, True)
                 jet_activation_triton(z, activation, plan.key)  # the remaking of h (jet(..., recompute=True))
 
             cases[f"jet_dense {name} {activation}"] = forward_and_backward

@@ -15,9 +15,11 @@ The slot count and the programs differ per layout, so the kernel source is gener
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -233,6 +235,25 @@ def kernel_choice(direction: str) -> str:
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"{variable}={choice!r}; expected one of {KERNEL_CHOICES}")
     return choice
+
+
+@contextlib.contextmanager
+def using_kernels(way: str) -> Iterator[None]:
+    """Inside: forward and backward run `way` ("fused" or "split"), as the two environment variables would say;
+    their previous values are restored after (benchmarks and the compile check compare the two ways)."""
+    if way not in KERNEL_CHOICES:
+        raise ValueError(f"way={way!r}; expected one of {KERNEL_CHOICES}")
+    names = ("SOAP_KERNELS_JET_FORWARD", "SOAP_KERNELS_JET_BACKWARD")
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, way))
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)
