@@ -8,15 +8,16 @@
 #   bash bench/gpu_check.sh --dry-run    # anywhere: checks the script starts and each step resolves (CI)
 #
 # Environment: OUT (results folder), PYTHON (default python3; .venv/bin/python in a dry run when present),
-# SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 540: the
-# whole check stays inside a device call's 600 s with timeout_s 590), SOAP_KERNELS_GPU_CHECK_SUITES (default "soap_step refresh residual
-# train_step"), SOAP_KERNELS_GPU_CHECK_STEPS (the steps in order, each NAME or NAME:LIMIT_S; default "build info
-# tests <suites, jet_kernels before train_step> triton refresh_profile trace"), SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k
-# expression, default "cuda": the cuda-marked tests and the device-parametrised ones on cuda; the tests of the
-# Triton kernels, which tests/conftest.py marks triton_kernel on a GPU, are the triton step),
-# SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (more pytest words), SOAP_KERNELS_CUDA_ARCHS (default: this GPU's, e.g. 90a
-# on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball,
-# which the GPU machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
+# SOAP_KERNELS_GPU_CHECK_DRY_RUN=1 (same as --dry-run), SOAP_KERNELS_GPU_CHECK_BUDGET_S (default 540: the whole
+# check stays inside a device call's 600 s with timeout_s 590), SOAP_KERNELS_GPU_CHECK_SUITES (default
+# "soap_step refresh residual train_step"), SOAP_KERNELS_GPU_CHECK_STEPS (the steps in order, each NAME or
+# NAME:LIMIT_S; default "build info tests <suites, jet_kernels before train_step> triton refresh_profile trace"),
+# SOAP_KERNELS_GPU_CHECK_PYTEST_K (the tests step's -k expression, default "cuda": the cuda-marked tests and the
+# device-parametrised ones on cuda; the tests of the Triton kernels, which tests/conftest.py marks triton_kernel
+# on a GPU, are the triton step), SOAP_KERNELS_GPU_CHECK_PYTEST_ARGS (more pytest words),
+# SOAP_KERNELS_GPU_CHECK_WORKERS (pytest-xdist workers, default 6), SOAP_KERNELS_CUDA_ARCHS (default: this GPU's,
+# e.g. 90a on Hopper). Wheels under .whl/ (baselines such as pytorch_optimizer and heavyball, which the GPU
+# machine lacks) are installed to a private folder first. Exit status: 0 only if no step failed.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
