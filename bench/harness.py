@@ -223,6 +223,22 @@ def record(
     return row
 
 
+def captured(fn: Callable[[], object], warmup: int = 1) -> Callable[[], None]:
+    """fn captured in a CUDA graph; returns the graph's replay. As torch.cuda.graphs' examples: `warmup` eager
+    calls on a side stream first (libraries, Triton compilation and anything a capture cannot hold, such as
+    SOAP's initialising eigh step), then the capture on the current device."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 SIZES = ("paper", "small", "smoke")
 OUT_OF_TIME = "not run: the suite's time budget (--time-budget-s) was spent"
 

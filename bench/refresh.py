@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import OUT_OF_TIME, SuiteConfig, record, save_results  # noqa: E402
+from bench.harness import OUT_OF_TIME, SuiteConfig, captured, record, save_results  # noqa: E402
 
 PROVIDERS = (
     "torch_qr_path",
@@ -85,19 +85,6 @@ def torch_qr_path(factor: torch.Tensor, basis: torch.Tensor):
     n = factor.shape[-1]
     sorted_basis = torch.gather(basis, 2, order.unsqueeze(1).expand(-1, n, n))
     return torch.linalg.qr(factor @ sorted_basis)[0], order
-
-
-def captured(fn):
-    """fn captured in a CUDA graph (after a warm-up on a side stream, as capture requires): returns its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def make(provider: str, factor: torch.Tensor, basis: torch.Tensor):

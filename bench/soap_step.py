@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import OUT_OF_TIME, SuiteConfig, record, save_results  # noqa: E402
+from bench.harness import OUT_OF_TIME, SuiteConfig, captured, record, save_results  # noqa: E402
 
 PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
 PROVIDERS = (
@@ -137,19 +137,12 @@ def _graph_block(params: list[torch.nn.Parameter], pool: list[list[torch.Tensor]
     pool entry into the static .grad buffers and replays it."""
     for p, g in zip(params, pool[0]):
         p.grad = g.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        optimizer.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        optimizer.step()
+    replay = captured(optimizer.step)
 
     def block() -> None:
         for grads in pool:
             torch._foreach_copy_([p.grad for p in params], grads)
-            graph.replay()
+            replay()
 
     block()
     return block

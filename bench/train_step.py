@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from bench.harness import OUT_OF_TIME, SuiteConfig, record
+from bench.harness import OUT_OF_TIME, SuiteConfig, captured, record
 
 PROVIDERS = (
     "autograd+pytorch_optimizer_soap", "autograd+soap_kernels", "jets+soap_kernels", "jets+adam",
@@ -107,31 +107,16 @@ def make_block(provider: str, model: torch.nn.Module, points: torch.Tensor) -> C
         residual(model, points).square().mean().backward()
         optimizer.step()
 
-    step = captured(train_step) if graph else train_step
+    # warm-up steps eager (SOAP's first initialises its bases with eigh, which a graph cannot hold); the captured
+    # step's zero_grad(set_to_none=True) runs first, so its backward allocates the gradients in the graph's pool;
+    # every replay reuses the same points (a trainer would copy each step's points into them first)
+    step = captured(train_step, warmup=3) if graph else train_step
 
     def block() -> None:
         step()
         step()
 
     return block
-
-
-def captured(train_step: Callable[[], None], warmup: int = 3) -> Callable[[], None]:
-    """One training step captured in a CUDA graph; returns its replay. As torch.cuda.graphs' whole-network
-    example: eager warm-up steps on a side stream (SOAP's first step initialises its bases with eigh, which a
-    graph cannot hold), then the capture of loss, backward and optimizer step, with the gradients set to None
-    first so that the captured backward allocates them from the graph's pool. Every replay reuses the same
-    points (a trainer would copy each step's points into them first)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            train_step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        train_step()  # its zero_grad(set_to_none=True) runs first: no kernel, and backward allocates in the pool
-    return graph.replay
 
 
 def run(config: SuiteConfig) -> dict:
