@@ -65,15 +65,17 @@ def logistic_polynomials(kind: str, order: int) -> tuple[tuple[float, ...], ...]
 def _horner(coefficients: tuple[float, ...], t: torch.Tensor) -> torch.Tensor:
     """sum_i c_i t^i by Horner's rule, one fused pass (addcmul) per degree."""
     result = torch.full_like(t, coefficients[-1]) if len(coefficients) == 1 else None
-    # addcmul takes a 0-d CPU tensor as `self` only on a CPU (add takes one anywhere); elsewhere the constant is
-    # filled on the device, which needs no copy from the host
-    on_cpu = t.device.type == "cpu"
     for c in reversed(coefficients[:-1]):
-        constant = torch.tensor(c, dtype=t.dtype)
+        # addcmul takes a 0-d CPU tensor as `self` only on a CPU; elsewhere the constant is filled on the device,
+        # which needs no copy from the host
+        if t.device.type == "cpu":
+            constant = torch.tensor(c, dtype=t.dtype)
+        else:
+            constant = torch.full((), c, dtype=t.dtype, device=t.device)
         if result is None:
             result = torch.add(constant, t, alpha=coefficients[-1])
         else:
-            result = torch.addcmul(constant if on_cpu else torch.full((), c, dtype=t.dtype, device=t.device), result, t)
+            result = torch.addcmul(constant, result, t)
     return result
 
 

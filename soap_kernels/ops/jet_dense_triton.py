@@ -107,6 +107,20 @@ def _jet_dense_activation_kernel(
     return load_generated(_HEADER + body, "jet-forward")["_jet_dense_activation_kernel"]
 
 
+def _slotwise_source(name: str, pointers: str, doc: str, lines: list[str]) -> str:
+    """A generated elementwise kernel `name(pointers, SLOT, BLOCK)`: `lines` run on BLOCK elements of every slot
+    per program (offs, slot and mask are defined for them)."""
+    return f'''
+@triton.jit
+def {name}({pointers}, SLOT, BLOCK: tl.constexpr):
+    """{doc}, BLOCK elements of every slot per program."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    slot = tl.cast(SLOT, tl.int64)
+    mask = offs < slot
+{_indent(lines, 1)}
+'''
+
+
 @functools.cache
 def _activation_kernel(layout: str, activation: str, dtype: str):
     """The generated `_jet_activation_kernel`: the forward kernel's epilogue alone, h = activation jet of a
@@ -114,18 +128,12 @@ def _activation_kernel(layout: str, activation: str, dtype: str):
     backward can remake a layer's h from its z (jets/recompute.py) instead of keeping it."""
     plan = JetPlan.from_key(layout)
     slots = range(plan.num_slots)
-    body = f'''
-@triton.jit
-def _jet_activation_kernel(z_ptr, h_ptr, SLOT, BLOCK: tl.constexpr):
-    """h = activation jet of z (layout {layout}, {activation}), BLOCK elements of every slot per program."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    slot = tl.cast(SLOT, tl.int64)
-    mask = offs < slot
-{_indent([f"acc{k} = tl.load(z_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots], 1)}
-{_indent(tower_lines(activation, "acc0", plan.max_activation_order, dtype), 1)}
-{_indent(forward_program_lines(plan, "acc", "h"), 1)}
-{_indent([f"tl.store(h_ptr + {k} * slot + offs, h{k}, mask=mask)" for k in slots], 1)}
-'''
+    lines = [f"acc{k} = tl.load(z_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots]
+    lines += tower_lines(activation, "acc0", plan.max_activation_order, dtype)
+    lines += forward_program_lines(plan, "acc", "h")
+    lines += [f"tl.store(h_ptr + {k} * slot + offs, h{k}, mask=mask)" for k in slots]
+    doc = f"h = activation jet of z (layout {layout}, {activation})"
+    body = _slotwise_source("_jet_activation_kernel", "z_ptr, h_ptr", doc, lines)
     return load_generated(_HEADER + body, "jet-activation")["_jet_activation_kernel"]
 
 
@@ -180,19 +188,13 @@ def _adjoint_kernel(layout: str, activation: str, dtype: str):
     once (the split backward: this, then dL/dx = g_z W as one GEMM)."""
     plan = JetPlan.from_key(layout)
     slots = range(plan.num_slots)
-    body = f'''
-@triton.jit
-def _jet_activation_adjoint_kernel(g_ptr, z_ptr, gz_ptr, SLOT, BLOCK: tl.constexpr):
-    """g_z = (dh/dz)^T g (layout {layout}, {activation}), BLOCK elements of every slot per program."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    slot = tl.cast(SLOT, tl.int64)
-    mask = offs < slot
-{_indent([f"z{k} = tl.load(z_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots], 1)}
-{_indent([f"g{k} = tl.load(g_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots], 1)}
-{_indent(tower_lines(activation, "z0", plan.max_activation_order + 1, dtype), 1)}
-{_indent(adjoint_program_lines(plan, "z", "g", "gz"), 1)}
-{_indent([f"tl.store(gz_ptr + {k} * slot + offs, gz{k}, mask=mask)" for k in slots], 1)}
-'''
+    lines = [f"z{k} = tl.load(z_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots]
+    lines += [f"g{k} = tl.load(g_ptr + {k} * slot + offs, mask=mask, other=0.0)" for k in slots]
+    lines += tower_lines(activation, "z0", plan.max_activation_order + 1, dtype)
+    lines += adjoint_program_lines(plan, "z", "g", "gz")
+    lines += [f"tl.store(gz_ptr + {k} * slot + offs, gz{k}, mask=mask)" for k in slots]
+    doc = f"g_z = (dh/dz)^T g (layout {layout}, {activation})"
+    body = _slotwise_source("_jet_activation_adjoint_kernel", "g_ptr, z_ptr, gz_ptr", doc, lines)
     return load_generated(_HEADER + body, "jet-adjoint")["_jet_activation_adjoint_kernel"]
 
 
@@ -299,11 +301,7 @@ def jet_dense_activation_triton(
         torch.mm(x.view(num_slots * n, f_in), weight.t(), out=z.view(num_slots * n, f_out))
         if bias is not None:
             z[0].add_(bias)
-        slot = n * f_out
-        with on_device_of(x):
-            wrap_triton(_activation_kernel(layout, activation, dtype))[(cdiv(slot, _ACTIVATION_BLOCK),)](
-                z, h, slot, BLOCK=_ACTIVATION_BLOCK
-            )
+        _launch_slotwise(_activation_kernel(layout, activation, dtype), n * f_out, z, h)
         return h, z
     config = launch_config("forward", num_slots, x.device)
     grid = (cdiv(n, config.block_m), cdiv(f_out, config.block_n))
@@ -317,21 +315,25 @@ def jet_dense_activation_triton(
     return h, z
 
 
-_ACTIVATION_BLOCK = 1024  # elements of every slot per program of _jet_activation_kernel
+_ACTIVATION_BLOCK = 1024  # elements of every slot per program of the elementwise (slotwise) kernels
+
+
+def _launch_slotwise(kernel, slot: int, *tensors: torch.Tensor) -> None:
+    """Launch a _slotwise_source kernel on stacks whose slots hold `slot` elements, on the first tensor's device."""
+    with on_device_of(tensors[0]):
+        wrap_triton(kernel)[(cdiv(slot, _ACTIVATION_BLOCK),)](*tensors, slot, BLOCK=_ACTIVATION_BLOCK)
 
 
 def jet_activation_triton(z: torch.Tensor, activation: str, layout: str) -> torch.Tensor:
     """h = activation jet of a stack z [K, N, F] (float32 or float64): what jet_dense_activation_triton
-    returns as h for that z. A plain launch, not an op: the backward's recomputation calls it (eager only)."""
+    returns as h for that z. Not an op: the backward's recomputation calls it (eager only)."""
     z = z.contiguous()
     dtype = _dtype_name(z)
     h = torch.empty_like(z)
     slot = z.shape[1] * z.shape[2]
     if slot == 0:
         return h
-    kernel = _activation_kernel(layout, activation, dtype)
-    with on_device_of(z):
-        kernel[(cdiv(slot, _ACTIVATION_BLOCK),)](z, h, slot, BLOCK=_ACTIVATION_BLOCK)
+    _launch_slotwise(_activation_kernel(layout, activation, dtype), slot, z, h)
     return h
 
 
@@ -353,11 +355,7 @@ def jet_dense_activation_backward_triton(
     grad_z = torch.empty_like(z)
     grad_x = torch.empty_like(x) if compute_grad_x else x.new_empty(0)
     if z.numel() > 0 and kernel_choice("backward") == "split":
-        slot = n * f_out
-        with on_device_of(z):
-            wrap_triton(_adjoint_kernel(layout, activation, dtype))[(cdiv(slot, _ACTIVATION_BLOCK),)](
-                grad_h, z, grad_z, slot, BLOCK=_ACTIVATION_BLOCK
-            )
+        _launch_slotwise(_adjoint_kernel(layout, activation, dtype), n * f_out, grad_h, z, grad_z)
         if compute_grad_x:  # one GEMM over every slot's rows: [K N, F_out] x [F_out, F_in]
             torch.mm(grad_z.view(num_slots * n, f_out), weight_in_z_dtype, out=grad_x.view(num_slots * n, f_in))
     elif z.numel() > 0:
