@@ -23,7 +23,7 @@ from soap_kernels._backend import native_kernels_for, requested_backend, resolve
 from soap_kernels.optim.layout import precondition_plan
 from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, step_method
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
-from soap_kernels.optim.stack import ParamStack
+from soap_kernels.optim.stack import ParamStack, step_sizes
 
 _BACKENDS = ("auto", "torch", "cuda", "triton")
 
@@ -207,16 +207,17 @@ class SOAP(torch.optim.Optimizer):
         work = []
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
-            for stack in self._stacks_for(index, group, params):
-                work.append((group, stack, stack.stacked_grads()))
+            stacks = self._stacks_for(index, group, params)
+            for stack, step_size in zip(stacks, step_sizes(stacks, group)):
+                work.append((group, stack, stack.stacked_grads(), step_size))
         if not work:
             return loss
-        ok = self._all_finite([grads for _, _, grads in work])
+        ok = self._all_finite([grads for _, _, grads, _ in work])
         due = []
-        for group, stack, grads in work:
+        for group, stack, grads, step_size in work:
             stack_ok = _moved(ok, stack.device)
             impl = self._implementation(stack.device)
-            if stack.step_(grads, stack_ok, group, impl):
+            if stack.step_(grads, stack_ok, step_size, group, impl):
                 method = step_method(group["refresh"], group["capturable"], impl, stack.device)
                 due.append((stack, stack.refresh_mask(stack_ok, group), method, impl))
         with profile.range("soap/refresh"):
@@ -258,11 +259,20 @@ class SOAP(torch.optim.Optimizer):
     def _all_finite(stacked_grads: list[torch.Tensor]) -> torch.Tensor:
         """One 0-d bool on the first gradient's device: every gradient entry is finite (no host sync).
 
-        sum(0 * g) is exactly 0 when every entry is finite and NaN otherwise: one pass instead of isfinite's four.
+        One multi-tensor pass per device and dtype: torch's AMP check (found_inf <- 1 where an entry is not
+        finite) with an unscale factor of 1, which writes every value back unchanged into our stacked copies.
         """
         device = stacked_grads[0].device
-        zero_sums = [_moved((g * 0).sum(), device) for g in stacked_grads]
-        return torch.stack(zero_sums).sum() == 0
+        sharing: dict[tuple, list[torch.Tensor]] = {}
+        for grads in stacked_grads:
+            sharing.setdefault((grads.device, grads.dtype), []).append(grads)
+        found = []
+        for (grads_device, _), grads in sharing.items():
+            found_inf = torch.zeros((), dtype=torch.float32, device=grads_device)
+            unit = torch.ones((), dtype=torch.float32, device=grads_device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, unit)
+            found.append(_moved(found_inf, device))
+        return (found[0] if len(found) == 1 else torch.stack(found).sum()) == 0
 
     def _stacks_for(self, group_index: int, group: dict, params: list[torch.Tensor]) -> list[ParamStack]:
         """Stacks of the parameters with gradients: same shape, dtype, device and step count share one."""

@@ -113,8 +113,9 @@ class ParamStack:
         grads = torch.stack([p.grad for p in self.params]).to(self.dtype)
         return self._view(grads)
 
-    def step_(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> bool:
-        """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite).
+    def step_(self, grads: torch.Tensor, ok: torch.Tensor, step_size: torch.Tensor, group: dict, impl: str) -> bool:
+        """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite; step_size:
+        this stack's entry of step_sizes).
 
         Returns True when this step computes a refresh (a refresh step; in a capturable stack also every step
         captured in or run after a CUDA graph, see refresh_mask): the caller then computes new bases for
@@ -132,7 +133,7 @@ class ParamStack:
             return False
         self.step += 1  # host count: which stacks share a step count (on replays of a captured graph it stays)
         with profile.range("soap/update_params"):
-            self._update_params(grads, ok, group, impl)
+            self._update_params(grads, ok, step_size, group, impl)
         with profile.range("soap/update_factors"):
             self._update_factors(grads, ok, group, impl)
         due_on_host = self.step % group["precondition_frequency"] == 0 and any(self.plan.factored)
@@ -156,27 +157,13 @@ class ParamStack:
         """Whether the Triton ops handle this stack (they take 1-D and 2-D views)."""
         return impl == "triton" and 1 <= len(self.plan.view_shape) <= 2
 
-    def _lr(self, group: dict) -> float | torch.Tensor:
-        """The group's lr: a float, or a tensor lr on this stack's device (read there, never on the host)."""
-        lr = group["lr"]
-        return lr.to(self.device) if isinstance(lr, torch.Tensor) else float(lr)
-
-    def _step_size(self, group: dict, lr: float | torch.Tensor) -> torch.Tensor:
-        """[B] step sizes on the device: lr sqrt(1 - b2^t) / (1 - b1^t) at the next t (or lr), state dtype."""
-        beta1, beta2 = group["betas"]
-        if not group["correct_bias"]:
-            if isinstance(lr, torch.Tensor):
-                return lr.to(self.dtype).reshape(1).expand(self.batch).contiguous()
-            return torch.full((self.batch,), lr, dtype=self.dtype, device=self.device)
-        t = (self.t + 1).to(torch.float64)
-        return (lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)).to(self.dtype)
-
-    def _update_params(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> None:
+    def _update_params(
+        self, grads: torch.Tensor, ok: torch.Tensor, step_size: torch.Tensor, group: dict, impl: str
+    ) -> None:
         """Rotated Adam: m~, v from g~ = project(g); p <- p - step_size project_back(m~/(sqrt(v)+eps)); decay."""
         beta1, beta2 = (float(b) for b in group["betas"])
         weight_decay, eps = float(group["weight_decay"]), float(group["eps"])
-        lr = self._lr(group)
-        step_size = self._step_size(group, lr)
+        lr = _lr_on(group, self.device)
         params = torch.stack(self.params).to(self.dtype)
         if self._fused(impl):
             fused_decay = 0.0 if isinstance(lr, torch.Tensor) else lr * weight_decay  # the kernel takes a number
@@ -185,7 +172,7 @@ class ParamStack:
                 step_size, beta1=beta1, beta2=beta2, eps=eps, decay=fused_decay, normalize=group["normalize_grads"],
             )  # fmt: skip
             if isinstance(lr, torch.Tensor) and weight_decay > 0.0:
-                params.copy_(torch.where(ok, params - (lr * weight_decay).to(self.dtype) * params, params))
+                assign_where_(params, ok, params - (lr * weight_decay).to(self.dtype) * params)
             new = params
         else:
             use_native = impl != "torch" and native_kernels_for(self.device)
@@ -204,7 +191,7 @@ class ParamStack:
                 new = new - (lr * weight_decay) * new  # decoupled decay of the updated parameter, as the reference
             new = torch.where(ok, new, params)
         torch._foreach_copy_(self.params, list(new.unbind(0)))
-        self.t.copy_(torch.where(ok, self.t + 1, self.t))
+        self.t.add_(ok)  # t + 1 where ok: one launch
 
     def _update_factors(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> None:
         """L_d <- lerp(L_d, G_(d) G_(d)^T, 1 - beta_s) for every factored dim."""
@@ -216,7 +203,7 @@ class ParamStack:
                 factor_update_(factor, grads, ok, shampoo_beta, d)
             else:
                 moved = torch.lerp(factor, gram(grads, d + 1), 1.0 - shampoo_beta)
-                factor.copy_(torch.where(ok, moved, factor))
+                assign_where_(factor, ok, moved)
 
     def refresh_requests(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """(dim, factor stack, basis stack) for every factored dim: the inputs of refresh_basis."""
@@ -248,8 +235,47 @@ class ParamStack:
         if self._fused(impl):
             rotate_momentum_(exp_avg, self.bases, new_bases, ok)
         else:
-            exp_avg.copy_(torch.where(ok, project(project_back(exp_avg, self.bases), new_bases), exp_avg))
-        exp_avg_sq.copy_(torch.where(ok, permuted_sq, exp_avg_sq))
+            assign_where_(exp_avg, ok, project(project_back(exp_avg, self.bases), new_bases))
+        assign_where_(exp_avg_sq, ok, permuted_sq)
         for basis, new_basis in zip(self.bases, new_bases):
             if basis is not None:
-                basis.copy_(torch.where(ok, new_basis, basis))
+                assign_where_(basis, ok, new_basis)
+
+
+def assign_where_(target: torch.Tensor, ok: torch.Tensor, new: torch.Tensor) -> None:
+    """target <- ok ? new : target, in place, as one kernel (torch.where writing into target, which it may alias
+    element for element) rather than a where and a copy."""
+    torch.where(ok, new, target, out=target)
+
+
+def _lr_on(group: dict, device: torch.device) -> float | torch.Tensor:
+    """The group's lr: a float, or a tensor lr on `device` (read there, never on the host)."""
+    lr = group["lr"]
+    return lr.to(device) if isinstance(lr, torch.Tensor) else float(lr)
+
+
+def step_sizes(stacks: list[ParamStack], group: dict) -> list[torch.Tensor]:
+    """Per stack, [B] step sizes at its next t in its state dtype: lr sqrt(1 - b2^t) / (1 - b1^t) formed in float64
+    (or lr without bias correction).
+
+    One pass over the concatenated step counts of all stacks that share a device and dtype: about ten launches
+    per step for a param group instead of about ten per stack (the step of a small network is launch-bound).
+    """
+    beta1, beta2 = group["betas"]
+    sizes: list[torch.Tensor | None] = [None] * len(stacks)
+    sharing: dict[tuple, list[int]] = {}
+    for i, stack in enumerate(stacks):
+        sharing.setdefault((stack.device, stack.dtype), []).append(i)
+    for (device, dtype), members in sharing.items():
+        lr = _lr_on(group, device)
+        count = sum(stacks[i].batch for i in members)
+        if group["correct_bias"]:
+            t = (torch.cat([stacks[i].t for i in members]) + 1).to(torch.float64)
+            shared = (lr * torch.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)).to(dtype)
+        elif isinstance(lr, torch.Tensor):
+            shared = lr.to(dtype).reshape(1).expand(count).contiguous()
+        else:
+            shared = torch.full((count,), lr, dtype=dtype, device=device)
+        for i, size in zip(members, shared.split([stacks[i].batch for i in members])):
+            sizes[i] = size
+    return sizes
