@@ -496,6 +496,27 @@ def test_batched_qr_refresh_takes_the_op_only_for_enough_factors(batch, monkeypa
     torch.testing.assert_close(new_basis.mT @ new_basis, eye, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["qr", "qr_kernel", "exact", "eigh"])
+def test_refreshes_batched_across_stacks_equal_refreshes_one_by_one(method):
+    """batched_refresh concatenates factors of one size (and method) from several requests into one call: every
+    request gets what refresh_basis gives it alone (float64; stacks of 1, 2 and 3 factors, sizes 5 and 7)."""
+    from soap_kernels.optim import refresh
+
+    generator = torch.Generator().manual_seed(3)
+    requests = []
+    for key, (batch, n) in enumerate([(2, 5), (1, 7), (3, 5), (1, 5)]):
+        grads = torch.randn(batch, n, n + 2, generator=generator, dtype=torch.float64)
+        factor = grads @ grads.mT
+        basis = refresh.initial_basis(factor + grads[..., :1] @ grads[..., :1].mT)
+        requests.append(((key, 0), factor, basis, method))
+    results = refresh.batched_refresh(requests)
+    assert sorted(results) == [(key, 0) for key in range(4)]
+    for key, factor, basis, _ in requests:
+        alone_basis, alone_order = refresh.refresh_basis(factor, basis, method)
+        torch.testing.assert_close(results[key][0], alone_basis, atol=1e-12, rtol=0)
+        assert torch.equal(results[key][1], alone_order)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_parameters_split_between_gpu_and_cpu_skip_a_non_finite_step_together():

@@ -28,11 +28,12 @@ NO_LAUNCH = frozenset({
 SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=10**6, precondition_1d=True)
 BACKENDS = ["auto"] + (["triton"] if triton_available() else [])
 # Dispatches per matrix stack in a step without refresh (measured when this test was written; a rise is the
-# regression this test exists for, a fall should lower it):
-# triton: stack grads, stack params, rotated_adam_, factor_update_ x 2, copy back, t += ok;
-# native: those stacks and copy back, 2 bmm in, adam_moments_, 2 bmm out, step and mask (mul, sub, where),
-#         Gram bmm, lerp and masked assign per factor, t += ok.
-PER_MATRIX_STACK = {"triton": 7, "auto": 18}
+# regression this test exists for, a fall should lower it). Gradients in and values out are one multi-tensor
+# copy each for all stacks.
+# triton: rotated_adam_, factor_update_ per factor, t += ok;
+# native: 2 bmm in, adam_moments_, 2 bmm out, step and mask (mul, sub, where), per factor a Gram bmm, lerp and
+#         masked assign, t += ok.
+PER_MATRIX_STACK = {"triton": 4, "auto": 15}
 
 
 class DispatchCount(TorchDispatchMode):
@@ -49,19 +50,25 @@ class DispatchCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _dispatches_per_step(backend: str, stacks: int) -> collections.Counter[str]:
-    """Dispatches of one step without refresh of `stacks` matrix stacks (3 x 4, 3 x 5, ...; two of each shape)."""
+def _dispatches_of_fourth_step(backend: str, shapes: list[tuple], frequency: int = 10**6) -> collections.Counter[str]:
+    """Dispatches of the fourth step (after the initialising step and two ordinary ones) on random gradients."""
     generator = torch.Generator().manual_seed(0)
-    shapes = [(3, 4 + k) for k in range(stacks) for _ in range(2)]
     params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
-    optimizer = SOAP(params, backend=backend, **SETTINGS)
-    for _ in range(3):  # the initialising step and two ordinary ones
+    optimizer = SOAP(params, backend=backend, **{**SETTINGS, "precondition_frequency": frequency})
+    for _ in range(3):
         for p in params:
             p.grad = torch.randn(p.shape, generator=generator)
         optimizer.step()
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
     with DispatchCount() as mode:
         optimizer.step()
     return mode.counts
+
+
+def _dispatches_per_step(backend: str, stacks: int) -> collections.Counter[str]:
+    """Dispatches of one step without refresh of `stacks` matrix stacks (3 x 4, 3 x 5, ...; two of each shape)."""
+    return _dispatches_of_fourth_step(backend, [(3, 4 + k) for k in range(stacks) for _ in range(2)])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -72,9 +79,20 @@ def test_each_stack_costs_a_fixed_handful_of_dispatches(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_step_sizes_and_the_finite_check_run_once_per_step(backend):
+def test_shared_work_runs_once_per_step(backend):
     counts = _dispatches_per_step(backend, 6)
     assert counts["aten.pow"] == 2, counts  # beta1^t and beta2^t over all stacks' step counts at once
     assert counts["aten.sqrt"] == 1, counts
     assert counts["aten._amp_foreach_non_finite_check_and_unscale_"] == 1, counts
     assert counts["aten.sum"] == 0, counts  # no per-stack reduction for the finite check
+    assert counts["aten._foreach_copy_"] == 2, counts  # gradients and values into the stacks, new values out
+    assert counts["aten.stack"] == 0, counts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refresh_step_refreshes_each_factor_size_once(backend):
+    """Factors of one size from all stacks go through the refresh op together (step 3 of frequency 3 refreshes):
+    sizes 3, 4 and 5 from five stacks of three shapes' factors."""
+    shapes = [(3, 4), (3, 4), (4, 5), (3,), (5,), (4,)]
+    counts = _dispatches_of_fourth_step(backend, shapes, frequency=3)
+    assert counts["soap_kernels.refresh_eigenbasis"] == 3, counts

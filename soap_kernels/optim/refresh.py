@@ -20,6 +20,8 @@ The first basis comes from initial_basis: eigenvectors of (L + 1e-30 I), descend
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from soap_kernels._backend import native_kernels_for
@@ -83,3 +85,33 @@ def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tup
     if method == "eigh":
         return initial_basis(factor), order
     raise ValueError(f"unknown refresh method {method!r}; expected one of {REFRESH_METHODS}")
+
+
+# (request key, factor stack [B, n, n], basis stack [B, n, n], method)
+RefreshRequest = tuple[tuple, torch.Tensor, torch.Tensor, str]
+
+
+def batched_refresh(requests: Sequence[RefreshRequest]) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
+    """{key: (new_basis [B, n, n], order [B, n])} for every request, with one refresh_basis call per factor size,
+    dtype, device and method: the factors (and bases) of all stacks of one size are concatenated first.
+
+    Each matrix is refreshed on its own, so this changes no result (beyond qr_kernel_batched choosing by the
+    joint batch); it changes how often the refresh launches its kernels: the CholeskyQR op issues about 70 per
+    call on CUDA whatever the batch, and a PirateNet has factors of one size in four stacks.
+    """
+    sharing: dict[tuple, list[int]] = {}
+    for i, (_, factor, _, method) in enumerate(requests):
+        sharing.setdefault((factor.shape[-1], factor.dtype, factor.device, method), []).append(i)
+    results: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    for (_, _, _, method), members in sharing.items():
+        if len(members) == 1:
+            key, factor, basis, _ = requests[members[0]]
+            results[key] = refresh_basis(factor, basis, method)
+            continue
+        factors = torch.cat([requests[i][1] for i in members])
+        bases = torch.cat([requests[i][2] for i in members])
+        new_bases, orders = refresh_basis(factors, bases, method)
+        counts = [requests[i][1].shape[0] for i in members]
+        for i, new_basis, order in zip(members, new_bases.split(counts), orders.split(counts)):
+            results[requests[i][0]] = (new_basis, order)
+    return results

@@ -15,10 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from soap_kernels.optim.refresh import refresh_basis
-
-# (request key, factor [B, n, n], basis [B, n, n], method)
-RefreshRequest = tuple[tuple, torch.Tensor, torch.Tensor, str]
+from soap_kernels.optim.refresh import RefreshRequest, refresh_basis
 
 
 def plan_rows(requests: Sequence[RefreshRequest], world_size: int) -> list[list[list[int]]]:

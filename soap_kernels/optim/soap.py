@@ -21,9 +21,9 @@ import torch
 from soap_kernels import profile
 from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
 from soap_kernels.optim.layout import precondition_plan
-from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, step_method
+from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, batched_refresh, step_method
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
-from soap_kernels.optim.stack import ParamStack, step_sizes
+from soap_kernels.optim.stack import ParamStack, begin_step_, finish_step_, step_sizes
 
 _BACKENDS = ("auto", "torch", "cuda", "triton")
 
@@ -208,40 +208,44 @@ class SOAP(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             stacks = self._stacks_for(index, group, params)
-            for stack, step_size in zip(stacks, step_sizes(stacks, group)):
-                work.append((group, stack, stack.stacked_grads(), step_size))
+            work += [(group, stack, step_size) for stack, step_size in zip(stacks, step_sizes(stacks, group))]
         if not work:
             return loss
-        ok = self._all_finite([grads for _, _, grads, _ in work])
-        due = []
-        for group, stack, grads, step_size in work:
-            stack_ok = _moved(ok, stack.device)
+        stacks = [stack for _, stack, _ in work]
+        begin_step_(stacks)
+        ok = self._all_finite([stack.stacked_grads() for stack in stacks])
+        ok_on = {device: _moved(ok, device) for device in {stack.device for stack in stacks}}
+        refreshing = []
+        for group, stack, step_size in work:
             impl = self._implementation(stack.device)
-            if stack.step_(grads, stack_ok, step_size, group, impl):
-                method = step_method(group["refresh"], group["capturable"], impl, stack.device)
-                due.append((stack, stack.refresh_mask(stack_ok, group), method, impl))
+            if stack.step_(ok_on[stack.device], step_size, group, impl):
+                refreshing.append((group, stack, impl))
+        finish_step_(stacks, ok_on)
+        due = [
+            (stack, stack.refresh_mask(ok_on[stack.device], group),
+             step_method(group["refresh"], group["capturable"], impl, stack.device), impl)
+            for group, stack, impl in refreshing
+        ]  # fmt: skip
         with profile.range("soap/refresh"):
             self._refresh(due)
         if self._skipped is None or self._skipped.device != ok.device:  # a loaded counter may be on the CPU
             previous = 0 if self._skipped is None else self._skipped
             self._skipped = torch.zeros((), dtype=torch.int64, device=ok.device) + previous
-        self._skipped.add_((~ok).to(torch.int64))  # in place: a captured graph replays it
+        self._skipped.add_(~ok)  # in place (a captured graph replays it); a bool adds as 0 or 1
         return loss
 
     def _refresh(self, due: list[tuple[ParamStack, torch.Tensor, str, str]]) -> None:
-        """Refresh the bases of the stacks whose step is a refresh step (divided among ranks if asked)."""
+        """Refresh the bases of the stacks whose step is a refresh step: factors of one size from all stacks in
+        one batched call (batched_refresh), or divided among ranks if asked (sharded_refresh)."""
         if not due:
-            return
-        if not (self._shard_refresh and sharding_active()):
-            for stack, stack_ok, method, impl in due:
-                stack.refresh_(stack_ok, method, impl)
             return
         requests = [
             ((k, d), factor, basis, method)
             for k, (stack, _, method, _) in enumerate(due)
             for d, factor, basis in stack.refresh_requests()
         ]
-        results = sharded_refresh(requests)
+        sharded = self._shard_refresh and sharding_active()
+        results = sharded_refresh(requests) if sharded else batched_refresh(requests)
         for k, (stack, stack_ok, _, impl) in enumerate(due):
             stack.apply_refresh({d: results[(k, d)] for d, _, _ in stack.refresh_requests()}, stack_ok, impl)
 

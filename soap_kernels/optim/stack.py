@@ -7,6 +7,11 @@ into these buffers, so state_dict stays per parameter while every phase is one b
 All buffers are updated in place (the views stay valid), and every update is masked by the device flag
 `ok` (all gradients finite), so a skipped step changes nothing and needs no host synchronisation.
 
+A step of all stacks is begin_step_ (one multi-tensor copy of every gradient and parameter into the stacks'
+working buffers), ParamStack.step_ per stack (batched ops on those buffers), finish_step_ (one multi-tensor
+copy of the new values into the parameters, one add to the step counters): a small network's step is
+launch-bound on a GPU, so what can be done for all stacks at once is.
+
 `impl` picks the kernels: "torch" (torch ops only), "native" (torch matmuls + the C++/CUDA moment kernel),
 "triton" (the fused Triton ops for 1-D and 2-D views: factor update, rotated Adam, momentum carry; other
 ranks use the native path).
@@ -23,7 +28,7 @@ from soap_kernels.ops.factor_update import factor_update_
 from soap_kernels.ops.rotated_adam import rotate_momentum_, rotated_adam_
 from soap_kernels.optim.layout import PreconditionPlan
 from soap_kernels.optim.projection import gram, project, project_back
-from soap_kernels.optim.refresh import initial_basis, refresh_basis
+from soap_kernels.optim.refresh import initial_basis
 
 
 def state_dtype(param_dtype: torch.dtype) -> torch.dtype:
@@ -49,6 +54,9 @@ class ParamStack:
         self.batch = len(params)
         self.shape = tuple(first.shape)
         self.states = states  # the per-parameter state dicts, kept pointing into the stacked buffers
+        # Working buffers (not state): the gradients and the parameters' values, stacked, filled by begin_step_.
+        self.grads = torch.empty((self.batch, *self.shape), dtype=self.dtype, device=self.device)
+        self.values = torch.empty_like(self.grads)
         if states[0]:
             self._gather(states)
         else:
@@ -109,20 +117,25 @@ class ParamStack:
 
     # ---- the step -------------------------------------------------------------------------------------
     def stacked_grads(self) -> torch.Tensor:
-        """The gradients as one [B, *view_shape] tensor in the state dtype."""
-        grads = torch.stack([p.grad for p in self.params]).to(self.dtype)
-        return self._view(grads)
+        """The gradients as one [B, *view_shape] tensor in the state dtype (filled by begin_step_)."""
+        return self._view(self.grads)
 
-    def step_(self, grads: torch.Tensor, ok: torch.Tensor, step_size: torch.Tensor, group: dict, impl: str) -> bool:
-        """One SOAP step of the whole stack (grads from stacked_grads; ok: 0-d bool, all grads finite; step_size:
-        this stack's entry of step_sizes).
+    @property
+    def initialised(self) -> bool:
+        """Whether the initialising step has run (the parameters move from the next step on)."""
+        return self.step is not None
+
+    def step_(self, ok: torch.Tensor, step_size: torch.Tensor, group: dict, impl: str) -> bool:
+        """One SOAP step of the whole stack on the gradients begin_step_ loaded (ok: 0-d bool, all gradients
+        finite; step_size: this stack's entry of step_sizes); finish_step_ then writes the parameters.
 
         Returns True when this step computes a refresh (a refresh step; in a capturable stack also every step
         captured in or run after a CUDA graph, see refresh_mask): the caller then computes new bases for
         refresh_requests() and hands them to apply_refresh (so refreshes of all stacks can be batched or
         divided among ranks).
         """
-        if self.step is None:
+        grads = self.stacked_grads()
+        if not self.initialised:
             with profile.range("soap/initialise"):
                 self._update_factors(grads, ok, group, impl)
                 for d, factor in enumerate(self.factors):
@@ -141,7 +154,6 @@ class ParamStack:
             for state in self.states:
                 state["step"] = self.step
             return due_on_host
-        self.step_count.add_(1)
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             self.graph_captured = True
         return due_on_host or (self.graph_captured and any(self.plan.factored))  # installed per refresh_mask
@@ -164,7 +176,7 @@ class ParamStack:
         beta1, beta2 = (float(b) for b in group["betas"])
         weight_decay, eps = float(group["weight_decay"]), float(group["eps"])
         lr = _lr_on(group, self.device)
-        params = torch.stack(self.params).to(self.dtype)
+        params = self.values
         if self._fused(impl):
             fused_decay = 0.0 if isinstance(lr, torch.Tensor) else lr * weight_decay  # the kernel takes a number
             rotated_adam_(
@@ -173,7 +185,6 @@ class ParamStack:
             )  # fmt: skip
             if isinstance(lr, torch.Tensor) and weight_decay > 0.0:
                 assign_where_(params, ok, params - (lr * weight_decay).to(self.dtype) * params)
-            new = params
         else:
             use_native = impl != "torch" and native_kernels_for(self.device)
             rotated = project(grads, self.bases)
@@ -189,9 +200,7 @@ class ParamStack:
             new = params - step_size.reshape(self.batch, *([1] * len(self.shape))) * update
             if weight_decay > 0.0:
                 new = new - (lr * weight_decay) * new  # decoupled decay of the updated parameter, as the reference
-            new = torch.where(ok, new, params)
-        torch._foreach_copy_(self.params, list(new.unbind(0)))
-        self.t.add_(ok)  # t + 1 where ok: one launch
+            assign_where_(params, ok, new)
 
     def _update_factors(self, grads: torch.Tensor, ok: torch.Tensor, group: dict, impl: str) -> None:
         """L_d <- lerp(L_d, G_(d) G_(d)^T, 1 - beta_s) for every factored dim."""
@@ -208,10 +217,6 @@ class ParamStack:
     def refresh_requests(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """(dim, factor stack, basis stack) for every factored dim: the inputs of refresh_basis."""
         return [(d, f, q) for d, (f, q) in enumerate(zip(self.factors, self.bases)) if f is not None]
-
-    def refresh_(self, ok: torch.Tensor, method: str, impl: str) -> None:
-        """Refresh every factored dim of this stack here (no batching across stacks, no sharding)."""
-        self.apply_refresh({d: refresh_basis(f, q, method) for d, f, q in self.refresh_requests()}, ok, impl)
 
     def apply_refresh(
         self, results: dict[int, tuple[torch.Tensor, torch.Tensor]], ok: torch.Tensor, impl: str
@@ -240,6 +245,36 @@ class ParamStack:
         for basis, new_basis in zip(self.bases, new_bases):
             if basis is not None:
                 assign_where_(basis, ok, new_basis)
+
+
+def begin_step_(stacks: list[ParamStack]) -> None:
+    """Copy every stack's gradients (and, once initialised, its parameters) into its working buffers, in the
+    state dtype: one multi-tensor copy for all stacks."""
+    targets: list[torch.Tensor] = []
+    sources: list[torch.Tensor] = []
+    for stack in stacks:
+        targets += stack.grads.unbind(0)
+        sources += [p.grad for p in stack.params]
+        if stack.initialised:
+            targets += stack.values.unbind(0)
+            sources += stack.params
+    torch._foreach_copy_(targets, sources)
+
+
+def finish_step_(stacks: list[ParamStack], ok: dict[torch.device, torch.Tensor]) -> None:
+    """After ParamStack.step_ of every stack (ok: the step's flag on each stack's device): copy the new values into
+    the parameters of the stacks that moved (one multi-tensor copy) and advance their counters t (where ok) and
+    step_count (one multi-tensor add)."""
+    moved = [stack for stack in stacks if stack.initialised and stack.step > 0]
+    if not moved:  # the initialising step
+        return
+    torch._foreach_copy_([p for stack in moved for p in stack.params], [v for s in moved for v in s.values.unbind(0)])
+    for stack in moved:
+        # One add per stack: the multi-tensor add of a tensor scalar reads it on the host for CPU tensors.
+        stack.t.add_(ok[stack.device])  # a bool adds as 0 or 1
+    step_counts = [stack.step_count for stack in moved if stack.step_count is not None]
+    if step_counts:
+        torch._foreach_add_(step_counts, 1)
 
 
 def assign_where_(target: torch.Tensor, ok: torch.Tensor, new: torch.Tensor) -> None:
