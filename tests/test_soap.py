@@ -496,6 +496,21 @@ def test_batched_qr_refresh_takes_the_op_only_for_enough_factors(batch, monkeypa
     torch.testing.assert_close(new_basis.mT @ new_basis, eye, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["qr", "qr_kernel", "qr_kernel_batched", "exact", "eigh"])
+def test_one_by_one_factors_take_the_shortcut_with_the_methods_result(method):
+    """A 1 x 1 factor's refresh is built directly: what each method's algorithm computes (zero, positive and
+    non-finite factors, a batch of 4; the basis 1 that the initialising eigh gives)."""
+    from soap_kernels.optim import refresh
+
+    factor = torch.tensor([0.0, 2.5, 1e-300, float("nan")], dtype=torch.float64).reshape(4, 1, 1)
+    basis = refresh.initial_basis(torch.nan_to_num(factor))
+    shortcut_basis, shortcut_order = refresh.refresh_basis(factor, basis, method)
+    computed_basis, computed_order = refresh._refresh_basis(factor, basis, method)
+    assert torch.equal(shortcut_basis, computed_basis) and torch.equal(shortcut_order, computed_order)
+    with pytest.raises(ValueError, match="unknown refresh method 'lu'"):
+        refresh.refresh_basis(factor, basis, "lu")
+
+
 @pytest.mark.parametrize("method", ["qr", "qr_kernel", "exact", "eigh"])
 def test_refreshes_batched_across_stacks_equal_refreshes_one_by_one(method):
     """batched_refresh concatenates factors of one size (and method) from several requests into one call: every

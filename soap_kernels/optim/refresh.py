@@ -34,6 +34,7 @@ REFRESH_METHODS = ("qr", "eigh", "exact")
 # cannot stop early without a host read (the CUDA block-Jacobi path runs every sweep up to the cap).
 EXACT_REFRESH_MAX_SWEEPS = 8
 CAPTURABLE_REFRESH_METHODS = ("qr", "exact")
+ALL_METHODS = REFRESH_METHODS + ("qr_kernel", "qr_kernel_batched")  # with the internal ones (module docstring)
 
 
 # An eager CUDA "qr" refresh runs the CholeskyQR op for stacks of at least this many factors, torch.linalg.qr
@@ -68,7 +69,21 @@ def initial_basis(factor: torch.Tensor) -> torch.Tensor:
 
 
 def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring)."""
+    """New bases [B, n, n] and the column order [B, n] applied to the old basis (see module docstring).
+
+    A 1 x 1 factor (a dim of size 1, e.g. of a 256 x 1 output layer) has the basis [1] by every method: LAPACK's
+    QR of a 1 x 1 matrix is Q = 1 whatever its sign, the op's CholeskyQR returns sign(q) = 1 for the basis 1
+    that eigh starts it from, and so does Jacobi; it is built directly instead of by the op's ~70 CUDA launches.
+    """
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown refresh method {method!r}; expected one of {ALL_METHODS}")
+    if factor.shape[-1] == 1:
+        return torch.ones_like(basis), torch.zeros(basis.shape[:-1], dtype=torch.int64, device=basis.device)
+    return _refresh_basis(factor, basis, method)
+
+
+def _refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """refresh_basis by the method's algorithm, for any n."""
     if method == "exact":
         return refresh_eigenbasis(factor, basis, "exact", max_sweeps=EXACT_REFRESH_MAX_SWEEPS)
     if method == "qr_kernel_batched":
@@ -84,7 +99,7 @@ def refresh_basis(factor: torch.Tensor, basis: torch.Tensor, method: str) -> tup
         return torch.linalg.qr(power_iterate).Q, order
     if method == "eigh":
         return initial_basis(factor), order
-    raise ValueError(f"unknown refresh method {method!r}; expected one of {REFRESH_METHODS}")
+    raise AssertionError(f"unreachable: method {method!r} passed refresh_basis's check")
 
 
 # (request key, factor stack [B, n, n], basis stack [B, n, n], method)
