@@ -138,3 +138,8 @@ class Jet:
         return self._made(lambda x: x * factor, self.stack)
 
     __rmul__ = __mul__
+
+    def lerp(self, end: Jet, weight: torch.Tensor) -> Jet:
+        """self + weight (end - self) slot by slot, weight a 0-d or one-element parameter (not a field): the mix
+        weight end + (1 - weight) self as one elementwise pass forward (torch.lerp) instead of three."""
+        return self._made(torch.lerp, self.stack, end.stack, weight)
