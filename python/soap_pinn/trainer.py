@@ -267,11 +267,14 @@ class Trainer:
                 distributed.all_reduce_sum(gradient, "the gradient")
                 for parameter, reduced in zip(self.parameters, _unflatten(gradient, self.parameters)):
                     parameter.grad = reduced
-        before = [p.detach().clone() for p in self.parameters]
+        # the update is kept only where an inter-step alignment needs it (this step's and the one before a
+        # logged step): a copy of every parameter each step would cost a launch per tensor on a GPU
+        keep_update = log or self._logs(step + 1)
+        before = [p.detach().clone() for p in self.parameters] if keep_update else None
         learning_rate = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        update = torch._foreach_sub([p.detach() for p in self.parameters], before)
+        update = torch._foreach_sub([p.detach() for p in self.parameters], before) if keep_update else None
         record = None
         if log and self.dist.is_main:
             record = {
@@ -311,8 +314,7 @@ class Trainer:
                 window = self._window_of(self.step)
                 if window != self.window.index:
                     self._advance_window(window)
-                log = self.step % config.log_every == 0 or self.step == config.steps - 1
-                record = self._train_step(log)
+                record = self._train_step(self._logs(self.step))
                 self.step += 1
                 if record is not None:
                     self.elapsed += time.perf_counter() - clock
@@ -345,8 +347,15 @@ class Trainer:
             return {"step": self.step, "completed": False}
         return self._finish(time_limited)
 
+    def _logs(self, step: int) -> bool:
+        """Whether step `step` is logged (metrics, alignment): every log_every-th and the last."""
+        return step % self.config.log_every == 0 or step == self.config.steps - 1
+
     def _time_is_up(self, elapsed: float, limit_s: float) -> bool:
-        """Whether any rank's clock reached the limit (one all_reduce(MAX): all ranks stop at the same step)."""
+        """Whether any rank's clock reached the limit (one all_reduce(MAX): all ranks stop at the same step; on
+        one rank the host clock alone, as a device flag read back would synchronise every step)."""
+        if not self.dist.active:
+            return elapsed >= limit_s
         flag = torch.tensor([1.0 if elapsed >= limit_s else 0.0], device=self.device)
         return bool(distributed.all_reduce_max(flag, "the time-limit flag").item() > 0)
 

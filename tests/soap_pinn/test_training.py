@@ -58,6 +58,25 @@ def test_smoke_run_every_pde(tmp_path, name):  # ldc (a user's reference file): 
     assert prediction["prediction"].shape == prediction["reference"].shape
 
 
+def test_inter_step_alignment_is_the_cosine_of_consecutive_updates(tmp_path):
+    """Logged at steps 3 and 6 (log_every 3) from the updates of steps 2-3 and 5-6, recomputed here from
+    parameter snapshots of an identical run stopped step by step; step 0 has no previous update."""
+    config = tiny_config("allen_cahn", steps=7, save_every=100)
+    Trainer(config, tmp_path / "logged", progress=False).run()
+    records = [json.loads(line) for line in (tmp_path / "logged" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["alignment"]["inter_step"] for r in records}
+    assert logged[0] is None
+    trainer = Trainer(config, tmp_path / "stepped", progress=False)
+    snapshots = [torch.cat([p.reshape(-1) for p in parameters(trainer)])]
+    for _ in range(7):
+        trainer.run(stop_after=1)
+        snapshots.append(torch.cat([p.reshape(-1) for p in parameters(trainer)]))
+    for step in (3, 6):
+        before, now = snapshots[step] - snapshots[step - 1], snapshots[step + 1] - snapshots[step]
+        cosine = float(torch.dot(before, now) / (before.norm() * now.norm()))
+        assert logged[step] == pytest.approx(cosine, rel=1e-6, abs=1e-9)
+
+
 def test_losses_decrease_on_allen_cahn(tmp_path):
     # not a convergence study: 40 Adam steps must lower the weighted loss (it cannot if gradients are wrong)
     config = tiny_config("allen_cahn", steps=40, log_every=39, warmup_steps=1, weighting="none",
