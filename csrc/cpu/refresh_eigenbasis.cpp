@@ -147,18 +147,20 @@ std::tuple<at::Tensor, at::Tensor> qr_refresh_cpu_typed(const at::Tensor& factor
         std::copy(q_data + b * size, q_data + (b + 1) * size, x_data + b * size);
       }
     }
-    auto [householder_q, r] = at::linalg_qr(x.slice(0, begin, end));
-    householder_q = householder_q.contiguous();
-    r = r.contiguous();
+    // torch.linalg.qr's steps (geqrf, then orgqr) without forming R: only its diagonal's signs are read, from
+    // geqrf's output, where R lies on and above the diagonal
+    const auto [reflectors, tau] = at::geqrf(x.slice(0, begin, end));
+    const at::Tensor householder_q = at::linalg_householder_product(reflectors, tau).contiguous();
+    const at::Tensor r_diagonal = reflectors.diagonal(0, -2, -1).contiguous();
     const T* hq = householder_q.const_data_ptr<T>();
-    const T* r_data = r.const_data_ptr<T>();
+    const T* r_data = r_diagonal.const_data_ptr<T>();
     for (int64_t b = begin; b < end; ++b) {
       const int64_t local = b - begin;
       T* out = result_data + b * size;
       for (int64_t i = 0; i < n; ++i) {  // flip columns so that R's diagonal is positive (CholeskyQR's signs)
         for (int64_t j = 0; j < n; ++j) {
           const T value = hq[local * size + i * n + j];
-          out[i * n + j] = r_data[local * size + j * n + j] < 0 ? -value : value;
+          out[i * n + j] = r_data[local * n + j] < 0 ? -value : value;
         }
       }
       if (!factor_finite[b] || !std::isfinite(sum_in_double(out, size))) {
