@@ -43,7 +43,7 @@ class PirateBlock(JetModule):
         for layer in self.layers[:2]:
             h = v + layer.forward_jet(h) * u_minus_v
         h = self.layers[2].forward_jet(h)
-        return jet.lerp(h, self.alpha)  # alpha h + (1 - alpha) x in one pass over the stacks (three as written)
+        return jet.mix(h, self.alpha)  # alpha h + (1 - alpha) x in one pass over the stacks (three as written)
 
 
 class PirateNet(JetModule):
