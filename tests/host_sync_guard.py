@@ -30,15 +30,25 @@ class HostReadError(AssertionError):
     """Raised inside forbid_host_reads() by an operation that reads device memory on the host."""
 
 
+def _raise(message: str) -> None:
+    raise HostReadError(message)
+
+
 class _FlagSyncingOps(TorchDispatchMode):
+    """Calls `flag(message)` for every syncing operation (forbid_host_reads: flag raises)."""
+
+    def __init__(self, flag=_raise):
+        super().__init__()
+        self.flag = flag
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[-1]
         if name in SYNCING_ATEN_OPS:
-            raise HostReadError(f"host read: aten::{name}")
+            self.flag(f"host read: aten::{name}")
         if name == "_to_copy" and str((kwargs or {}).get("device", "")) == "cpu":
-            raise HostReadError("host read: a copy to the CPU")
+            self.flag("host read: a copy to the CPU")
         if name in ("index", "index_put", "index_put_", "_index_put_impl_") and _has_bool_index(args):
-            raise HostReadError(f"host read: aten::{name} with a boolean mask (nonzero on CUDA)")
+            self.flag(f"host read: aten::{name} with a boolean mask (nonzero on CUDA)")
         return func(*args, **(kwargs or {}))
 
 
@@ -52,6 +62,30 @@ def _flagging(method: str):
         raise HostReadError(f"host read: Tensor.{method}")
 
     return flagged
+
+
+@contextlib.contextmanager
+def record_host_reads():
+    """Yield a list that receives one message per host read inside the block, which runs on (a Tensor method's
+    read also reaches the dispatcher: one read can give two messages, e.g. Tensor.item and _local_scalar_dense)."""
+    reads: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in SYNCING_TENSOR_METHODS}
+
+    def recording(name: str):
+        def recorded(self, *args, **kwargs):
+            reads.append(f"host read: Tensor.{name}")
+            return originals[name](self, *args, **kwargs)
+
+        return recorded
+
+    try:
+        for name in SYNCING_TENSOR_METHODS:
+            setattr(torch.Tensor, name, recording(name))
+        with _FlagSyncingOps(reads.append):
+            yield reads
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
 
 
 @contextlib.contextmanager

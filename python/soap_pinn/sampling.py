@@ -61,13 +61,22 @@ class BoxSampler:
             times.append(torch.rand(per_chunk, generator=generator, dtype=torch.float64))
             if chunk % world_size == rank:
                 spaces.append(torch.rand(per_chunk, dims - 1, generator=generator, dtype=torch.float64))
-        all_times = (self.low[0] + self.width[0] * torch.cat(times)).to(device)
+        all_times = _to_device(self.low[0] + self.width[0] * torch.cat(times), device)
         # position of every point in the global t-order (sorting by t makes consecutive rows time chunks)
         position = torch.empty(self.batch_size, dtype=torch.int64, device=device)
         position[torch.argsort(all_times, stable=True)] = torch.arange(self.batch_size, device=device)
-        rows = torch.cat([torch.arange(c * per_chunk, (c + 1) * per_chunk) for c in own]).to(device)
-        space = (self.low[1:] + self.width[1:] * torch.cat(spaces)).to(device)
+        rows = _to_device(torch.cat([torch.arange(c * per_chunk, (c + 1) * per_chunk) for c in own]), device)
+        space = _to_device(self.low[1:] + self.width[1:] * torch.cat(spaces), device)
         points = torch.cat([all_times[rows].unsqueeze(1), space], dim=1)
         mine = position[rows]
         order = torch.argsort(mine)
         return points[order].to(dtype=dtype), mine[order] // (self.batch_size // causal_chunks)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`: to a GPU from pinned memory without blocking, since torch synchronises the stream
+    after a blocking copy from pageable memory, which would stall every step until the last one's kernels ran
+    (the pinned block is not reused before the copy is done: torch's host allocator records it)."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

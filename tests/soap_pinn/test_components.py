@@ -145,6 +145,20 @@ def test_sampler_bounds_order_and_chunks():
         BoxSampler([(0.0, 1.0)], batch_size=100, seed=0, chunks=8)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampler_on_cuda_draws_the_cpu_points_without_blocking():
+    """The CUDA copies go from pinned memory without blocking (no stream synchronisation per step); the points
+    are the CPU ones, also when the stream is busy while they are copied."""
+    sampler = BoxSampler([(0.0, 0.5), (-1.0, 1.0)], batch_size=4096, seed=0, chunks=8)
+    busy = torch.randn(4096, 4096, device="cuda")
+    for step in range(3):
+        busy = busy @ busy / 64.0  # queue work before the copies
+        points, causal = sampler.sample(step, torch.float32, torch.device("cuda"), causal_chunks=4)
+        expected_points, expected_causal = sampler.sample(step, torch.float32, torch.device("cpu"), causal_chunks=4)
+        assert torch.equal(points.cpu(), expected_points) and torch.equal(causal.cpu(), expected_causal)
+
+
 def test_chunk_sums_reproduce_the_causal_losses_and_add_up_over_ranks():
     generator = torch.Generator().manual_seed(0)
     r = torch.randn(16, dtype=torch.float64, generator=generator)

@@ -77,6 +77,25 @@ def test_inter_step_alignment_is_the_cosine_of_consecutive_updates(tmp_path):
         assert logged[step] == pytest.approx(cosine, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("name", ["allen_cahn", "burgers", "wave"])
+def test_an_unlogged_step_reads_the_device_once(tmp_path, name):
+    """The non-finite-loss check is a training step's one host read (on a GPU each is a synchronisation): the
+    condition losses' grids reach the device once per window, not once per step; grad-norm weights update
+    without reading back either (weight_update_every 1: every step)."""
+    from tests.host_sync_guard import record_host_reads
+
+    trainer = Trainer(tiny_config(name, optimizer="soap", steps=20, weight_update_every=1), tmp_path, progress=False)
+    trainer.run(stop_after=3)  # log_every 3: step 3 is logged, step 4 is not
+    trainer._train_step(log=True)
+    trainer.step += 1
+    constants = dict(trainer.window.device_constants)
+    assert constants  # made on the first step, then reused
+    with record_host_reads() as reads:
+        trainer._train_step(log=False)
+    assert reads == ["host read: Tensor.item", "host read: aten::_local_scalar_dense"]
+    assert all(trainer.window.device_constants[k] is v for k, v in constants.items())
+
+
 def test_losses_decrease_on_allen_cahn(tmp_path):
     # not a convergence study: 40 Adam steps must lower the weighted loss (it cannot if gradients are wrong)
     config = tiny_config("allen_cahn", steps=40, log_every=39, warmup_steps=1, weighting="none",

@@ -50,6 +50,8 @@ class Window:
     index: int
     reference: Reference
     initial_state: np.ndarray
+    # the condition losses' fixed inputs and targets on the device, made once per window (window_constant)
+    device_constants: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def t_start(self) -> float:
@@ -58,6 +60,20 @@ class Window:
     @property
     def duration(self) -> float:
         return float(self.reference.t[-1] - self.reference.t[0])
+
+
+def window_constant(window: Window, key: tuple, make, like: torch.Tensor) -> torch.Tensor:
+    """make() (a numpy array) as a tensor of like's dtype on like's device, made once per window and key.
+
+    The condition losses' grids and targets are fixed within a window; copying them to a GPU at every step would
+    also synchronise with it at every step (a blocking host-to-device copy waits for the stream's queued work).
+    """
+    key = (*key, like.dtype, like.device)
+    tensor = window.device_constants.get(key)
+    if tensor is None:
+        tensor = torch.as_tensor(make(), dtype=like.dtype, device=like.device)
+        window.device_constants[key] = tensor
+    return tensor
 
 
 def grid_points(t: np.ndarray, coordinates: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -145,13 +161,16 @@ class PDE:
         """
         parameter = next(model.parameters())
         coordinates = tuple(c[::ic_stride] for c in window.reference.coordinates)
-        target = window.initial_state
-        for axis in range(len(coordinates)):
-            target = np.take(target, np.arange(0, target.shape[axis], ic_stride), axis=axis)
-        inputs = grid_points(np.zeros(1), coordinates)
-        x = torch.as_tensor(inputs, dtype=parameter.dtype, device=parameter.device)
+
+        def target() -> np.ndarray:
+            state = window.initial_state
+            for axis in range(len(coordinates)):
+                state = np.take(state, np.arange(0, state.shape[axis], ic_stride), axis=axis)
+            return state.reshape(-1, self.output_dim)
+
+        x = window_constant(window, ("ic inputs", ic_stride), lambda: grid_points(np.zeros(1), coordinates), parameter)
         u = model(x)
-        expected = torch.as_tensor(target.reshape(-1, self.output_dim), dtype=u.dtype, device=u.device)
+        expected = window_constant(window, ("ic targets", ic_stride), target, u)
         return {name: ((u[:, k] - expected[:, k]) ** 2).mean() for k, name in enumerate(self.ic_terms)}
 
 

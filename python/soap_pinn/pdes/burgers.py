@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .base import PDE, Recipe, Window
+from .base import PDE, Recipe, Window, window_constant
 
 NU = 0.01 / math.pi
 
@@ -40,9 +40,12 @@ def dirichlet_zero_loss(model, window: Window, stride: int = 1) -> torch.Tensor:
     parameter = next(model.parameters())
     t_local = window.reference.t[::stride] - window.t_start
     x = window.reference.coordinates[0]
-    left = np.stack([t_local, np.full_like(t_local, x[0])], axis=1)
-    right = np.stack([t_local, np.full_like(t_local, x[-1])], axis=1)
-    inputs = torch.as_tensor(np.concatenate([left, right]), dtype=parameter.dtype, device=parameter.device)
-    u = model(inputs)[:, 0]
+
+    def boundary_inputs() -> np.ndarray:
+        left = np.stack([t_local, np.full_like(t_local, x[0])], axis=1)
+        right = np.stack([t_local, np.full_like(t_local, x[-1])], axis=1)
+        return np.concatenate([left, right])
+
+    u = model(window_constant(window, ("dirichlet inputs", stride), boundary_inputs, parameter))[:, 0]
     n = len(t_local)
     return (u[:n] ** 2).mean() + (u[n:] ** 2).mean()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..references import Reference, read_ldc_file
-from .base import PDE, Recipe, Window
+from .base import PDE, Recipe, Window, window_constant
 
 __all__ = ["LidDrivenCavity", "lid_velocity", "boundary_points"]
 
@@ -98,10 +98,12 @@ class LidDrivenCavity(PDE):
         """u_bc, v_bc: mean squared wall misfit on BOUNDARY_POINTS_PER_SIDE // ic_stride points per side."""
         parameter = next(model.parameters())
         points, target = boundary_points(max(2, BOUNDARY_POINTS_PER_SIDE // ic_stride))
-        inputs = np.concatenate([np.zeros((len(points), 1)), points], axis=1)  # (t = 0, x, y)
-        x = torch.as_tensor(inputs, dtype=parameter.dtype, device=parameter.device)
-        out = model(x)
-        expected = torch.as_tensor(target, dtype=out.dtype, device=out.device)
+
+        def inputs() -> np.ndarray:
+            return np.concatenate([np.zeros((len(points), 1)), points], axis=1)  # (t = 0, x, y)
+
+        out = model(window_constant(window, ("wall inputs", ic_stride), inputs, parameter))
+        expected = window_constant(window, ("wall targets", ic_stride), lambda: target, out)
         return {"u_bc": ((out[:, 0] - expected) ** 2).mean(), "v_bc": (out[:, 1] ** 2).mean()}
 
     def relative_error(self, prediction: np.ndarray, reference: np.ndarray) -> float:

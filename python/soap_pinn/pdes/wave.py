@@ -3,10 +3,10 @@ u(0, x) = sin(pi x) + 0.5 sin(4 pi x), u_t(0, x) = 0 (closed-form reference)."""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from ..references import WAVE_SPEED
-from .base import PDE, Recipe, Window, grid_points
+from .base import PDE, Recipe, Window, grid_points, window_constant
 from .burgers import dirichlet_zero_loss
 
 
@@ -35,8 +35,7 @@ class Wave(PDE):
         losses = super().condition_losses(model, window, ic_stride)
         parameter = next(model.parameters())
         x = window.reference.coordinates[0][::ic_stride]
-        inputs = torch.as_tensor(grid_points(window.reference.t[:1] * 0, (x,)), dtype=parameter.dtype,
-                                 device=parameter.device)
+        inputs = window_constant(window, ("u_t0 inputs", ic_stride), lambda: grid_points(np.zeros(1), (x,)), parameter)
         # the initial velocity u_t(0, x) = 0 (jaxpi's "u_t0" term)
         losses["u_t0"] = (evaluate(model, inputs, [(0,)])[(0,)][:, 0] ** 2).mean()
         losses["bcs"] = dirichlet_zero_loss(model, window, ic_stride)
