@@ -49,3 +49,17 @@ def test_bad_shapes_raise_naming_them():
         mix(torch.zeros(2, 3), torch.zeros(3, 2), torch.zeros(1))
     with pytest.raises(ValueError, match=r"alpha of shape \(2,\)"):
         mix(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2))
+
+
+def test_a_float32_alpha_mixes_float64_stacks_and_gets_a_float32_gradient():
+    generator = torch.Generator().manual_seed(1)
+    x, h, g = (torch.randn(2, 5, 3, generator=generator, dtype=torch.float64) for _ in range(3))
+    alpha = torch.tensor([0.25], requires_grad=True)
+    x.requires_grad_(True)
+    out = mix(x, h, alpha)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, x + 0.25 * (h - x), rtol=1e-15, atol=1e-15)
+    out.backward(g)
+    assert alpha.grad.dtype == torch.float32 and alpha.grad.shape == (1,)
+    torch.testing.assert_close(alpha.grad, (g * (h - x)).sum().float().reshape(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad, 0.75 * g, rtol=1e-15, atol=1e-15)

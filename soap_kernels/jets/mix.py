@@ -19,26 +19,32 @@ import torch
 class _Mix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, h, alpha)
-        return torch.lerp(x, h, alpha)
+        weight = alpha.to(x.dtype)  # lerp takes its weight in the stacks' dtype (a float32 alpha, float64 stacks)
+        # x and h only for dL/dalpha: a frozen alpha keeps no stack alive
+        ctx.save_for_backward(weight, *((x, h) if ctx.needs_input_grad[2] else ()))
+        ctx.alpha_dtype = alpha.dtype
+        return torch.lerp(x, h, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, h, alpha = ctx.saved_tensors
+        weight, *stacks = ctx.saved_tensors
         needs_x, needs_h, needs_alpha = ctx.needs_input_grad
         grad_x = grad_h = grad_alpha = None
         if needs_x or needs_h:
-            scaled = grad * alpha
+            scaled = grad * weight
             grad_h = scaled if needs_h else None
             grad_x = grad - scaled if needs_x else None
         if needs_alpha:
+            x, h = stacks
             flat = grad.reshape(-1)
-            grad_alpha = (torch.dot(flat, h.reshape(-1)) - torch.dot(flat, x.reshape(-1))).reshape(alpha.shape)
+            grad_alpha = torch.dot(flat, h.reshape(-1)) - torch.dot(flat, x.reshape(-1))
+            grad_alpha = grad_alpha.reshape(weight.shape).to(ctx.alpha_dtype)
         return grad_x, grad_h, grad_alpha
 
 
 def mix(x: torch.Tensor, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """x + alpha (h - x) for same-shape x and h and a one-element alpha of their dtype (see the module docstring)."""
+    """x + alpha (h - x) for same-shape x and h and a one-element alpha (used in their dtype; its gradient comes
+    back in its own). See the module docstring."""
     if x.shape != h.shape or alpha.numel() != 1:
         raise ValueError(
             f"mix: x {tuple(x.shape)} and h {tuple(h.shape)} must have one shape and alpha one element, "

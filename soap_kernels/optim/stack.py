@@ -55,6 +55,8 @@ class ParamStack:
         self.shape = tuple(first.shape)
         self.states = states  # the per-parameter state dicts, kept pointing into the stacked buffers
         # Working buffers (not state): the gradients and the parameters' values, stacked, filled by begin_step_.
+        # Kept between steps (two parameter-sized copies in the state dtype) so that a captured step's copies
+        # have fixed addresses and an eager step allocates nothing.
         self.grads = torch.empty((self.batch, *self.shape), dtype=self.dtype, device=self.device)
         self.values = torch.empty_like(self.grads)
         if states[0]:
@@ -247,28 +249,37 @@ class ParamStack:
                 assign_where_(basis, ok, new_basis)
 
 
+def _copy_all_(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """target <- source for every pair: one multi-tensor copy per (device, target dtype, source dtype), the lists
+    its fast path takes whole (older torch builds took a mixed list's kernel from its first tensor's dtype)."""
+    sharing: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for target, source in pairs:
+        targets, sources = sharing.setdefault((target.device, target.dtype, source.dtype), ([], []))
+        targets.append(target)
+        sources.append(source)
+    for targets, sources in sharing.values():
+        torch._foreach_copy_(targets, sources)
+
+
 def begin_step_(stacks: list[ParamStack]) -> None:
     """Copy every stack's gradients (and, once initialised, its parameters) into its working buffers, in the
-    state dtype: one multi-tensor copy for all stacks."""
-    targets: list[torch.Tensor] = []
-    sources: list[torch.Tensor] = []
+    state dtype: a multi-tensor copy for all stacks (one per device and dtype pair)."""
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for stack in stacks:
-        targets += stack.grads.unbind(0)
-        sources += [p.grad for p in stack.params]
+        pairs += zip(stack.grads.unbind(0), [p.grad for p in stack.params])
         if stack.initialised:
-            targets += stack.values.unbind(0)
-            sources += stack.params
-    torch._foreach_copy_(targets, sources)
+            pairs += zip(stack.values.unbind(0), stack.params)
+    _copy_all_(pairs)
 
 
 def finish_step_(stacks: list[ParamStack], ok: dict[torch.device, torch.Tensor]) -> None:
     """After ParamStack.step_ of every stack (ok: the step's flag on each stack's device): copy the new values into
-    the parameters of the stacks that moved (one multi-tensor copy) and advance their counters t (where ok) and
+    the parameters of the stacks that moved (a multi-tensor copy) and advance their counters t (where ok) and
     step_count (one multi-tensor add)."""
     moved = [stack for stack in stacks if stack.initialised and stack.step > 0]
     if not moved:  # the initialising step
         return
-    torch._foreach_copy_([p for stack in moved for p in stack.params], [v for s in moved for v in s.values.unbind(0)])
+    _copy_all_([(p, v) for stack in moved for p, v in zip(stack.params, stack.values.unbind(0))])
     for stack in moved:
         # One add per stack: the multi-tensor add of a tensor scalar reads it on the host for CPU tensors.
         stack.t.add_(ok[stack.device])  # a bool adds as 0 or 1
