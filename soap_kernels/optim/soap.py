@@ -264,7 +264,8 @@ class SOAP(torch.optim.Optimizer):
         """One 0-d bool on the first gradient's device: every gradient entry is finite (no host sync).
 
         One multi-tensor pass per device and dtype: torch's AMP check (found_inf <- 1 where an entry is not
-        finite) with an unscale factor of 1, which writes every value back unchanged into our stacked copies.
+        finite) with an unscale factor of 1, which writes every value back unchanged into our stacked copies
+        (a private torch op, the one torch.amp.GradScaler runs; capturable in a CUDA graph as GradScaler's is).
         """
         device = stacked_grads[0].device
         sharing: dict[tuple, list[torch.Tensor]] = {}
