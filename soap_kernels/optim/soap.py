@@ -194,8 +194,8 @@ class SOAP(torch.optim.Optimizer):
         for p in with_grads:  # bad input fails before any state changes
             if p.grad.is_sparse:
                 raise TypeError(f"SOAP does not support sparse gradients (parameter of shape {tuple(p.shape)})")
-        for device in {p.device for p in with_grads}:  # so does a forced backend that cannot run here
-            self._implementation(device)
+        # so does a forced backend that cannot run here
+        implementation = {device: self._implementation(device) for device in {p.device for p in with_grads}}
         for group in self.param_groups:  # and a capturable step that cannot be what it promises
             if group["capturable"]:
                 params = [p for p in group["params"] if p.grad is not None]
@@ -217,7 +217,9 @@ class SOAP(torch.optim.Optimizer):
         ok_on = {device: _moved(ok, device) for device in {stack.device for stack in stacks}}
         refreshing = []
         for group, stack, step_size in work:
-            impl = self._implementation(stack.device)
+            if stack.device not in implementation:  # gradients the closure made on another device
+                implementation[stack.device] = self._implementation(stack.device)
+            impl = implementation[stack.device]
             if stack.step_(ok_on[stack.device], step_size, group, impl):
                 refreshing.append((group, stack, impl))
         finish_step_(stacks, ok_on)

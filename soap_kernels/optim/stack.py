@@ -59,6 +59,7 @@ class ParamStack:
         # have fixed addresses and an eager step allocates nothing.
         self.grads = torch.empty((self.batch, *self.shape), dtype=self.dtype, device=self.device)
         self.values = torch.empty_like(self.grads)
+        self.grad_rows, self.value_rows = self.grads.unbind(0), self.values.unbind(0)  # per parameter, made once
         if states[0]:
             self._gather(states)
         else:
@@ -266,9 +267,9 @@ def begin_step_(stacks: list[ParamStack]) -> None:
     state dtype: a multi-tensor copy for all stacks (one per device and dtype pair)."""
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for stack in stacks:
-        pairs += zip(stack.grads.unbind(0), [p.grad for p in stack.params])
+        pairs += zip(stack.grad_rows, [p.grad for p in stack.params])
         if stack.initialised:
-            pairs += zip(stack.values.unbind(0), stack.params)
+            pairs += zip(stack.value_rows, stack.params)
     _copy_all_(pairs)
 
 
@@ -279,7 +280,7 @@ def finish_step_(stacks: list[ParamStack], ok: dict[torch.device, torch.Tensor])
     moved = [stack for stack in stacks if stack.initialised and stack.step > 0]
     if not moved:  # the initialising step
         return
-    _copy_all_([(p, v) for stack in moved for p, v in zip(stack.params, stack.values.unbind(0))])
+    _copy_all_([pair for stack in moved for pair in zip(stack.params, stack.value_rows)])
     for stack in moved:
         # One add per stack: the multi-tensor add of a tensor scalar reads it on the host for CPU tensors.
         stack.t.add_(ok[stack.device])  # a bool adds as 0 or 1
