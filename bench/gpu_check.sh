@@ -306,7 +306,8 @@ main() {
           tests) step tests "$limit" gpu_tests ;;
           triton) step triton "$limit" gpu_triton_tests ;;
           # where a training step's time goes (printed to the log only: no files)
-          trace) step trace "$limit" "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12 ;;
+          trace) step trace "$limit" "$PYTHON" -m bench.trace --device cuda --sizes paper --rows 12 \
+            --providers autograd+pytorch_optimizer_soap,jets+soap_kernels,jets+soap_kernels_triton,jets+adam ;;
           # where one refresh's time goes (log only): the refresh goal's 1 ms hinges on launches vs kernels
           refresh_profile) step refresh_profile "$limit" "$PYTHON" bench/refresh.py --device cuda --profile \
             --n 256 --batch 1 40 --rows 25 --providers soap_kernels_qr soap_kernels_exact ;;

@@ -8,6 +8,7 @@ a tanh MLP 2x32 with N = 64 (smoke). Providers, each "<residual>+<optimizer>" on
     autograd+pytorch_optimizer_soap  nested reverse-mode autograd + pytorch_optimizer.SOAP (today's way)
     autograd+soap_kernels            nested autograd + soap_kernels.SOAP
     jets+soap_kernels                soap_kernels.jet (forward mode, first-order backward) + soap_kernels.SOAP
+    jets+soap_kernels_triton         (CUDA) the same with SOAP(backend="triton"): whether "auto" should pick it
     jets+adam                        soap_kernels.jet + torch.optim.Adam (fused on CUDA): the first-order floor
     jets+soap_kernels_graph          (CUDA) the jets step with SOAP(capturable=True), the whole step (loss, backward,
                                      optimizer step) captured in one CUDA graph and replayed; a captured SOAP step
@@ -30,9 +31,10 @@ import torch
 from bench.harness import OUT_OF_TIME, SuiteConfig, captured, record
 
 PROVIDERS = (
-    "autograd+pytorch_optimizer_soap", "autograd+soap_kernels", "jets+soap_kernels", "jets+adam",
-    "jets+soap_kernels_graph", "jets+adam_graph",
+    "autograd+pytorch_optimizer_soap", "autograd+soap_kernels", "jets+soap_kernels", "jets+soap_kernels_triton",
+    "jets+adam", "jets+soap_kernels_graph", "jets+adam_graph",
 )  # fmt: skip
+CUDA_ONLY_OPTIMIZERS = ("soap_kernels_triton", "soap_kernels_graph", "adam_graph")  # the interpreter is not timed
 GRAPH_SUFFIX = "_graph"
 BASELINE = "autograd+pytorch_optimizer_soap"
 SOAP_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
@@ -84,10 +86,10 @@ def _optimizer(name: str, parameters: list[torch.nn.Parameter], device: torch.de
         from pytorch_optimizer import SOAP as ReferenceSOAP  # the bench extra; absent -> an error row
 
         return ReferenceSOAP(parameters, **SOAP_SETTINGS)
-    if name == "soap_kernels":
+    if name in ("soap_kernels", "soap_kernels_triton"):
         from soap_kernels import SOAP
 
-        return SOAP(parameters, **SOAP_SETTINGS)
+        return SOAP(parameters, **SOAP_SETTINGS, backend="triton" if name.endswith("_triton") else "auto")
     if name == "adam":
         return torch.optim.Adam(parameters, lr=1e-3, betas=(0.9, 0.999), fused=device.type == "cuda")
     raise ValueError(f"unknown optimizer {name!r}")
@@ -98,8 +100,9 @@ def make_block(provider: str, model: torch.nn.Module, points: torch.Tensor) -> C
     residual_name, optimizer_name = provider.split("+")
     residual = {"autograd": residual_autograd, "jets": residual_jets}[residual_name]
     graph = provider.endswith(GRAPH_SUFFIX)
-    if graph and points.device.type != "cuda":
-        raise ImportError(f"{provider} runs on CUDA only (it captures the step in a CUDA graph)")
+    if optimizer_name in CUDA_ONLY_OPTIMIZERS and points.device.type != "cuda":
+        why = "it captures the step in a CUDA graph" if graph else "Triton's CPU interpreter is not timed"
+        raise ImportError(f"{provider} runs on CUDA only ({why})")
     optimizer = _optimizer(optimizer_name, list(model.parameters()), points.device)
 
     def train_step() -> None:

@@ -310,8 +310,10 @@ def test_train_step_suite_compares_like_with_like():
     assert document["loss_relative_difference_jets_vs_autograd"] < 1e-5
 
 
-def test_train_step_graph_providers_need_cuda_and_say_so_in_their_row():
-    config = harness.SuiteConfig(sizes="smoke", providers=("jets+soap_kernels_graph", "jets+adam_graph"))
+def test_train_step_graph_and_triton_providers_need_cuda_and_say_so_in_their_row():
+    config = harness.SuiteConfig(
+        sizes="smoke", providers=("jets+soap_kernels_triton", "jets+soap_kernels_graph", "jets+adam_graph")
+    )
     document = bench_run.run_suite("train_step", config, None, nvml=False)
     assert document["status"] == "ok", document.get("traceback", document["message"])
     rows = {row["provider"]: row for row in document["records"]}
