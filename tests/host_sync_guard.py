@@ -35,9 +35,9 @@ def _raise(message: str) -> None:
 
 
 class _FlagSyncingOps(TorchDispatchMode):
-    """Calls `flag(message)` for every syncing operation (forbid_host_reads: flag raises)."""
+    """Calls `flag(message)` for every syncing operation."""
 
-    def __init__(self, flag=_raise):
+    def __init__(self, flag):
         super().__init__()
         self.flag = flag
 
@@ -57,11 +57,27 @@ def _has_bool_index(args) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
-def _flagging(method: str):
-    def flagged(self, *args, **kwargs):
-        raise HostReadError(f"host read: Tensor.{method}")
+@contextlib.contextmanager
+def _watching_host_reads(flag):
+    """Call flag(message) on every host read inside the block, at the dispatcher and in the Tensor methods (whose
+    originals run after flag returns); the methods are restored on exit."""
+    originals = {name: getattr(torch.Tensor, name) for name in SYNCING_TENSOR_METHODS}
 
-    return flagged
+    def watched(name: str):
+        def method(self, *args, **kwargs):
+            flag(f"host read: Tensor.{name}")
+            return originals[name](self, *args, **kwargs)
+
+        return method
+
+    try:
+        for name in SYNCING_TENSOR_METHODS:
+            setattr(torch.Tensor, name, watched(name))
+        with _FlagSyncingOps(flag):
+            yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
 
 
 @contextlib.contextmanager
@@ -69,34 +85,10 @@ def record_host_reads():
     """Yield a list that receives one message per host read inside the block, which runs on (a Tensor method's
     read also reaches the dispatcher: one read can give two messages, e.g. Tensor.item and _local_scalar_dense)."""
     reads: list[str] = []
-    originals = {name: getattr(torch.Tensor, name) for name in SYNCING_TENSOR_METHODS}
-
-    def recording(name: str):
-        def recorded(self, *args, **kwargs):
-            reads.append(f"host read: Tensor.{name}")
-            return originals[name](self, *args, **kwargs)
-
-        return recorded
-
-    try:
-        for name in SYNCING_TENSOR_METHODS:
-            setattr(torch.Tensor, name, recording(name))
-        with _FlagSyncingOps(reads.append):
-            yield reads
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
+    with _watching_host_reads(reads.append):
+        yield reads
 
 
-@contextlib.contextmanager
 def forbid_host_reads():
     """Raise HostReadError on any host read of tensor data inside the block (see module docstring)."""
-    originals = {name: getattr(torch.Tensor, name) for name in SYNCING_TENSOR_METHODS}
-    try:
-        for name in SYNCING_TENSOR_METHODS:
-            setattr(torch.Tensor, name, _flagging(name))
-        with _FlagSyncingOps():
-            yield
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
+    return _watching_host_reads(_raise)
