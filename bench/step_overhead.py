@@ -30,16 +30,17 @@ def _import_from(root: str) -> None:
 
 def _providers(torch, shapes: list[tuple]) -> dict:
     """{name: callable running STEPS_PER_ROUND steps} on fixed gradients, state already initialised."""
+    from bench.soap_step import NO_REFRESH_FREQUENCY, PAPER_SETTINGS
     from soap_kernels import SOAP
 
     generator = torch.Generator().manual_seed(0)
-    settings = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_1d=True)
+    no_refresh = {**PAPER_SETTINGS, "precondition_frequency": NO_REFRESH_FREQUENCY}
     makers = {
-        "soap_kernels_no_refresh": lambda p: SOAP(p, **settings, precondition_frequency=10**9),
-        "soap_kernels": lambda p: SOAP(p, **settings, precondition_frequency=2),
-        "soap_kernels_torch_no_refresh": lambda p: SOAP(p, **settings, precondition_frequency=10**9, backend="torch"),
-        "soap_kernels_torch": lambda p: SOAP(p, **settings, precondition_frequency=2, backend="torch"),
-        "adam": lambda p: torch.optim.Adam(p, lr=1e-3, betas=(0.9, 0.999), foreach=True),
+        "soap_kernels_no_refresh": lambda p: SOAP(p, **no_refresh),
+        "soap_kernels": lambda p: SOAP(p, **PAPER_SETTINGS),
+        "soap_kernels_torch_no_refresh": lambda p: SOAP(p, **no_refresh, backend="torch"),
+        "soap_kernels_torch": lambda p: SOAP(p, **PAPER_SETTINGS, backend="torch"),
+        "adam": lambda p: torch.optim.Adam(p, lr=PAPER_SETTINGS["lr"], betas=PAPER_SETTINGS["betas"], foreach=True),
     }
     blocks = {}
     for name, make in makers.items():
