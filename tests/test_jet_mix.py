@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from soap_kernels.jets.mix import mix
+from tests.conftest import DEVICES
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 7, 33), (4, 257, 5)])
 @pytest.mark.parametrize("alpha_shape", [(), (1,)])
-def test_values_and_gradients_equal_lerps(shape, alpha_shape):
+def test_values_and_gradients_equal_lerps(shape, alpha_shape, device):
     generator = torch.Generator().manual_seed(sum(shape))
-    x, h, g = (torch.randn(shape, generator=generator, dtype=torch.float64) for _ in range(3))
-    alpha = torch.rand(alpha_shape, generator=generator, dtype=torch.float64)
+    x, h, g = (torch.randn(shape, generator=generator, dtype=torch.float64).to(device) for _ in range(3))
+    alpha = torch.rand(alpha_shape, generator=generator, dtype=torch.float64).to(device)
     ours = [t.clone().requires_grad_(True) for t in (x, h, alpha)]
     theirs = [t.clone().requires_grad_(True) for t in (x, h, alpha)]
     out = mix(*ours)
