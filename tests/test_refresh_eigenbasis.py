@@ -495,16 +495,19 @@ int main(int argc, char** argv) {
       for (int64_t k = 0; k < n; ++k) s += a[i * n + k] * a[j * n + k];
       g[i * n + j] = s;
     }
-  // Cholesky + inverse: W^T G W must be I.
-  std::vector<double> w = g, column(n);
-  run_team(workers, [&](const ThreadTeam& team) { cholesky_upper_inverse(team, w.data(), n, column.data()); });
-  double cholesky_error = 0.0;
+  // Cholesky + inverse: W^T G W must be I, W upper triangular, and the serial team must agree.
+  std::vector<double> w = g, w_serial = g, scratch(2 * n), scratch_serial(2 * n);
+  run_team(workers, [&](const ThreadTeam& team) { cholesky_upper_inverse(team, w.data(), n, scratch.data()); });
+  run_team(1, [&](const ThreadTeam& team) { cholesky_upper_inverse(team, w_serial.data(), n, scratch_serial.data()); });
+  double cholesky_error = 0.0, cholesky_serial_difference = 0.0;
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) {
       double s = 0.0;
       for (int64_t k = 0; k < n; ++k)
         for (int64_t l = 0; l < n; ++l) s += w[k * n + i] * g[k * n + l] * w[l * n + j];
       cholesky_error = std::max(cholesky_error, std::abs(s - (i == j ? 1.0 : 0.0)));
+      if (i > j && w[i * n + j] != 0.0) cholesky_error = 1.0;  // below the diagonal: zeros
+      cholesky_serial_difference = std::max(cholesky_serial_difference, std::abs(w[i * n + j] - w_serial[i * n + j]));
     }
   // Jacobi: V diag(B') V^T must be G, V orthogonal; the serial team must agree.
   const int64_t pairs = (n + (n & 1)) / 2;
@@ -531,7 +534,8 @@ int main(int argc, char** argv) {
       orthogonality = std::max(orthogonality, std::abs(o - (i == j ? 1.0 : 0.0)));
       serial_difference = std::max(serial_difference, std::abs(v_t[i * n + j] - v_serial[i * n + j]));
     }
-  std::printf("%.3e %.3e %.3e %.3e\n", cholesky_error, reconstruction, orthogonality, serial_difference);
+  std::printf("%.3e %.3e %.3e %.3e %.3e\n", cholesky_error, cholesky_serial_difference, reconstruction,
+              orthogonality, serial_difference);
   return 0;
 }
 """
@@ -547,11 +551,11 @@ def test_solver_cores_with_a_parallel_team(tmp_path):
     subprocess.run(
         [compiler, "-std=c++20", "-O1", "-pthread", f"-I{include}", str(source), "-o", str(binary)], check=True
     )
-    for n, workers in [(1, 1), (2, 3), (7, 4), (33, 8), (64, 5)]:
+    for n, workers in [(1, 1), (2, 3), (7, 4), (33, 8), (64, 5), (64, 256), (37, 100)]:
         output = subprocess.run([str(binary), str(n), str(workers)], capture_output=True, text=True, check=True)
-        cholesky, reconstruction, orthogonality, serial_difference = map(float, output.stdout.split())
+        cholesky, cholesky_serial, reconstruction, orthogonality, serial = map(float, output.stdout.split())
         assert cholesky < 1e-12 and reconstruction < 1e-13 and orthogonality < 1e-13, (n, workers, output.stdout)
-        assert serial_difference == 0.0, (n, workers)
+        assert cholesky_serial == 0.0 and serial == 0.0, (n, workers, output.stdout)
 
 
 # ------------------------------------------------------------------------------------ CUDA

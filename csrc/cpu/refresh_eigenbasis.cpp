@@ -21,14 +21,25 @@
 namespace soap_kernels {
 namespace {
 
-// G = R^T R, G <- R^{-1} on each matrix of a [batch, b, b] stack with the serial core, matrices over threads.
-void cholesky_inverse_blocks_cpu(at::Tensor& blocks) {
-  const int64_t batch = blocks.size(0), n = blocks.size(1);
-  double* data = blocks.data_ptr<double>();
+// destination <- R^{-1} where source = R^T R, per matrix of a [batch, b, b] stack (BatchedCholeskyInverse): each
+// matrix copied into a contiguous scratch, solved by the serial core, copied out; matrices over threads.
+void cholesky_inverse_blocks_cpu(const at::Tensor& source, at::Tensor& destination) {
+  check_cholesky_blocks(source, destination);
+  const int64_t batch = source.size(0), n = source.size(1);
+  const double* in = source.const_data_ptr<double>();
+  double* out = destination.data_ptr<double>();
+  const int64_t in_matrix = source.stride(0), in_row = source.stride(1);
+  const int64_t out_matrix = destination.stride(0), out_row = destination.stride(1);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> column(n);
+    std::vector<double> matrix(n * n), scratch(2 * n);
     for (int64_t index = begin; index < end; ++index) {
-      eigen_refresh::cholesky_upper_inverse(eigen_refresh::SerialTeam{}, data + index * n * n, n, column.data());
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(in + index * in_matrix + i * in_row, n, matrix.data() + i * n);
+      }
+      eigen_refresh::cholesky_upper_inverse(eigen_refresh::SerialTeam{}, matrix.data(), n, scratch.data());
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(matrix.data() + i * n, n, out + index * out_matrix + i * out_row);
+      }
     }
   });
 }

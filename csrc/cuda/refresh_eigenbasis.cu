@@ -48,15 +48,29 @@ struct BlockTeam {
 constexpr int kCholeskyThreads = 256;
 constexpr int kJacobiThreads = 512;  // a multiple of 32: BlockTeam::sum assumes whole warps
 
-// One block per matrix of a [batch, b, b] stack (b <= kCholeskyBlock): the matrix is staged in shared memory.
-__global__ void __launch_bounds__(kCholeskyThreads) cholesky_inverse_blocks_kernel(double* blocks, int64_t n) {
+// One block per matrix of a [batch, b, b] stack (b <= kCholeskyBlock): the matrix is read from its (strided)
+// source into shared memory, factored and inverted there, and written to its (strided) destination.
+__global__ void __launch_bounds__(kCholeskyThreads)
+    cholesky_inverse_blocks_kernel(const double* source, int64_t source_matrix, int64_t source_row,
+                                   double* destination, int64_t destination_matrix, int64_t destination_row,
+                                   int n) {
   extern __shared__ double shared[];
   double* matrix = shared;
-  double* column = shared + n * n;
-  double* global = blocks + static_cast<int64_t>(blockIdx.x) * n * n;
-  for (int64_t index = threadIdx.x; index < n * n; index += blockDim.x) matrix[index] = global[index];
-  eigen_refresh::cholesky_upper_inverse(BlockTeam{}, matrix, n, column);  // starts and ends with a barrier
-  for (int64_t index = threadIdx.x; index < n * n; index += blockDim.x) global[index] = matrix[index];
+  double* scratch = shared + n * n;
+  const double* in = source + static_cast<int64_t>(blockIdx.x) * source_matrix;
+  double* out = destination + static_cast<int64_t>(blockIdx.x) * destination_matrix;
+  const eigen_refresh::TeamGrid grid = eigen_refresh::team_grid(BlockTeam{}, n);  // rows of n threads
+  if (grid.active()) {
+    for (int i = grid.row; i < n; i += grid.rows) {
+      for (int j = grid.col; j < n; j += grid.cols) matrix[i * n + j] = in[i * source_row + j];
+    }
+  }
+  eigen_refresh::cholesky_upper_inverse(BlockTeam{}, matrix, n, scratch);  // starts and ends with a barrier
+  if (grid.active()) {
+    for (int i = grid.row; i < n; i += grid.rows) {
+      for (int j = grid.col; j < n; j += grid.cols) out[i * destination_row + j] = matrix[i * n + j];
+    }
+  }
 }
 
 // Staging of the Jacobi solver's operands in shared memory, when they fit (the solver touches every entry
@@ -104,12 +118,14 @@ void launch_jacobi(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps, size_t sh
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void cholesky_inverse_blocks_cuda(at::Tensor& blocks) {
-  const int64_t batch = blocks.size(0), n = blocks.size(1);
-  TORCH_CHECK(n <= kCholeskyBlock, "soap_kernels: Cholesky diagonal block of size ", n, " > ", kCholeskyBlock);
-  const size_t shared_bytes = static_cast<size_t>(n * n + n) * sizeof(double);  // <= 33 KiB
+void cholesky_inverse_blocks_cuda(const at::Tensor& source, at::Tensor& destination) {
+  check_cholesky_blocks(source, destination);
+  const int64_t batch = source.size(0), n = source.size(1);
+  const size_t shared_bytes = static_cast<size_t>(n * n + 2 * n) * sizeof(double);  // <= 33 KiB
   cholesky_inverse_blocks_kernel<<<static_cast<unsigned>(batch), kCholeskyThreads, shared_bytes,
-                                   c10::cuda::getCurrentCUDAStream()>>>(blocks.data_ptr<double>(), n);
+                                   c10::cuda::getCurrentCUDAStream()>>>(
+      source.const_data_ptr<double>(), source.stride(0), source.stride(1), destination.data_ptr<double>(),
+      destination.stride(0), destination.stride(1), static_cast<int>(n));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -8,7 +8,7 @@
 // the same code is the sequential algorithm on the host and the parallel one on the device.
 //
 // Cores:
-//   cholesky_upper_inverse  G = R^T R (Cholesky, R upper triangular), then G <- R^{-1}   (n^3/3 + n^3/3 flops)
+//   cholesky_upper_inverse  G = R^T R (Cholesky, R upper triangular), then G <- R^{-1}   (n^3/3 + n^3/6 flops)
 //   jacobi_eigen            B = V diag(lambda) V^T by parallel-order (round-robin) cyclic Jacobi, fixed sweep cap
 // Constants shared with the torch reference (soap_kernels/ops/refresh_eigenbasis.py) are defined here too.
 #pragma once
@@ -57,13 +57,39 @@ struct SerialTeam {
   SOAP_KERNELS_HOST_DEVICE double sum(double value) const { return value; }
 };
 
+// A team laid out as a grid of `rows` x `cols` workers (cols = min(size, width)) for 2-D loops over a matrix
+// `width` columns wide: worker (row, col) takes rows row, row + rows, ... and columns col, col + cols, ...
+// Workers past rows * cols sit the 2-D loops out. On a GPU consecutive workers then touch consecutive
+// columns, and no loop divides a flat index per element (64-bit integer division costs tens of instructions
+// there); one worker (SerialTeam) gets plain nested loops.
+struct TeamGrid {
+  int row, rows, col, cols;
+  SOAP_KERNELS_HOST_DEVICE bool active() const { return row < rows; }
+  // The first of this worker's columns that is >= first.
+  SOAP_KERNELS_HOST_DEVICE int64_t first_column(int64_t first) const {
+    return first + ((col - first) % cols + cols) % cols;
+  }
+};
+
+template <typename Team>
+SOAP_KERNELS_HOST_DEVICE TeamGrid team_grid(const Team& team, int64_t width) {
+  const int size = team.size(), rank = team.rank();
+  const int cols = width < size ? static_cast<int>(width > 0 ? width : 1) : size;
+  return TeamGrid{rank / cols, size / cols, rank % cols, cols};
+}
+
 // In place: on entry g holds a symmetric positive definite G (only the upper triangle is read); on exit
 // the upper triangle holds W = R^{-1} where G = R^T R, and the strict lower triangle holds zeros.
-// `column` is scratch of n doubles. Right-looking Cholesky on the upper triangle, then the
-// column-by-column triangular inverse W[:j, j] = -W[:j, :j] R[:j, j] / R[j, j].
+// `scratch` holds 2 n doubles. Both halves are right-looking, so every step is one parallel update with two
+// barriers (a left-looking triangular inverse would be a chain of dot products, one worker each):
+//   Cholesky, k = 0..n-1:  R_kk = sqrt(G_kk); R_k,j = G_kj / R_kk (j > k); G_ij -= R_ki R_kj (k < i <= j)
+//   inverse,  l = 0..n-1:  W_ll = 1 / R_ll; W_il = -A_il W_ll (i < l), where A_ij = sum_{m < j} W_im R_mj
+//                          is accumulated in place of R_ij: A_ij += W_il R_lj (i <= l < j), from R W = I.
+// Pivots below kPivotFloor are clamped (see there). The result does not depend on the team's size.
 template <typename Team>
-SOAP_KERNELS_HOST_DEVICE void cholesky_upper_inverse(const Team& team, double* g, int64_t n, double* column) {
+SOAP_KERNELS_HOST_DEVICE void cholesky_upper_inverse(const Team& team, double* g, int64_t n, double* scratch) {
   const int rank = team.rank(), size = team.size();
+  const TeamGrid grid = team_grid(team, n);
   for (int64_t k = 0; k < n; ++k) {
     team.sync();
     double pivot = g[k * n + k];
@@ -73,39 +99,40 @@ SOAP_KERNELS_HOST_DEVICE void cholesky_upper_inverse(const Team& team, double* g
     for (int64_t j = k + 1 + rank; j < n; j += size) g[k * n + j] *= inverse_r_kk;
     team.sync();  // every worker has read g[k][k] and row k is final
     if (rank == 0) g[k * n + k] = r_kk;
-    // Trailing update of the upper triangle: G[i][j] -= R[k][i] R[k][j] for k < i <= j.
-    const int64_t trailing = n - k - 1;
-    if (size == 1) {
-      for (int64_t i = k + 1; i < n; ++i) {
-        const double r_ki = g[k * n + i];
-        double* row = g + i * n;
-        const double* r_k = g + k * n;
-        for (int64_t j = i; j < n; ++j) row[j] -= r_ki * r_k[j];
-      }
-    } else {
-      for (int64_t index = rank; index < trailing * trailing; index += size) {
-        const int64_t i = k + 1 + index / trailing, j = k + 1 + index % trailing;
-        if (j >= i) g[i * n + j] -= g[k * n + i] * g[k * n + j];
-      }
+    if (!grid.active()) continue;
+    const double* r_k = g + k * n;
+    for (int64_t i = k + 1 + grid.row; i < n; i += grid.rows) {
+      const double r_ki = r_k[i];
+      double* row = g + i * n;
+      for (int64_t j = grid.first_column(i); j < n; j += grid.cols) row[j] -= r_ki * r_k[j];
     }
   }
   team.sync();
-  for (int64_t index = rank; index < n * n; index += size) {
-    if (index / n > index % n) g[index] = 0.0;
-  }
-  // Triangular inverse, in place: after column j, g[:j+1, :j+1] holds W's leading block.
-  for (int64_t j = 0; j < n; ++j) {
-    team.sync();
-    for (int64_t i = rank; i < j; i += size) column[i] = g[i * n + j];
-    team.sync();
-    const double w_jj = 1.0 / g[j * n + j];
-    for (int64_t i = rank; i < j; i += size) {
-      double accumulated = 0.0;
-      for (int64_t l = i; l < j; ++l) accumulated += g[i * n + l] * column[l];
-      g[i * n + j] = -accumulated * w_jj;
+  if (grid.active()) {
+    for (int64_t i = 1 + grid.row; i < n; i += grid.rows) {
+      for (int64_t j = grid.col; j < i; j += grid.cols) g[i * n + j] = 0.0;
     }
-    team.sync();  // the writes above read g[j][j]; only now may it change
-    if (rank == 0) g[j * n + j] = w_jj;
+  }
+  double* column = scratch;  // W[0..l, l], final
+  double* row_l = scratch + n;  // R[l, l+1..n-1], read before the update overwrites it
+  for (int64_t l = 0; l < n; ++l) {
+    team.sync();  // A[:, l] is complete, and the previous step's readers of column and row_l are done
+    const double w_ll = 1.0 / g[l * n + l];
+    for (int64_t i = rank; i <= l; i += size) column[i] = i == l ? w_ll : -g[i * n + l] * w_ll;
+    for (int64_t j = l + 1 + rank; j < n; j += size) row_l[j] = g[l * n + j];
+    team.sync();
+    for (int64_t i = rank; i <= l; i += size) g[i * n + l] = column[i];
+    if (!grid.active()) continue;
+    for (int64_t i = grid.row; i <= l; i += grid.rows) {
+      const double w_il = column[i];
+      double* row = g + i * n;
+      const int64_t first = grid.first_column(l + 1);
+      if (i == l) {  // A_lj starts here: R_lj's slot receives its first term
+        for (int64_t j = first; j < n; j += grid.cols) row[j] = w_il * row_l[j];
+      } else {
+        for (int64_t j = first; j < n; j += grid.cols) row[j] += w_il * row_l[j];
+      }
+    }
   }
   team.sync();
 }

@@ -42,26 +42,40 @@ using RightCholeskySolve = std::function<std::tuple<at::Tensor, at::Tensor>(at::
 // In place: B ([batch, n, n] float64 contiguous) becomes diagonal, v_t receives V^T.
 using BatchedJacobi = std::function<void(at::Tensor& b, at::Tensor& v_t, int64_t max_sweeps)>;
 
-// In place on a [batch, b, b] float64 contiguous stack (b <= kCholeskyBlock): G = R^T R, G <- R^{-1} (upper).
-using BatchedCholeskyInverse = std::function<void(at::Tensor& blocks)>;
+// destination <- R^{-1} (upper triangular, zeros below) where source = R^T R, on [batch, b, b] float64 views
+// whose columns are contiguous (rows and matrices may be strided, e.g. diagonal blocks of a larger stack;
+// b <= kCholeskyBlock; destination may be source itself). Only source's upper triangle is read.
+using BatchedCholeskyInverse = std::function<void(const at::Tensor& source, at::Tensor& destination)>;
 
 // Column width of the diagonal blocks of blocked_right_cholesky_solve: a 64 x 64 float64 block (32 KiB) fits
 // a CUDA block's default shared memory, and the off-diagonal work becomes GEMMs.
 constexpr int64_t kCholeskyBlock = 64;
 
+// The checks every BatchedCholeskyInverse makes of its views.
+inline void check_cholesky_blocks(const at::Tensor& source, const at::Tensor& destination) {
+  TORCH_CHECK(source.dim() == 3 && source.size(1) == source.size(2) && source.size(1) <= kCholeskyBlock &&
+                  destination.sizes() == source.sizes(),
+              "soap_kernels: Cholesky diagonal blocks must be [batch, b, b] with b <= ", kCholeskyBlock, ", got ",
+              source.sizes(), " -> ", destination.sizes());
+  TORCH_CHECK(source.scalar_type() == at::kDouble && destination.scalar_type() == at::kDouble &&
+                  source.stride(2) == 1 && destination.stride(2) == 1,
+              "soap_kernels: Cholesky diagonal blocks must be float64 with contiguous rows");
+}
+
 // X R^{-1} with G = R^T R by blocked right-looking Cholesky (diagonal blocks factored and inverted by
 // `diagonal`, panels and trailing updates by batched GEMMs) and a blocked right triangular solve:
 //   R_kk^{-1} = W_kk from G_kk;  R_k,rest = W_kk^T G_k,rest;  G_rest,rest -= R_k,rest^T R_k,rest
 //   Y_j = (X_j - sum_{i<j} Y_i R_ij) W_jj  over column blocks j.
-// Every flop outside the diagonal blocks is a GEMM, and nothing is read back to the host. The GEMMs write
-// into their destinations (panels into `upper`, updates into G, solved blocks into Y: strided slices whose
-// rows are contiguous, which batched GEMMs take as they are) rather than through temporaries and copies:
-// the op is launch-bound on a GPU (1.7 ms for one 256 x 256 factor on an H100), so each launch saved counts.
+// Every flop outside the diagonal blocks is a GEMM, and nothing is read back to the host. Every kernel writes
+// into its destination (W_kk from G's diagonal block straight into `upper`, panels into `upper`, updates into
+// G, solved blocks into Y: strided slices whose rows are contiguous, which batched GEMMs take as they are)
+// rather than through temporaries and copies: the op is launch-bound on a GPU (1.7 ms for one 256 x 256
+// factor on an H100), so each launch saved counts.
 inline at::Tensor blocked_right_cholesky_solve(at::Tensor& gram, const at::Tensor& x,
                                                const BatchedCholeskyInverse& diagonal) {
   const int64_t n = gram.size(1);
   if (n <= kCholeskyBlock) {  // one diagonal block: W = R^{-1} in place, then one GEMM
-    diagonal(gram);
+    diagonal(gram, gram);
     return at::matmul(x, gram);
   }
   at::Tensor& g = gram;  // overwritten: the caller's scratch
@@ -69,9 +83,8 @@ inline at::Tensor blocked_right_cholesky_solve(at::Tensor& gram, const at::Tenso
   at::Tensor upper = at::empty_like(gram);
   for (int64_t start = 0; start < n; start += kCholeskyBlock) {
     const int64_t end = std::min(start + kCholeskyBlock, n);
-    at::Tensor block = g.slice(1, start, end).slice(2, start, end).contiguous();
-    diagonal(block);
-    upper.slice(1, start, end).slice(2, start, end).copy_(block);
+    at::Tensor block = upper.slice(1, start, end).slice(2, start, end);
+    diagonal(g.slice(1, start, end).slice(2, start, end), block);
     if (end < n) {
       at::Tensor panel = upper.slice(1, start, end).slice(2, end, n);
       at::bmm_out(panel, block.mT(), g.slice(1, start, end).slice(2, end, n));
