@@ -182,12 +182,17 @@ template <typename Team>
 SOAP_KERNELS_HOST_DEVICE int64_t jacobi_eigen(const Team& team, double* b, double* v_t, int64_t n, int64_t max_sweeps,
                                               const JacobiScratch& scratch) {
   const int rank = team.rank(), size = team.size();
-  for (int64_t index = rank; index < n * n; index += size) v_t[index] = (index / n == index % n) ? 1.0 : 0.0;
+  const int64_t m = n + (n & 1);
+  const int64_t pairs = m / 2;
+  const TeamGrid by_columns = team_grid(team, n), by_pairs = team_grid(team, pairs);
+  if (by_columns.active()) {
+    for (int64_t i = by_columns.row; i < n; i += by_columns.rows) {
+      for (int64_t j = by_columns.col; j < n; j += by_columns.cols) v_t[i * n + j] = i == j ? 1.0 : 0.0;
+    }
+  }
   double local_squares = 0.0;
   for (int64_t index = rank; index < n * n; index += size) local_squares += b[index] * b[index];
   const double absolute_floor = kEpsilon * sqrt(team.sum(local_squares));
-  const int64_t m = n + (n & 1);
-  const int64_t pairs = m / 2;
   int64_t sweeps = 0;
   for (int64_t sweep = 0; sweep < max_sweeps; ++sweep) {
     bool rotated = false;
@@ -219,8 +224,8 @@ SOAP_KERNELS_HOST_DEVICE int64_t jacobi_eigen(const Team& team, double* b, doubl
         rotated = true;
       }
       team.sync();
-      // Rows p, q of B (B <- J^T B) and of V^T (V <- V J). A team spreads single elements over its workers;
-      // one worker runs the same arithmetic as plain nested loops (no index division, vectorisable).
+      // Rows p, q of B (B <- J^T B) and of V^T (V <- V J). A team spreads them over its grid (pairs x columns);
+      // one worker runs the same arithmetic as plain nested loops (vectorisable).
       if (size == 1) {
         for (int64_t k = 0; k < pairs; ++k) {
           const int64_t p = scratch.p[k];
@@ -228,19 +233,20 @@ SOAP_KERNELS_HOST_DEVICE int64_t jacobi_eigen(const Team& team, double* b, doubl
           rotate_rows(b + p * n, b + scratch.q[k] * n, n, scratch.cosine[k], scratch.sine[k]);
           rotate_rows(v_t + p * n, v_t + scratch.q[k] * n, n, scratch.cosine[k], scratch.sine[k]);
         }
-      } else {
-        for (int64_t index = rank; index < pairs * n; index += size) {
-          const int64_t k = index / n, j = index % n;
+      } else if (by_columns.active()) {
+        for (int64_t k = by_columns.row; k < pairs; k += by_columns.rows) {
           const int64_t p = scratch.p[k];
           if (p < 0) continue;
           const int64_t q = scratch.q[k];
           const double c = scratch.cosine[k], s = scratch.sine[k];
-          const double bp = b[p * n + j], bq = b[q * n + j];
-          b[p * n + j] = c * bp - s * bq;
-          b[q * n + j] = s * bp + c * bq;
-          const double vp = v_t[p * n + j], vq = v_t[q * n + j];
-          v_t[p * n + j] = c * vp - s * vq;
-          v_t[q * n + j] = s * vp + c * vq;
+          for (int64_t j = by_columns.col; j < n; j += by_columns.cols) {
+            const double bp = b[p * n + j], bq = b[q * n + j];
+            b[p * n + j] = c * bp - s * bq;
+            b[q * n + j] = s * bp + c * bq;
+            const double vp = v_t[p * n + j], vq = v_t[q * n + j];
+            v_t[p * n + j] = c * vp - s * vq;
+            v_t[q * n + j] = s * vp + c * vq;
+          }
         }
       }
       team.sync();
@@ -258,16 +264,17 @@ SOAP_KERNELS_HOST_DEVICE int64_t jacobi_eigen(const Team& team, double* b, doubl
             row[q] = s * bp + c * bq;
           }
         }
-      } else {
-        for (int64_t index = rank; index < n * pairs; index += size) {
-          const int64_t i = index / pairs, k = index % pairs;
-          const int64_t p = scratch.p[k];
-          if (p < 0) continue;
-          const int64_t q = scratch.q[k];
-          const double c = scratch.cosine[k], s = scratch.sine[k];
-          const double bp = b[i * n + p], bq = b[i * n + q];
-          b[i * n + p] = c * bp - s * bq;
-          b[i * n + q] = s * bp + c * bq;
+      } else if (by_pairs.active()) {
+        for (int64_t i = by_pairs.row; i < n; i += by_pairs.rows) {
+          for (int64_t k = by_pairs.col; k < pairs; k += by_pairs.cols) {
+            const int64_t p = scratch.p[k];
+            if (p < 0) continue;
+            const int64_t q = scratch.q[k];
+            const double c = scratch.cosine[k], s = scratch.sine[k];
+            const double bp = b[i * n + p], bq = b[i * n + q];
+            b[i * n + p] = c * bp - s * bq;
+            b[i * n + q] = s * bp + c * bq;
+          }
         }
       }
       team.sync();
