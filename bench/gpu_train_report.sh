@@ -3,9 +3,11 @@
 # bench/gpu_check.sh has built soap_kernels there (a warm machine keeps the build between calls):
 #   1. seconds per training step of the paper preset on Allen-Cahn (PirateNet 3x256, batch 8192; SOAP and Adam,
 #      jets and nested autograd, interleaved by `soap-pinn time-step`) with the fused kernels
-#      (SOAP_KERNELS_BACKEND=triton) and with torch's paths (SOAP_KERNELS_BACKEND=torch), one process each;
+#      (SOAP_KERNELS_BACKEND=triton; the jet variants also with steps replayed from a CUDA graph, --cuda-graph)
+#      and with torch's paths (SOAP_KERNELS_BACKEND=torch), one process each;
 #   2. a paper-preset SOAP run on Allen-Cahn stopped after MINUTES minutes of training (default 6, what a
 #      15-minute device session leaves after the build): its summary.json holds the rel L2 reached in that time.
+#      SOAP_PINN_REPORT_CUDA_GRAPH=1 trains with --cuda-graph (default off until step 1 has shown it on a GPU).
 # Every step has a time limit (the defaults fit a device command's 600 s), and the run's files are copied out
 # even when the call is killed.
 # Files in $OUT (default bench/results/gpu-train, at most 8): report.log, time-step-{triton,torch}.json and the
@@ -38,6 +40,7 @@ if [[ "$DRY_RUN" == 1 ]]; then  # the torch paths only: Triton's CPU interpreter
 else
   DEVICE=cuda PRESET=paper BACKENDS=(triton torch) TIMING=(--rounds 5 --steps-per-round 10)
   TRAIN=(--max-minutes "$MINUTES")
+  [[ "${SOAP_PINN_REPORT_CUDA_GRAPH:-0}" == 1 ]] && TRAIN+=(--cuda-graph)
 fi
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 # Each timing process gets at most TIMING_LIMIT_S, training MINUTES plus TRAIN_SLACK_S (final evaluation, plots),
@@ -61,8 +64,10 @@ main() {
   echo "soap-pinn GPU report: device $DEVICE, preset $PRESET, run in $RUN, results in $OUT"
   for backend in "${BACKENDS[@]}"; do
     echo "=== time-step with SOAP_KERNELS_BACKEND=$backend"
+    local graph=()  # a captured SOAP step needs the native refresh, which the torch backend rules out
+    [[ "$DEVICE" == cuda && "$backend" != torch ]] && graph=(--cuda-graph)
     SOAP_KERNELS_BACKEND=$backend timeout "$TIMING_LIMIT_S" "$PYTHON" -m soap_pinn time-step allen_cahn \
-      --preset "$PRESET" --device "$DEVICE" "${TIMING[@]}" --save "$OUT/time-step-$backend.json" \
+      --preset "$PRESET" --device "$DEVICE" "${TIMING[@]}" "${graph[@]}" --save "$OUT/time-step-$backend.json" \
       || failures=$((failures + 1))
   done
   echo "=== soap-pinn train allen_cahn --preset $PRESET ${TRAIN[*]}"

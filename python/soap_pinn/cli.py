@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "of processes must divide it")  # fmt: skip
     train.add_argument("--shard-refresh", action="store_true",
                        help="under torchrun: divide SOAP's eigenbasis refresh among the ranks")  # fmt: skip
+    train.add_argument("--cuda-graph", action="store_true",
+                       help="replay unlogged steps from a CUDA graph (one CUDA process; fixed for the run)")
     train.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
                        help="under torchrun: how long a rank waits for its peers before failing (default "
                             "300)")  # fmt: skip
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--rounds", type=_positive_int, default=5)
     timing.add_argument("--steps-per-round", type=_positive_int, default=10)
     timing.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    timing.add_argument("--cuda-graph", action="store_true",
+                        help="also time the jet variants with their steps replayed from a CUDA graph (--device cuda)")
     timing.add_argument("--save", type=Path, default=None, help="write the JSON result to this file")
     timing.add_argument("--reference", type=Path, default=None, help="reference solution file (required by ldc)")
 
@@ -113,7 +117,7 @@ def _train(args, parser) -> int:
             ("--dtype", args.dtype), ("--seed", args.seed), ("--batch-size", args.batch_size),
             ("--log-every", args.log_every), ("--save-every", args.save_every),
             ("--architecture", args.architecture), ("--derivatives", args.derivatives), ("--out", args.out),
-            ("--sample-chunks", args.sample_chunks),
+            ("--sample-chunks", args.sample_chunks), ("--cuda-graph", True if args.cuda_graph else None),
             ("--reference", args.reference), ("--init-from", args.init_from),
         ) if value is not None]  # fmt: skip
         if fixed:
@@ -141,6 +145,7 @@ def _train(args, parser) -> int:
             batch_size=args.batch_size, log_every=args.log_every, save_every=args.save_every,
             architecture=args.architecture, derivatives=args.derivatives, plots=False if args.no_plots else None,
             sample_chunks=args.sample_chunks, shard_refresh=True if args.shard_refresh else None,
+            cuda_graph=True if args.cuda_graph else None,
             reference_settings=None if args.reference is None else {"file": str(args.reference.resolve())},
             init_from=None if args.init_from is None else str(args.init_from.resolve()),
         )  # fmt: skip
@@ -184,14 +189,22 @@ def _time_step(args, parser) -> int:
     reference = {} if args.reference is None else {"reference_settings": {"file": str(args.reference.resolve())}}
     variants = [dict(optimizer=o, derivatives=d, device=args.device, **reference)
                 for o in ("soap", "adam") for d in ("jet", "autograd")]  # fmt: skip
+    if args.cuda_graph:
+        if args.device != "cuda":
+            parser.error(f"--cuda-graph needs --device cuda, got {args.device}")
+        variants += [dict(variant, cuda_graph=True) for variant in variants if variant["derivatives"] == "jet"]
     try:
         results = time_variants(args.pde, variants, args.preset, args.rounds, args.steps_per_round)
     except (ValueError, NotImplementedError) as error:
         parser.error(str(error))
     for row in results:
         v = row["variant"]
-        print(f"{v['optimizer']:5s} {v['derivatives']:8s} wall {1e3 * row['wall_s_per_step']:8.1f} ms/step   "
-              f"cpu {1e3 * row['cpu_s_per_step']:8.1f} ms/step")
+        name = f"{v['optimizer']:5s} {v['derivatives']:8s} {'graph' if v.get('cuda_graph') else 'eager':5s}"
+        if "error" in row:
+            print(f"{name} failed: {row['error']}")
+            continue
+        wall_ms, cpu_ms = 1e3 * row["wall_s_per_step"], 1e3 * row["cpu_s_per_step"]
+        print(f"{name} wall {wall_ms:8.1f} ms/step   cpu {cpu_ms:8.1f} ms/step")
     if args.save is not None:
         report = {"pde": args.pde, "preset": args.preset, "rounds": args.rounds,
                   "steps_per_round": args.steps_per_round, "torch_threads": torch.get_num_threads(),

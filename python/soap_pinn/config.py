@@ -26,6 +26,7 @@ class TrainConfig:
     preset: str = "small"
     optimizer: str = "soap"
     shard_refresh: bool = False  # SOAP(shard_refresh=True): divide the eigenbasis refresh among the ranks
+    cuda_graph: bool = False  # unlogged steps replayed from a CUDA graph (step_graph.py); one CUDA process
     steps: int = 2000  # optimizer steps in all (split evenly over the time windows)
     seed: int = 42
     device: str = "cpu"
@@ -123,6 +124,10 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by causal_chunks {config.causal_chunks}")
     if config.batch_size % config.sample_chunks:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by sample_chunks {config.sample_chunks}")
+    if config.cuda_graph and config.device != "cuda":
+        raise ValueError(f"cuda_graph needs device 'cuda', got {config.device!r}")
+    if config.cuda_graph and config.shard_refresh:
+        raise ValueError("cuda_graph and shard_refresh exclude each other (a sharded refresh is not captured)")
     if config.shard_refresh and config.optimizer != "soap":
         raise ValueError(f"shard_refresh applies to the soap optimizer only, not {config.optimizer!r}")
     if config.steps < config.time_windows:

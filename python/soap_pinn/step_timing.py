@@ -26,28 +26,46 @@ def time_variants(
     steps_per_round: int = 10,
     warmup: int = 5,
 ) -> list[dict]:
-    """Median wall and CPU seconds per training step for each variant (dict of TrainConfig overrides)."""
-    trainers = []
+    """Median wall and CPU seconds per training step for each variant (dict of TrainConfig overrides).
+
+    A variant that raises (at set-up or in a round) gets {"variant", "error"} and leaves the rounds; the
+    others go on, so one unsupported combination (say a CUDA graph on a backend that cannot be captured)
+    costs only its own row."""
+    trainers: list[Trainer | None] = []
+    errors: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for index, overrides in enumerate(variants):
-            config = config_module.make_config(pde, preset, plots=False, **overrides)
-            trainer = Trainer(config, f"{scratch}/{index}", progress=False)
-            for _ in range(warmup):
-                trainer._train_step(log=False)
-                trainer.step += 1
+            try:
+                config = config_module.make_config(pde, preset, plots=False, **overrides)
+                trainer = Trainer(config, f"{scratch}/{index}", progress=False)
+                _steps(trainer, warmup)
+            except Exception as error:  # noqa: BLE001 - reported in the variant's row
+                errors[index], trainer = f"{type(error).__name__}: {error}", None
             trainers.append(trainer)
         wall = [[] for _ in variants]
         cpu = [[] for _ in variants]
         for _ in range(rounds):
             for index, trainer in enumerate(trainers):
+                if index in errors:
+                    continue
                 wall_start, cpu_start = time.perf_counter(), time.process_time()
-                for _ in range(steps_per_round):
-                    trainer._train_step(log=False)
-                    trainer.step += 1
+                try:
+                    _steps(trainer, steps_per_round)
+                except Exception as error:  # noqa: BLE001
+                    errors[index] = f"{type(error).__name__}: {error}"
+                    continue
                 wall[index].append((time.perf_counter() - wall_start) / steps_per_round)
                 cpu[index].append((time.process_time() - cpu_start) / steps_per_round)
     return [
+        {"variant": overrides, "error": errors[index]} if index in errors else
         {"variant": overrides, "wall_s_per_step": statistics.median(w), "cpu_s_per_step": statistics.median(c),
          "wall_samples": w, "cpu_samples": c}
-        for overrides, w, c in zip(variants, wall, cpu)
+        for index, (overrides, w, c) in enumerate(zip(variants, wall, cpu))
     ]  # fmt: skip
+
+
+def _steps(trainer: Trainer, count: int) -> None:
+    """`count` unlogged training steps (each ends with the trainer's one host read, the loss check)."""
+    for _ in range(count):
+        trainer._train_step(log=False)
+        trainer.step += 1

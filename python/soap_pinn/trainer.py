@@ -8,6 +8,9 @@ Per step s (window w, local time t in [0, T/windows]):
     every weight_update_every steps: w <- grad-norm update from per-term gradients
     every log_every steps: a metrics.jsonl record (losses, weights, rel L2 on the window, gradient
     alignment between the terms' gradients (intra-step) and between consecutive updates (inter-step)).
+With config.cuda_graph (one CUDA process), the unlogged steps without a weight update are replayed from a CUDA
+graph of the step (step_graph.py, _graph_body): points copied into static buffers, one replay, the loss read
+back; the logged and weighting steps run eagerly as above on the same capturable optimizer.
 Time windows (KS, Ginzburg-Landau): the window's initial condition is the previous window's prediction at
 its end; as in the paper's code, each window starts from the same freshly initialised network (same seed),
 physics-informed-initialised to its own initial condition, with a fresh optimizer, schedule and weights.
@@ -48,6 +51,7 @@ from .progress import ProgressBar
 from .references import Reference
 from .sampling import BoxSampler
 from .schedule import build_scheduler
+from .step_graph import StepGraph
 from .weighting import chunk_square_sums, grad_norm_weights, residual_losses_from_sums, update_weights
 
 __all__ = ["Trainer", "NonFiniteLossError"]
@@ -71,6 +75,11 @@ class Trainer:
         validate(config)
         self.config = config
         self.dist = distributed.current()
+        if config.cuda_graph and self.dist.active:
+            raise ValueError(
+                f"cuda_graph runs on one process; this run has {self.dist.world_size} (the collectives between "
+                "ranks are not captured)"
+            )
         if config.sample_chunks % self.dist.world_size:
             raise ValueError(
                 f"world size {self.dist.world_size} must divide sample_chunks {config.sample_chunks} "
@@ -137,11 +146,15 @@ class Trainer:
         )
         self.window = Window(index, window_reference, np.asarray(initial_state))
         config = self.config
-        self.optimizer = build_optimizer(config.optimizer, self.parameters, config.learning_rate, config.shard_refresh)
+        self.optimizer = build_optimizer(config.optimizer, self.parameters, config.learning_rate, config.shard_refresh,
+                                         capturable=config.cuda_graph)  # fmt: skip
         self.scheduler = build_scheduler(self.optimizer, config.warmup_steps, config.decay_steps, config.decay_rate)
         self.weights = {name: torch.tensor(float(config.initial_weights[name]), device=self.device, dtype=self.dtype)
                         for name in self.pde.loss_terms}  # fmt: skip
         self.previous_update = None
+        self.step_graph: StepGraph | None = None  # captured again for the new optimizer and weights
+        if config.cuda_graph and isinstance(self.optimizer, torch.optim.Adam):  # the captured step's mask
+            self.optimizer.found_inf = torch.zeros((), dtype=torch.float32, device=self.device)
 
     def _advance_window(self, index: int) -> None:
         """Freeze the finished window; start the next from its prediction at the window's end."""
@@ -201,7 +214,16 @@ class Trainer:
         return float(sum(self.weights[name] * losses[name].detach() for name in self.pde.loss_terms))
 
     # ----- one step ------------------------------------------------------------------------------
-    def _losses(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
+    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's collocation points of this step and their causal chunk indices (sampling.BoxSampler)."""
+        chunks = self.config.causal_chunks if self.config.causal else 1
+        return self.sampler.sample(
+            self.step, self.dtype, self.device, self.dist.rank, self.dist.world_size, causal_chunks=chunks
+        )
+
+    def _losses(
+        self, points: torch.Tensor, chunk_index: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
         """(this rank's loss terms with gradient, the global terms detached, causal weights or None).
 
         The local terms add up over the ranks to the global ones (weighting.residual_losses_from_sums);
@@ -209,9 +231,6 @@ class Trainer:
         """
         config, rank = self.config, self.dist
         chunks = config.causal_chunks if config.causal else 1
-        points, chunk_index = self.sampler.sample(
-            self.step, self.dtype, self.device, rank.rank, rank.world_size, causal_chunks=chunks
-        )
         jet = derivatives.evaluate(self.model, points, self.pde.derivatives, config.derivatives)
         local_sums = chunk_square_sums(self.pde.residual(jet), chunk_index, chunks)
         condition_names = [name for name in self.pde.loss_terms if name not in self.pde.residual_terms]
@@ -235,17 +254,17 @@ class Trainer:
 
     def _train_step(self, log: bool) -> dict | None:
         config, step = self.config, self.step
-        local, losses, causal = self._losses()
+        update_weights_now = config.weighting == "grad_norm" and step % config.weight_update_every == 0
+        # the update is kept only where an inter-step alignment needs it (this step's and the one before a
+        # logged step): a copy of every parameter each step would cost a launch per tensor on a GPU
+        keep_update = log or self._logs(step + 1)
+        if config.cuda_graph and not (log or update_weights_now):
+            self._graph_train_step(keep_update)
+            return None
+        local, losses, causal = self._losses(*self._sample())
         total = sum(self.weights[name] * loss for name, loss in losses.items())  # global: the same on every rank
         if not torch.isfinite(total).item():
-            # parameters are still those of the last finite step: keep them as the checkpoint
-            if self.dist.is_main:
-                self._save()
-            raise NonFiniteLossError(
-                f"non-finite loss at step {step} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
-                f"stopped; the last good state is in {self.out / 'checkpoint.pt'}"
-            )
-        update_weights_now = config.weighting == "grad_norm" and step % config.weight_update_every == 0
+            self._stop_at_non_finite_loss(losses)  # parameters are still those of the last finite step
         term_gradients = None
         if log or update_weights_now:
             # per-term gradients (for grad-norm weights and the intra-step alignment); their weighted sum
@@ -267,14 +286,11 @@ class Trainer:
                 distributed.all_reduce_sum(gradient, "the gradient")
                 for parameter, reduced in zip(self.parameters, _unflatten(gradient, self.parameters)):
                     parameter.grad = reduced
-        # the update is kept only where an inter-step alignment needs it (this step's and the one before a
-        # logged step): a copy of every parameter each step would cost a launch per tensor on a GPU
-        keep_update = log or self._logs(step + 1)
-        before = [p.detach().clone() for p in self.parameters] if keep_update else None
-        learning_rate = self.optimizer.param_groups[0]["lr"]
+        before = self._parameters_if(keep_update)
+        learning_rate = float(self.optimizer.param_groups[0]["lr"]) if log else None  # a device tensor if captured
         self.optimizer.step()
         self.scheduler.step()
-        update = torch._foreach_sub([p.detach() for p in self.parameters], before) if keep_update else None
+        update = self._update_since(before)
         record = None
         if log and self.dist.is_main:
             record = {
@@ -290,10 +306,63 @@ class Trainer:
                 },
                 "causal_weight_min": float(causal.min()) if causal is not None else None,
             }
-        if update_weights_now:
-            self.weights = update_weights(self.weights, grad_norm_weights(term_gradients), config.weight_momentum)
+        if update_weights_now:  # in place: a captured step reads these tensors
+            new_weights = update_weights(self.weights, grad_norm_weights(term_gradients), config.weight_momentum)
+            for name, weight in new_weights.items():
+                self.weights[name].copy_(weight)
         self.previous_update = update
         return record
+
+    def _stop_at_non_finite_loss(self, losses: dict[str, torch.Tensor]) -> None:
+        """Checkpoint the current (last good) state and raise NonFiniteLossError."""
+        if self.dist.is_main:
+            self._save()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
+            f"stopped; the last good state is in {self.out / 'checkpoint.pt'}"
+        )
+
+    # ----- the captured step (--cuda-graph) ------------------------------------------------------------
+    def _graph_train_step(self, keep_update: bool) -> None:
+        """An unlogged step without a weight update, from the window's StepGraph (step_graph.py): points in,
+        one replay, then the loss's finiteness read back (a non-finite one's update was masked on the device)."""
+        points, chunk_index = self._sample()
+        if self.step_graph is None:
+            self.step_graph = StepGraph(self._graph_body, points, chunk_index, capture=self.device.type == "cuda")
+        before = self._parameters_if(keep_update)
+        total, losses = self.step_graph(points, chunk_index)
+        if not torch.isfinite(total).item():
+            self._stop_at_non_finite_loss(losses)
+        self.scheduler.step()
+        self.previous_update = self._update_since(before)
+
+    def _parameters_if(self, keep: bool) -> list[torch.Tensor] | None:
+        """A copy of the parameters where an inter-step alignment needs this step's update, else None."""
+        return [p.detach().clone() for p in self.parameters] if keep else None
+
+    def _update_since(self, before: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        """The parameters' change since `before` (None where no copy was kept)."""
+        return None if before is None else torch._foreach_sub([p.detach() for p in self.parameters], before)
+
+    def _graph_body(self, points: torch.Tensor, chunk_index: torch.Tensor):
+        """Losses, backward and optimizer step with no host read: (total loss, loss terms), detached.
+
+        A non-finite total cannot stop the step before its update, so it masks the update instead: the
+        objective is scaled by NaN (1 otherwise, which changes no bit), so every gradient is NaN and SOAP skips
+        the step on the device (parameters and state unchanged); Adam (fused) skips it through `found_inf`,
+        the flag torch.amp.GradScaler hands fused optimizers.
+        """
+        local, losses, _ = self._losses(points, chunk_index)
+        total = sum(self.weights[name] * loss for name, loss in losses.items())
+        non_finite = ~torch.isfinite(total)
+        objective = sum(self.weights[name] * loss for name, loss in local.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        (objective * torch.where(non_finite, float("nan"), 1.0)).backward()
+        found_inf = getattr(self.optimizer, "found_inf", None)
+        if found_inf is not None:
+            found_inf.copy_(non_finite)
+        self.optimizer.step()
+        return total.detach(), {name: loss.detach() for name, loss in losses.items()}
 
     # ----- the loop ------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None, time_limit_s: float | None = None) -> dict:
@@ -486,6 +555,7 @@ class Trainer:
             "torch_threads": torch.get_num_threads(),
             "device": str(self.device),
             "world_size": self.dist.world_size,
+            "cuda_graph": self.config.cuda_graph,
         }
         (self.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
