@@ -14,6 +14,7 @@ from soap_pinn import trainer as trainer_module
 from soap_pinn.config import make_config, validate
 from soap_pinn.step_graph import StepGraph
 from soap_pinn.trainer import NonFiniteLossError, Trainer
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.host_sync_guard import forbid_host_reads
 from tests.soap_pinn.test_training import parameters, tiny_config
@@ -60,14 +61,29 @@ def test_graph_path_follows_the_eager_trajectory(tmp_path, monkeypatch, optimize
         torch.testing.assert_close(graph.weights[name], weight, rtol=max(rtol, 1e-12), atol=0)
 
 
-@pytest.mark.parametrize("optimizer", ["soap", "adam"])
-def test_graph_body_reads_nothing_back(tmp_path, monkeypatch, optimizer):
-    trainer = graph_trainer(monkeypatch, tiny_config("burgers", optimizer, steps=20), tmp_path)
+class _HostDataTensors(TorchDispatchMode):
+    """Counts tensors made from host data (torch.tensor(...), a Python number assigned into a tensor): on a GPU
+    each is a copy from pageable host memory, which a graph capture cannot hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten.lift_fresh.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("name", "optimizer"), [("burgers", "soap"), ("burgers", "adam"), ("wave", "soap"),
+                                                 ("gray_scott", "soap")])  # fmt: skip
+def test_graph_body_reads_nothing_back_and_copies_nothing_in(tmp_path, monkeypatch, name, optimizer):
+    trainer = graph_trainer(monkeypatch, tiny_config(name, optimizer, steps=20), tmp_path)
     trainer.run(stop_after=2)  # the first step (SOAP's eigh initialisation) and a logged one ran eagerly
     points, chunk_index = trainer._sample()
     step_graph = StepGraph(trainer._graph_body, points, chunk_index, capture=False)
-    with forbid_host_reads():
+    with forbid_host_reads(), _HostDataTensors() as made:
         step_graph(points, chunk_index)
+    assert made.count == 0
 
 
 @pytest.mark.parametrize("optimizer", ["soap", "adam"])
