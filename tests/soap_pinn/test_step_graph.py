@@ -164,8 +164,12 @@ def test_captured_steps_follow_the_eager_body_on_cuda(tmp_path, monkeypatch, opt
     eager = Trainer(dataclasses.replace(config, cuda_graph=True), tmp_path / "eager", progress=False)
     eager.run()
     assert eager.step_graph.graph is None
+    # the same kernels run either way, but some sum with atomics (index_add_), and SOAP's rank-deficient 1-D
+    # factors amplify such rounding (see test_graph_path_follows_the_eager_trajectory); one step moves a
+    # parameter by about the learning rate, 1e-3
     for a, b in zip(parameters(captured), parameters(eager), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert captured.last_record["loss"] == pytest.approx(eager.last_record["loss"], rel=1e-3)
 
 
 @pytest.mark.cuda
