@@ -190,11 +190,11 @@ pytest_plugins_args() {  # pytest_plugins_args [serial]: the GPU machine's pytes
 }
 
 gpu_tests() {
-  # The optimizer's tests first: under the step's time limit, Triton's first compilations (several seconds per
-  # jet kernel variant) must not starve them; then every other test file in name order.
+  # The optimizer's tests first (and the trainer's captured step): under the step's time limit, Triton's first
+  # compilations (several seconds per jet kernel variant) must not starve them; then every other file by name.
   local first=(tests/test_soap.py tests/test_soap_capturable.py tests/test_adam_moments.py
                tests/test_refresh_eigenbasis.py tests/test_block_jacobi.py tests/test_rotated_adam.py
-               tests/test_factor_update.py)
+               tests/test_factor_update.py tests/soap_pinn/test_step_graph.py)
   local files=("${first[@]}") file
   for file in tests/test_*.py tests/soap_pinn/test_*.py; do
     [[ " ${first[*]} " == *" $file "* ]] || files+=("$file")
