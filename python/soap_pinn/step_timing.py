@@ -28,15 +28,16 @@ def time_variants(
 ) -> list[dict]:
     """Median wall and CPU seconds per training step for each variant (dict of TrainConfig overrides).
 
-    A variant that raises (at set-up or in a round) gets {"variant", "error"} and leaves the rounds; the
-    others go on, so one unsupported combination (say a CUDA graph on a backend that cannot be captured)
-    costs only its own row."""
+    A bad configuration raises ValueError before anything runs; a variant that fails while running (set-up,
+    warm-up or a round) gets {"variant", "error"} and leaves the rounds, and the others go on, so one
+    combination this machine cannot run (say a CUDA graph on a backend that cannot be captured) costs only its
+    own row."""
+    configs = [config_module.make_config(pde, preset, plots=False, **overrides) for overrides in variants]
     trainers: list[Trainer | None] = []
     errors: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for index, overrides in enumerate(variants):
+        for index, config in enumerate(configs):
             try:
-                config = config_module.make_config(pde, preset, plots=False, **overrides)
                 trainer = Trainer(config, f"{scratch}/{index}", progress=False)
                 _steps(trainer, warmup)
             except Exception as error:  # noqa: BLE001 - reported in the variant's row
