@@ -10,7 +10,9 @@ one replay. What a graph needs:
     - no host reads: a non-finite loss cannot stop the step before its update, so the body masks the update
       instead (see Trainer._graph_body) and the caller reads the loss after the replay.
 The first `warmup` calls run the body eagerly on a side stream (Triton compilations, cuBLAS workspaces, SOAP's
-initialising step; torch.cuda.graph's documentation asks for it), the next one captures it and replays it.
+initialising step and, with the default 3, its first refresh when a time window starts on this path: every
+library call a capture records has run once before; torch.cuda.graph's documentation asks for it), the next one
+captures it and replays it.
 Each call is one real training step. capture=False keeps calling the body eagerly (the same static inputs and
 body: how the CPU tests check the step's logic, since only CUDA can capture).
 """
@@ -34,7 +36,7 @@ class StepGraph:
         body: Callable[[torch.Tensor, torch.Tensor], object],
         points: torch.Tensor,
         chunk_index: torch.Tensor,
-        warmup: int = 2,
+        warmup: int = 3,
         capture: bool = True,
     ):
         if warmup < 1:

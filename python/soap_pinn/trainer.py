@@ -349,8 +349,9 @@ class Trainer:
 
         A non-finite total cannot stop the step before its update, so it masks the update instead: the
         objective is scaled by NaN (1 otherwise, which changes no bit), so every gradient is NaN and SOAP skips
-        the step on the device (parameters and state unchanged); Adam (fused) skips it through `found_inf`,
-        the flag torch.amp.GradScaler hands fused optimizers.
+        the step on the device (parameters and moments unchanged; its step counter, which schedules refreshes,
+        counts the skipped step, so the checkpoint of a stopped run is one SOAP step ahead of the eager path's);
+        Adam (fused) skips it through `found_inf`, the flag torch.amp.GradScaler hands fused optimizers.
         """
         local, losses, _ = self._losses(points, chunk_index)
         total = sum(self.weights[name] * loss for name, loss in losses.items())
@@ -358,6 +359,9 @@ class Trainer:
         objective = sum(self.weights[name] * loss for name, loss in local.items())
         self.optimizer.zero_grad(set_to_none=True)
         (objective * torch.where(non_finite, float("nan"), 1.0)).backward()
+        for parameter in self.parameters:  # one the loss does not reach gets zeros, as on a logged step, so the
+            if parameter.grad is None:  # optimizer sees the same parameters (and SOAP the same stacks) every step
+                parameter.grad = torch.zeros_like(parameter)
         found_inf = getattr(self.optimizer, "found_inf", None)
         if found_inf is not None:
             found_inf.copy_(non_finite)

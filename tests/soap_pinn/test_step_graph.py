@@ -150,7 +150,7 @@ def test_cuda_graph_settings_are_checked():
 @pytest.mark.parametrize("derivatives", ["jet", "autograd"])
 def test_captured_steps_follow_the_eager_body_on_cuda(tmp_path, monkeypatch, optimizer, derivatives):
     """The same run with the body replayed from a CUDA graph and with it run eagerly (StepGraph(capture=False)):
-    12 steps, of which the graph replays those after its two warm-ups that are neither logged nor weighting."""
+    12 steps, of which the graph replays those after its three warm-ups that are neither logged nor weighting."""
     config = tiny_config("allen_cahn", optimizer, steps=12, device="cuda", derivatives=derivatives, log_every=6)
     captured = Trainer(dataclasses.replace(config, cuda_graph=True), tmp_path / "captured", progress=False)
     captured.run()
@@ -174,16 +174,18 @@ def test_captured_steps_follow_the_eager_body_on_cuda(tmp_path, monkeypatch, opt
 
 @pytest.mark.cuda
 @needs_cuda
-def test_a_non_finite_captured_step_leaves_the_state_on_cuda(tmp_path, monkeypatch):
-    """A NaN loss inside a replayed graph: the masked update leaves the parameters as they were."""
-    config = tiny_config("allen_cahn", "soap", steps=30, device="cuda", log_every=20, weight_update_every=20)
+@pytest.mark.parametrize("optimizer", ["soap", "adam"])
+def test_a_non_finite_captured_step_leaves_the_state_on_cuda(tmp_path, monkeypatch, optimizer):
+    """A NaN loss inside a replayed graph: the masked update (NaN gradients for SOAP, found_inf for fused Adam)
+    leaves the parameters as they were."""
+    config = tiny_config("allen_cahn", optimizer, steps=30, device="cuda", log_every=20, weight_update_every=20)
     trainer = Trainer(dataclasses.replace(config, cuda_graph=True), tmp_path, progress=False)
-    trainer.run(stop_after=6)  # warm-ups at steps 1 and 2, captured at 3, replays after
+    trainer.run(stop_after=7)  # warm-ups at steps 1-3, captured at 4, replays after
     assert trainer.step_graph.graph is not None
     good = parameters(trainer)
     nan_points = torch.full_like(trainer.step_graph.points, float("nan"))  # the replayed graph sees NaN inputs
     monkeypatch.setattr(trainer, "_sample", lambda: (nan_points, trainer.step_graph.chunk_index.clone()))
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 6"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 7"):
         trainer.run()
     for a, b in zip(good, parameters(trainer), strict=True):
         assert torch.equal(a, b)

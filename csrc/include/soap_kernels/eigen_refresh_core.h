@@ -4,11 +4,12 @@
 // "team": the set of workers that cooperate on that matrix. On the CPU the team is one thread
 // (SerialTeam below: rank 0 of 1, sync() does nothing); on the GPU it is one thread block (BlockTeam in
 // csrc/cuda/refresh_eigenbasis.cu: rank = threadIdx.x, sync() = __syncthreads()). Every loop is written
-// as `for (i = rank; i < count; i += size)` with a sync() between phases that depend on each other, so
-// the same code is the sequential algorithm on the host and the parallel one on the device.
+// as `for (i = rank; i < count; i += size)`, or over a TeamGrid for 2-D loops, with a sync() between phases
+// that depend on each other, so the same code is the sequential algorithm on the host and the parallel one on
+// the device.
 //
 // Cores:
-//   cholesky_upper_inverse  G = R^T R (Cholesky, R upper triangular), then G <- R^{-1}   (n^3/3 + n^3/6 flops)
+//   cholesky_upper_inverse  G = R^T R (Cholesky, R upper triangular), then G <- R^{-1}   (n^3/3 + n^3/3 flops)
 //   jacobi_eigen            B = V diag(lambda) V^T by parallel-order (round-robin) cyclic Jacobi, fixed sweep cap
 // Constants shared with the torch reference (soap_kernels/ops/refresh_eigenbasis.py) are defined here too.
 #pragma once
@@ -84,7 +85,7 @@ SOAP_KERNELS_HOST_DEVICE TeamGrid team_grid(const Team& team, int64_t width) {
 // barriers (a left-looking triangular inverse would be a chain of dot products, one worker each):
 //   Cholesky, k = 0..n-1:  R_kk = sqrt(G_kk); R_k,j = G_kj / R_kk (j > k); G_ij -= R_ki R_kj (k < i <= j)
 //   inverse,  l = 0..n-1:  W_ll = 1 / R_ll; W_il = -A_il W_ll (i < l), where A_ij = sum_{m < j} W_im R_mj
-//                          is accumulated in place of R_ij: A_ij += W_il R_lj (i <= l < j), from R W = I.
+//                          is accumulated in place of R_ij: A_ij += W_il R_lj (i <= l < j), from W R = I.
 // Pivots below kPivotFloor are clamped (see there). The result does not depend on the team's size.
 template <typename Team>
 SOAP_KERNELS_HOST_DEVICE void cholesky_upper_inverse(const Team& team, double* g, int64_t n, double* scratch) {
