@@ -118,6 +118,7 @@ class Trainer:
         self.sampler = _box_sampler(self.pde, duration, config)
 
         self.step = 0
+        self._prefetched: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, points, chunk indices)
         self.elapsed = 0.0
         self.finished_windows: list[dict] = []  # model state at the end of each finished window
         self.previous_update: list[torch.Tensor] | None = None
@@ -214,12 +215,20 @@ class Trainer:
         return float(sum(self.weights[name] * losses[name].detach() for name in self.pde.loss_terms))
 
     # ----- one step ------------------------------------------------------------------------------
-    def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's collocation points of this step and their causal chunk indices (sampling.BoxSampler)."""
+    def _sample(self, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's collocation points of `step` (default: this step) and their causal chunk indices
+        (sampling.BoxSampler: a function of the step alone); this step's comes from _prefetch when it ran."""
+        step = self.step if step is None else step
+        if self._prefetched is not None and self._prefetched[0] == step:
+            return self._prefetched[1:]
         chunks = self.config.causal_chunks if self.config.causal else 1
         return self.sampler.sample(
-            self.step, self.dtype, self.device, self.dist.rank, self.dist.world_size, causal_chunks=chunks
+            step, self.dtype, self.device, self.dist.rank, self.dist.world_size, causal_chunks=chunks
         )
+
+    def _prefetch(self, step: int) -> None:
+        """Draw step `step`'s points now (host work: random numbers, copies and launches), kept for _sample."""
+        self._prefetched = (step, *self._sample(step))
 
     def _losses(
         self, points: torch.Tensor, chunk_index: torch.Tensor
@@ -325,12 +334,14 @@ class Trainer:
     # ----- the captured step (--cuda-graph) ------------------------------------------------------------
     def _graph_train_step(self, keep_update: bool) -> None:
         """An unlogged step without a weight update, from the window's StepGraph (step_graph.py): points in,
-        one replay, then the loss's finiteness read back (a non-finite one's update was masked on the device)."""
+        one replay, the next step's points drawn while it runs, then the loss's finiteness read back (a
+        non-finite one's update was masked on the device)."""
         points, chunk_index = self._sample()
         if self.step_graph is None:
             self.step_graph = StepGraph(self._graph_body, points, chunk_index, capture=self.device.type == "cuda")
         before = self._parameters_if(keep_update)
         total, losses = self.step_graph(points, chunk_index)
+        self._prefetch(self.step + 1)  # while the GPU runs this step, before the host waits for it
         if not torch.isfinite(total).item():
             self._stop_at_non_finite_loss(losses)
         self.scheduler.step()
