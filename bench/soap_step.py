@@ -6,7 +6,9 @@ Every provider steps on the same precomputed gradients. A timed block is `precon
 block time / frequency is the mean step time including refreshes. Providers:
     soap_kernels (backend auto), soap_kernels_torch, soap_kernels_triton (CUDA), soap_kernels_capturable (eager,
     tensor lr), soap_kernels_graph / soap_kernels_triton_graph (CUDA: one capturable step captured in a CUDA
-    graph and replayed; a captured step computes the refresh every time, see SOAP's capturable), the
+    graph and replayed; a captured step computes the refresh every time, see SOAP's capturable),
+    soap_kernels_graph_conditional (the same with the refresh in a conditional node, computed only on replays
+    that are refresh steps: SOAP_KERNELS_CONDITIONAL_REFRESH=1 while capturing), the
     *_no_refresh variants (precondition_frequency 10^9: the step without refresh that the issue compares with
     fused Adam), pytorch_optimizer_soap (the baseline), adam (fused on CUDA), heavyball_soap (torch.compile's
     default mode, not heavyball's max-autotune: see HEAVYBALL_COMPILE_MODE).
@@ -34,10 +36,13 @@ from bench.harness import OUT_OF_TIME, SuiteConfig, captured, record, save_resul
 PAPER_SETTINGS = dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, precondition_frequency=2, precondition_1d=True)
 PROVIDERS = (
     "soap_kernels", "soap_kernels_triton", "soap_kernels_torch", "soap_kernels_capturable", "soap_kernels_graph",
-    "soap_kernels_triton_graph", "soap_kernels_no_refresh", "soap_kernels_triton_no_refresh",
-    "pytorch_optimizer_soap", "adam", "heavyball_soap",
+    "soap_kernels_graph_conditional", "soap_kernels_triton_graph", "soap_kernels_no_refresh",
+    "soap_kernels_triton_no_refresh", "pytorch_optimizer_soap", "adam", "heavyball_soap",
 )  # fmt: skip  (heavyball last: its first step compiles for tens of seconds on a GPU)
-CUDA_ONLY = ("soap_kernels_triton", "soap_kernels_graph", "soap_kernels_triton_graph", "soap_kernels_triton_no_refresh")
+CUDA_ONLY = (
+    "soap_kernels_triton", "soap_kernels_graph", "soap_kernels_graph_conditional", "soap_kernels_triton_graph",
+    "soap_kernels_triton_no_refresh",
+)  # fmt: skip
 NO_REFRESH_FREQUENCY = 10**9
 BASELINE = "pytorch_optimizer_soap"
 HEAVYBALL_COMPILE_MODE = "default"
@@ -111,7 +116,7 @@ def make_optimizer(provider: str, params: list[torch.nn.Parameter]) -> torch.opt
             settings["backend"] = "torch"
         if provider.endswith("_no_refresh"):
             settings["precondition_frequency"] = NO_REFRESH_FREQUENCY
-        if provider.endswith(("_graph", "_capturable")):
+        if _captured(provider) or provider.endswith("_capturable"):
             settings.update(capturable=True, lr=torch.tensor(settings["lr"], device=params[0].device))
         return SOAP(params, **settings)
     if provider == "pytorch_optimizer_soap":
@@ -151,17 +156,34 @@ def step_block(shapes: list[tuple], provider: str, device: torch.device, frequen
             optimizer.step()
 
     block()  # the initialising first step and one refresh happen before timing
-    if not provider.endswith("_graph"):
+    if not _captured(provider):
         return block
-    return _graph_block(params, pool, optimizer)
+    return _graph_block(params, pool, optimizer, conditional=provider.endswith("_conditional"))
 
 
-def _graph_block(params: list[torch.nn.Parameter], pool: list[list[torch.Tensor]], optimizer) -> Callable[[], None]:
-    """Capture one optimizer step in a CUDA graph (after eager warm-up on a side stream); the block copies each
-    pool entry into the static .grad buffers and replays it."""
+def _captured(provider: str) -> bool:
+    return provider.endswith(("_graph", "_graph_conditional"))
+
+
+def _graph_block(
+    params: list[torch.nn.Parameter], pool: list[list[torch.Tensor]], optimizer, conditional: bool
+) -> Callable[[], None]:
+    """Capture one optimizer step in a CUDA graph (after eager warm-up on a side stream), its refresh in a
+    conditional node if asked; the block copies each pool entry into the static .grad buffers and replays it."""
+    import os
+
     for p, g in zip(params, pool[0]):
         p.grad = g.clone()
-    replay = captured(optimizer.step)
+    switch = "SOAP_KERNELS_CONDITIONAL_REFRESH"
+    previous = os.environ.get(switch)
+    os.environ[switch] = "1" if conditional else "0"  # read while the step is captured, not at replays
+    try:
+        replay = captured(optimizer.step)
+    finally:
+        if previous is None:
+            del os.environ[switch]
+        else:
+            os.environ[switch] = previous
 
     def block() -> None:
         for grads in pool:

@@ -230,11 +230,14 @@ def test_capturable_tensor_lr_must_live_on_the_parameters_device():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("conditional", ["0", "1"], ids=["refresh-every-replay", "refresh-in-if-node"])
 @pytest.mark.parametrize("refresh", ["qr", "exact"])
 @pytest.mark.parametrize("backend", ["auto", "triton"])
-def test_a_captured_step_replays_the_eager_trajectory(backend, refresh):
+def test_a_captured_step_replays_the_eager_trajectory(backend, refresh, conditional, monkeypatch):
     """One step captured in a CUDA graph, replayed with new gradients and a scheduled tensor lr, follows eager
-    SOAP on the CPU (refreshes land on the right replays: every third step, while every replay computes one)."""
+    SOAP on the CPU (refreshes land on the right replays: every third step, while every replay computes one, or
+    with SOAP_KERNELS_CONDITIONAL_REFRESH=1 only the replays whose device step count makes them due)."""
+    monkeypatch.setenv("SOAP_KERNELS_CONDITIONAL_REFRESH", conditional)
     dtype = torch.float32 if backend == "triton" else torch.float64
     steps, warm_up = 12, 4  # the warm-up includes a refresh step (step 3): first launches stay out of the capture
     gradients = _gradients(steps, dtype)
@@ -274,3 +277,45 @@ def test_a_captured_step_replays_the_eager_trajectory(backend, refresh):
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.detach().cpu(), b.detach(), **tolerance)
     assert [int(optimizer.state[p]["step"]) for p in gpu] == [eager.state[p]["step"] for p in cpu]
+
+
+@pytest.mark.parametrize("enabled", ["0", "1"])
+def test_conditional_refresh_records_the_refresh_in_an_if_node(enabled, monkeypatch):
+    """The wiring, on a CPU (only CUDA captures graphs): with SOAP_KERNELS_CONDITIONAL_REFRESH=1 inside a capture,
+    each step's refresh is recorded between begin_capture_to_if_node(some stack due on the device count) and
+    end_capture_to_conditional_node; switched off, no node is made. The CUDA test below replays it."""
+    from soap_kernels.optim import soap as soap_module
+
+    params = _params()
+    optimizer = SOAP(params, **SETTINGS, capturable=True)  # precondition_frequency 3
+    gradients = _gradients(4)
+    _run(optimizer, params, gradients[:2])  # the initialising step and step 1, eagerly
+    for stack in optimizer._stacks.values():  # what capturing a step on a CUDA device sets
+        stack.graph_captured = True
+    events = []
+
+    class RecordingGraph:
+        def begin_capture_to_if_node(self, condition):
+            events.append(("begin", bool(condition)))
+
+        def end_capture_to_conditional_node(self):
+            events.append(("end",))
+
+    def refresh_and_record(requests):
+        events.append(("refresh",))
+        return original(requests)
+
+    original = soap_module.batched_refresh
+    monkeypatch.setenv("SOAP_KERNELS_CONDITIONAL_REFRESH", enabled)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as inside torch.cuda.graph
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "get_currently_capturing_graph", lambda: RecordingGraph(), raising=False)
+    monkeypatch.setattr(soap_module, "batched_refresh", refresh_and_record)
+    _run(optimizer, params, gradients[2:])  # steps 2 (not a refresh step) and 3 (one)
+    if enabled == "1":
+        assert events == [("begin", False), ("refresh",), ("end",), ("begin", True), ("refresh",), ("end",)]
+    else:
+        assert events == [("refresh",), ("refresh",)]  # computed every step, installed by the device mask
+    monkeypatch.setenv("SOAP_KERNELS_CONDITIONAL_REFRESH", "yes")
+    with pytest.raises(ValueError, match="SOAP_KERNELS_CONDITIONAL_REFRESH must be 0 or 1, got 'yes'"):
+        _run(optimizer, params, gradients[:1])

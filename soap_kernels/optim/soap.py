@@ -20,6 +20,7 @@ import torch
 
 from soap_kernels import profile
 from soap_kernels._backend import native_kernels_for, requested_backend, resolve_backend
+from soap_kernels.optim.graph_conditional import only_where_any
 from soap_kernels.optim.layout import precondition_plan
 from soap_kernels.optim.refresh import CAPTURABLE_REFRESH_METHODS, REFRESH_METHODS, batched_refresh, step_method
 from soap_kernels.optim.sharding import sharded_refresh, sharding_active
@@ -228,7 +229,8 @@ class SOAP(torch.optim.Optimizer):
              step_method(group["refresh"], group["capturable"], impl, stack.device), impl)
             for group, stack, impl in refreshing
         ]  # fmt: skip
-        with profile.range("soap/refresh"):
+        # in a capture, optionally a conditional node: replays refresh only where some stack is due (see there)
+        with profile.range("soap/refresh"), only_where_any([mask for _, mask, _, _ in due]):
             self._refresh(due)
         if self._skipped is None or self._skipped.device != ok.device:  # a loaded counter may be on the CPU
             previous = 0 if self._skipped is None else self._skipped
