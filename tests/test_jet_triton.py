@@ -330,3 +330,34 @@ def test_slots_past_2_31_elements():
     z_tail = z[:, -64:].contiguous()
     ref_x, _, _ = jet_dense_activation_backward_ref(g[:, -64:], z_tail, tail, w, "tanh", plan.key, True)
     torch.testing.assert_close(grad_x[:, -64:], ref_x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["default", "legacy flag", "matmul precision", "new API", "global new API"])
+def test_tf32_follows_torch_however_it_was_set(how, monkeypatch):
+    """The jets' float32 CUDA GEMMs use TF32 exactly where torch's matmuls would; setting it through the new API
+    made the legacy flag raise when read (on CUDA tensors only, so CPU runs never saw it)."""
+    from types import SimpleNamespace
+
+    from soap_kernels.ops.jet_dense_triton import _precision
+
+    matmul, mkldnn_matmul = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    saved = (torch.get_float32_matmul_precision(), torch.backends.fp32_precision, matmul.fp32_precision,
+             mkldnn_matmul.fp32_precision)  # set_float32_matmul_precision sets the CPU's (oneDNN) too; fmt: skip
+    try:
+        torch.backends.fp32_precision, matmul.fp32_precision = "none", "none"  # nothing set: torch's default
+        if how == "legacy flag":
+            matmul.allow_tf32 = True
+        elif how == "matmul precision":
+            torch.set_float32_matmul_precision("high")
+        elif how == "new API":
+            matmul.fp32_precision = "tf32"
+        elif how == "global new API":
+            torch.backends.fp32_precision = "tf32"
+        expected = "ieee" if how == "default" else "tf32"
+        cuda_float32 = SimpleNamespace(is_cuda=True, dtype=torch.float32)
+        assert _precision(cuda_float32) == expected
+        assert _precision(SimpleNamespace(is_cuda=True, dtype=torch.float64)) == "ieee"
+        assert _precision(SimpleNamespace(is_cuda=False, dtype=torch.float32)) == "ieee"
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.fp32_precision, matmul.fp32_precision, mkldnn_matmul.fp32_precision = saved[1:]

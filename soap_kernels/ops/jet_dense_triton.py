@@ -208,8 +208,16 @@ def _dtype_name(tensor: torch.Tensor) -> str:
 
 def _precision(tensor: torch.Tensor) -> str:
     """tf32 only where torch itself allows it for float32 matmuls; exact fp32/fp64 otherwise."""
-    allow_tf32 = tensor.is_cuda and torch.backends.cuda.matmul.allow_tf32 and tensor.dtype == torch.float32
-    return "tf32" if allow_tf32 else "ieee"
+    return "tf32" if tensor.is_cuda and tensor.dtype == torch.float32 and _cuda_matmul_allows_tf32() else "ieee"
+
+
+def _cuda_matmul_allows_tf32() -> bool:
+    """torch's float32 matmul precision for CUDA, however it was set: matmul.fp32_precision answers for the new API,
+    torch.set_float32_matmul_precision and the legacy allow_tf32 flag alike, whereas reading allow_tf32 raises once
+    the new API was used (torch < 2.9 has only the legacy flag)."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else bool(matmul.allow_tf32)
 
 
 KERNEL_CHOICES = ("fused", "split")
