@@ -361,3 +361,19 @@ def test_tf32_follows_torch_however_it_was_set(how, monkeypatch):
     finally:
         torch.set_float32_matmul_precision(saved[0])
         torch.backends.fp32_precision, matmul.fp32_precision, mkldnn_matmul.fp32_precision = saved[1:]
+
+
+@pytest.mark.parametrize("fp64_dot", [True, False])
+def test_auto_takes_triton_for_float64_only_where_it_lowers_a_float64_dot(fp64_dot, monkeypatch):
+    """On CUDA, "auto" runs float64 jets on Triton where the probe found float64 tl.dot exact, else on torch."""
+    from types import SimpleNamespace
+
+    from soap_kernels.jets import api
+    from soap_kernels.ops import _triton_utils
+
+    monkeypatch.setattr(api, "triton_available", lambda: True)
+    monkeypatch.setattr(_triton_utils, "fp64_dot_supported", lambda device: fp64_dot)
+    cuda = torch.device("cuda", 0)
+    assert api._layer_kernels(SimpleNamespace(is_cuda=True, dtype=torch.float32, device=cuda), "auto") == "triton"
+    float64 = SimpleNamespace(is_cuda=True, dtype=torch.float64, device=cuda)
+    assert api._layer_kernels(float64, "auto") == ("triton" if fp64_dot else "torch")

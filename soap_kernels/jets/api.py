@@ -20,12 +20,15 @@ _WARNED_FALLBACK: set[str] = set()
 
 
 def _layer_kernels(x: torch.Tensor, backend: str) -> str:
-    """Which kernels the fused layers run: "auto" takes Triton on float32/float64 CUDA tensors and the C++
-    kernels on CPU tensors when they are built, else the torch reference ("torch")."""
+    """Which kernels the fused layers run: "auto" takes Triton on float32/float64 CUDA tensors (float64 where this
+    Triton lowers a float64 tl.dot, probed once per device) and the C++ kernels on CPU tensors when they are
+    built, else the torch reference ("torch")."""
     chosen = requested_backend(backend)
     if chosen == "auto":
         if x.is_cuda and triton_available() and x.dtype in (torch.float32, torch.float64):
-            return "triton"
+            from soap_kernels.ops._triton_utils import fp64_dot_supported  # imports Triton
+
+            return "triton" if x.dtype == torch.float32 or fp64_dot_supported(x.device) else "torch"
         return "native" if x.device.type == "cpu" and has_native_cpu() else "torch"
     if chosen == "torch":
         return "torch"

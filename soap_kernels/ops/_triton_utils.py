@@ -193,7 +193,7 @@ def _fp64_dot_supported(device_type: str, index: int | None) -> bool:
     if not good:
         warnings.warn(
             f"soap_kernels: Triton {triton.__version__} cannot run a float64 tl.dot on {device} ({reason}); "
-            "float64 SOAP ops on this device use the torch reference",
+            "float64 SOAP ops and jets on this device use the torch reference",
             RuntimeWarning,
             stacklevel=3,
         )
