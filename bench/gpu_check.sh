@@ -180,12 +180,14 @@ print("backends here:", ", ".join(name for name, on in backends.items() if on))
 EOF
 }
 
-pytest_plugins_args() {  # pytest_plugins_args [serial]: the GPU machine's pytest plugins, where installed
-  # pytest-timeout stops a test that hangs; pytest-xdist spreads the files over workers (Triton compiles each
-  # kernel variant on the CPU, one core per process: the first check spent most of its test time there)
+pytest_plugins_args() {  # pytest_plugins_args serial|loadfile|load: the GPU machine's pytest plugins, where installed
+  # pytest-timeout stops a test that hangs; pytest-xdist spreads the tests over workers (Triton compiles each
+  # kernel variant on the CPU, one core per process: the first check spent most of its test time there), a
+  # file per worker (loadfile: its kernels compile once) or, for the Triton kernels' tests, test by test (load:
+  # one file's many variants, e.g. test_jet_triton.py's, compile on every worker at once)
   "$PYTHON" -c "import pytest_timeout" 2>/dev/null && echo "--timeout 60"
-  [[ "${1:-}" == serial ]] && return 0
-  "$PYTHON" -c "import xdist" 2>/dev/null && echo "-n ${SOAP_KERNELS_GPU_CHECK_WORKERS:-6} --dist loadfile"
+  [[ "$1" == serial ]] && return 0
+  "$PYTHON" -c "import xdist" 2>/dev/null && echo "-n ${SOAP_KERNELS_GPU_CHECK_WORKERS:-6} --dist $1"
   return 0
 }
 
@@ -202,7 +204,7 @@ gpu_tests() {
   # each test named as it finishes (the log shows how far a step got if its limit stops it), and one that hangs
   # is stopped by pytest-timeout where that is installed
   # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words
-  two_phase_pytest "" -k "$PYTEST_K" $PYTEST_ARGS "${files[@]}"
+  two_phase_pytest loadfile "" -k "$PYTEST_K" $PYTEST_ARGS "${files[@]}"
   local rc=$?
   if ((rc == 5)); then
     echo "WARNING: pytest collected no tests for -k '$PYTEST_K' $PYTEST_ARGS"
@@ -211,11 +213,11 @@ gpu_tests() {
   return $rc
 }
 
-two_phase_pytest() {  # two_phase_pytest MARK_EXPRESSION PYTEST_ARGS...: the selected tests over the workers,
-  # then the gpu_memory_heavy ones alone (tens of GiB each: several at once would not fit on one GPU)
-  local marks="$1" rc_shared rc_alone
-  shift
-  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider $(pytest_plugins_args) \
+two_phase_pytest() {  # two_phase_pytest DIST MARK_EXPRESSION PYTEST_ARGS...: the selected tests over the workers
+  # (xdist's --dist DIST), then the gpu_memory_heavy ones alone (tens of GiB each: several at once would not fit)
+  local dist="$1" marks="$2" rc_shared rc_alone
+  shift 2
+  "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider $(pytest_plugins_args "$dist") \
     -m "${marks:+($marks) and }not gpu_memory_heavy" "$@"
   rc_shared=$?
   "$PYTHON" -m pytest -v -rfEs --tb=short -p no:cacheprovider $(pytest_plugins_args serial) \
@@ -265,7 +267,7 @@ keep_file_budget() {  # the device tool brings back at most 8 files: pack surplu
 gpu_triton_tests() {
   # every test of a Triton kernel (the users of the triton_device fixture) on the GPU; Triton compiles each
   # kernel variant on first use, so the slowest are listed for the next check's time limits
-  two_phase_pytest triton_kernel --durations=10 tests
+  two_phase_pytest load triton_kernel --durations=10 tests
   local rc=$?
   ((rc == 5)) && { echo "WARNING: no test marked triton_kernel (no CUDA?)"; return 0; }
   return $rc
