@@ -160,9 +160,11 @@ def _train(args, parser) -> int:
         parser.error(f"{world.world_size} processes (WORLD_SIZE) must divide --sample-chunks {config.sample_chunks}")
     timeout = distributed.DEFAULT_TIMEOUT_S if args.dist_timeout is None else args.dist_timeout
     context = distributed.init_from_env(config.device, timeout)
+    finished = False
     try:
         trainer = Trainer(config, out, resume=resume, progress=context.is_main)
         summary = trainer.run(time_limit_s=None if args.max_minutes is None else 60.0 * args.max_minutes)
+        finished = True
     except NonFiniteLossError as error:
         if context.is_main:
             print(f"soap-pinn: {error}", file=sys.stderr)
@@ -171,7 +173,7 @@ def _train(args, parser) -> int:
         print(str(error), file=sys.stderr)
         return 4
     finally:
-        distributed.shutdown()
+        distributed.shutdown(synchronise=finished)
     if context.is_main:
         print(json.dumps(summary, indent=2))
     return 0

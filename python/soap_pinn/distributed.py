@@ -90,9 +90,18 @@ def init_from_env(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
     return current()
 
 
-def shutdown() -> None:
+def shutdown(synchronise: bool = False) -> None:
+    """Leave the process group. synchronise (a clean finish on every rank): meet the other ranks at a barrier
+    first, so that no rank tears its connections down while another is still finishing its run; without it a
+    rank aborted at exit now and then ("terminate called without an active exception" inside gloo, about 1 in
+    25 runs of the 2-rank torchrun test). Not on an error path: a barrier with a dead peer waits for the
+    timeout."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if synchronise:
+                _collective("barrier", "the shutdown barrier", dist.barrier)
+        finally:
+            dist.destroy_process_group()
 
 
 def _collective(name: str, what: str, call) -> None:
