@@ -171,19 +171,13 @@ def _graph_block(
     """Capture one optimizer step in a CUDA graph (after eager warm-up on a side stream), its refresh in a
     conditional node if asked; the block copies each pool entry into the static .grad buffers and replays it."""
     import os
+    from unittest import mock
 
     for p, g in zip(params, pool[0]):
         p.grad = g.clone()
-    switch = "SOAP_KERNELS_CONDITIONAL_REFRESH"
-    previous = os.environ.get(switch)
-    os.environ[switch] = "1" if conditional else "0"  # read while the step is captured, not at replays
-    try:
+    # read while the step is captured, not at replays
+    with mock.patch.dict(os.environ, {"SOAP_KERNELS_CONDITIONAL_REFRESH": "1" if conditional else "0"}):
         replay = captured(optimizer.step)
-    finally:
-        if previous is None:
-            del os.environ[switch]
-        else:
-            os.environ[switch] = previous
 
     def block() -> None:
         for grads in pool:

@@ -224,10 +224,8 @@ def _precision(tensor: torch.Tensor) -> str:
 def _cuda_matmul_allows_tf32() -> bool:
     """torch's float32 matmul precision for CUDA, however it was set: matmul.fp32_precision answers for the new API,
     torch.set_float32_matmul_precision and the legacy allow_tf32 flag alike, whereas reading allow_tf32 raises once
-    the new API was used (torch < 2.9 has only the legacy flag)."""
-    matmul = torch.backends.cuda.matmul
-    precision = getattr(matmul, "fp32_precision", None)
-    return precision == "tf32" if precision is not None else bool(matmul.allow_tf32)
+    the new API was used."""
+    return torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
 KERNEL_CHOICES = ("fused", "split")

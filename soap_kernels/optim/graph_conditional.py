@@ -40,16 +40,13 @@ def only_where_any(masks: list[torch.Tensor]) -> Iterator[None]:
     support, just run it."""
     global _warned
     capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    current = getattr(torch.cuda.CUDAGraph, "get_currently_capturing_graph", None)  # torch >= 2.7
-    use_node = bool(masks) and capturing and current is not None and conditional_refresh_enabled()
-    graph = current() if use_node else None
-    begin = getattr(graph, "begin_capture_to_if_node", None)
-    if begin is None:
+    if not (masks and capturing and conditional_refresh_enabled()):
         yield
         return
+    graph = torch.cuda.CUDAGraph.get_currently_capturing_graph()
     condition = torch.stack(masks).any()  # recorded before the node: evaluated at every replay
     try:
-        begin(condition)
+        graph.begin_capture_to_if_node(condition)
     except RuntimeError as error:  # e.g. torch built against CUDA < 12.4: nothing was recorded into a node
         if not _warned:
             warnings.warn(f"SOAP: conditional refresh unavailable ({error}); the refresh is recorded unconditionally",
