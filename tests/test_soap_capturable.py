@@ -283,7 +283,7 @@ def test_a_captured_step_replays_the_eager_trajectory(backend, refresh, conditio
 def test_conditional_refresh_records_the_refresh_in_an_if_node(enabled, monkeypatch):
     """The wiring, on a CPU (only CUDA captures graphs): with SOAP_KERNELS_CONDITIONAL_REFRESH=1 inside a capture,
     each step's refresh is recorded between begin_capture_to_if_node(some stack due on the device count) and
-    end_capture_to_conditional_node; switched off, no node is made. The CUDA test below replays it."""
+    end_capture_to_conditional_node; switched off, no node is made. The CUDA test above replays it."""
     from soap_kernels.optim import soap as soap_module
 
     params = _params()
@@ -309,7 +309,7 @@ def test_conditional_refresh_records_the_refresh_in_an_if_node(enabled, monkeypa
     monkeypatch.setenv("SOAP_KERNELS_CONDITIONAL_REFRESH", enabled)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as inside torch.cuda.graph
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    monkeypatch.setattr(torch.cuda.CUDAGraph, "get_currently_capturing_graph", lambda: RecordingGraph(), raising=False)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "get_currently_capturing_graph", lambda: RecordingGraph())
     monkeypatch.setattr(soap_module, "batched_refresh", refresh_and_record)
     _run(optimizer, params, gradients[2:])  # steps 2 (not a refresh step) and 3 (one)
     if enabled == "1":
